@@ -1,0 +1,76 @@
+"""The `edge-moe` command: one entry point, one subcommand per job.
+
+Errors a user can act on (EdgeMoeError) print one line naming the file and the
+problem and exit with status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from edge_moe.errors import EdgeMoeError
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from edge_moe.converters.hf_to_gguf import convert
+
+    out = convert(args.model_dir, args.outfile, outtype=args.outtype, progress=not args.no_progress)
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from edge_moe.model_summary import describe_gguf
+
+    print(describe_gguf(Path(args.model)))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from edge_moe.demo import run_demo
+
+    return run_demo(arch=args.arch, outtype=args.outtype, workdir=args.workdir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from edge_moe.converters.quant_policy import OUTTYPES
+
+    p = argparse.ArgumentParser(prog="edge-moe", description="Mixture-of-Experts LLMs on small GPUs.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("convert", help="HF safetensors MoE checkpoint -> GGUF")
+    c.add_argument("model_dir", help="directory with config.json, *.safetensors and tokenizer files")
+    c.add_argument("--outfile", required=True, help="output .gguf path")
+    c.add_argument("--outtype", default="f16", choices=list(OUTTYPES), help="tensor type of the weights")
+    c.add_argument("--no-progress", action="store_true", help="no progress bar")
+    c.set_defaults(func=_cmd_convert)
+
+    i = sub.add_parser("inspect", help="validate a GGUF and print its configuration")
+    i.add_argument("model", help="path to a .gguf file")
+    i.set_defaults(func=_cmd_inspect)
+
+    d = sub.add_parser("demo", help="build the built-in demo model, convert it and run it (default job)")
+    d.add_argument("--arch", default="mixtral", help="tiny demo architecture (mixtral, phimoe, qwen2moe, "
+                                                      "qwen3moe, olmoe)")
+    d.add_argument("--outtype", default="q8_0", choices=list(OUTTYPES))
+    d.add_argument("--workdir", default=None, help="where to keep the demo files (default: user cache dir)")
+    d.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except EdgeMoeError as e:
+        print(f"edge-moe: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("edge-moe: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

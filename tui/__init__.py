@@ -1,0 +1,1 @@
+"""The Textual chat app (installed as edge_moe.tui). Not built yet: see the TUI issue."""
