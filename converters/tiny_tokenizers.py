@@ -25,6 +25,10 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 TOKENIZER_FORMAT_VERSION = "v1"  # bump when the corpus or the training recipe changes
 SP_VOCAB_SIZE = 768
@@ -125,10 +129,12 @@ class TokenizerSpec:
     kind: str  # "spm" or "bpe"
     tokenizer_class: str
     special_tokens: tuple[str, ...]  # SentencePiece user-defined symbols / BPE added tokens
-    bos: str | None
+    bos: str | None  # the tokenizer's bos_token
+    config_bos: str | None  # bos_token_id in config.json (hub Qwen names one, hub OLMoE none)
     eos: str
     pad: str | None
     chat_template: str
+    extra_eos: tuple[str, ...] = ()  # generation_config.json stops on these too, as on the hub
     specials_first: bool = False  # BPE: special tokens get ids 0.. instead of after the vocab
 
 
@@ -165,18 +171,26 @@ _TULU_TEMPLATE = (  # OLMoE-Instruct: Tulu style, role markers are plain text
 
 _QWEN_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 TOKENIZER_SPECS: dict[str, TokenizerSpec] = {
-    "mixtral": TokenizerSpec("spm", "LlamaTokenizer", (), "<s>", "</s>", None, _MIXTRAL_TEMPLATE),
+    "mixtral": TokenizerSpec(
+        kind="spm", tokenizer_class="LlamaTokenizer", special_tokens=(),
+        bos="<s>", config_bos="<s>", eos="</s>", pad=None, chat_template=_MIXTRAL_TEMPLATE),
     "phimoe": TokenizerSpec(
-        "spm", "LlamaTokenizer",
-        ("<|endoftext|>", "<|assistant|>", "<|end|>", "<|system|>", "<|user|>"),
-        "<s>", "<|endoftext|>", "<|endoftext|>", _PHI_TEMPLATE,
-    ),
-    "qwen2moe": TokenizerSpec("bpe", "Qwen2Tokenizer", _QWEN_SPECIALS, None, "<|endoftext|>", "<|endoftext|>",
-                              _CHATML_TEMPLATE),
-    "qwen3moe": TokenizerSpec("bpe", "Qwen2Tokenizer", _QWEN_SPECIALS, None, "<|im_end|>", "<|endoftext|>",
-                              _CHATML_TEMPLATE),
-    "olmoe": TokenizerSpec("bpe", "GPTNeoXTokenizer", ("<|endoftext|>", "<|padding|>"), "<|endoftext|>",
-                           "<|endoftext|>", "<|padding|>", _TULU_TEMPLATE, specials_first=True),
+        kind="spm", tokenizer_class="LlamaTokenizer",
+        special_tokens=("<|endoftext|>", "<|assistant|>", "<|end|>", "<|system|>", "<|user|>"),
+        bos="<s>", config_bos="<s>", eos="<|endoftext|>", pad="<|endoftext|>", chat_template=_PHI_TEMPLATE,
+        extra_eos=("<|end|>",)),
+    "qwen2moe": TokenizerSpec(  # Qwen1.5-MoE base: eos is <|endoftext|>
+        kind="bpe", tokenizer_class="Qwen2Tokenizer", special_tokens=_QWEN_SPECIALS,
+        bos=None, config_bos="<|endoftext|>", eos="<|endoftext|>", pad="<|endoftext|>",
+        chat_template=_CHATML_TEMPLATE, extra_eos=("<|im_end|>",)),
+    "qwen3moe": TokenizerSpec(  # Qwen3: eos is <|im_end|>
+        kind="bpe", tokenizer_class="Qwen2Tokenizer", special_tokens=_QWEN_SPECIALS,
+        bos=None, config_bos="<|endoftext|>", eos="<|im_end|>", pad="<|endoftext|>",
+        chat_template=_CHATML_TEMPLATE, extra_eos=("<|endoftext|>",)),
+    "olmoe": TokenizerSpec(  # GPT-NeoX ids; hub OLMoE's config.json names no bos
+        kind="bpe", tokenizer_class="GPTNeoXTokenizer", special_tokens=("<|endoftext|>", "<|padding|>"),
+        bos="<|endoftext|>", config_bos=None, eos="<|endoftext|>", pad="<|padding|>",
+        chat_template=_TULU_TEMPLATE, specials_first=True),
 }
 
 
@@ -192,9 +206,9 @@ class TokenizerInfo:
 
 
 def default_cache_dir() -> Path:
-    root = os.environ.get("EDGE_MOE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "edge-moe")
-    return Path(root) / "tiny-tokenizers"
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("edge-moe")) / "tiny-tokenizers"  # next to edge_moe.demo's cache
 
 
 def _recipe_key(arch: str) -> str:
@@ -217,6 +231,7 @@ def tokenizer_dir(arch: str, cache_dir: Path | None = None) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{arch}-", dir=root))
     try:
         _train(arch, tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared
         os.replace(tmp, final)
     except OSError:
         if not (final / "tokenizer_config.json").is_file():  # lost a race only if the winner finished
@@ -227,6 +242,7 @@ def tokenizer_dir(arch: str, cache_dir: Path | None = None) -> Path:
 
 
 def tokenizer_files(arch: str, cache_dir: Path | None = None) -> list[Path]:
+    """The files a checkpoint directory needs for ``arch``'s tokenizer."""
     return sorted(p for p in tokenizer_dir(arch, cache_dir).iterdir() if p.is_file())
 
 
@@ -234,13 +250,12 @@ def tokenizer_info(arch: str, cache_dir: Path | None = None) -> TokenizerInfo:
     """Vocab size and special ids, read from the saved files (no transformers import needed)."""
     spec = TOKENIZER_SPECS[arch]
     vocab = _vocab_of(tokenizer_dir(arch, cache_dir))
-    extra = ("<|end|>",) if arch == "phimoe" else ("<|im_end|>",) if arch.startswith("qwen") else ()
     return TokenizerInfo(
         vocab_size=len(vocab),
-        bos_token_id=vocab[spec.bos] if spec.bos is not None and arch != "olmoe" else None,
+        bos_token_id=vocab[spec.config_bos] if spec.config_bos is not None else None,
         eos_token_id=vocab[spec.eos],
         pad_token_id=vocab[spec.pad] if spec.pad is not None else None,
-        extra_eos_token_ids=tuple(vocab[t] for t in extra if vocab[t] != vocab[spec.eos]),
+        extra_eos_token_ids=tuple(vocab[t] for t in spec.extra_eos),
     )
 
 
@@ -262,7 +277,7 @@ def _train(arch: str, out: Path) -> None:
     _normalize_tokenizer_config(out, spec)
 
 
-def _train_spm(spec: TokenizerSpec, out: Path):  # -> transformers.LlamaTokenizer
+def _train_spm(spec: TokenizerSpec, out: Path) -> PreTrainedTokenizerBase:
     import io
 
     import sentencepiece as spm
@@ -289,7 +304,7 @@ def _train_spm(spec: TokenizerSpec, out: Path):  # -> transformers.LlamaTokenize
     return tok
 
 
-def _train_bpe(spec: TokenizerSpec):  # -> transformers Qwen2Tokenizer / GPTNeoXTokenizer
+def _train_bpe(spec: TokenizerSpec) -> PreTrainedTokenizerBase:
     import transformers
     from tokenizers import AddedToken
     from tokenizers.pre_tokenizers import ByteLevel
@@ -306,14 +321,18 @@ def _train_bpe(spec: TokenizerSpec):  # -> transformers Qwen2Tokenizer / GPTNeoX
     data = json.loads(backend.to_str())
     vocab: dict[str, int] = data["model"]["vocab"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in data["model"]["merges"]]
-    for token in spec.special_tokens:  # Qwen: specials follow the trained vocabulary
-        vocab.setdefault(token, len(vocab))
-    kwargs = {"bos_token": spec.bos, "eos_token": spec.eos, "pad_token": spec.pad}
-    if spec.tokenizer_class == "Qwen2Tokenizer":
-        kwargs["unk_token"] = None
-    tok = cls(vocab=vocab, merges=merges, **kwargs)
+    tok = cls(vocab=vocab, merges=merges)
+    # Qwen: specials are added tokens only, with ids after the trained vocabulary, in the
+    # family's order; naming bos/eos in the constructor would add them first, so set them after.
     tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in spec.special_tokens],
                    special_tokens=True)
+    tok.bos_token, tok.eos_token, tok.pad_token = spec.bos, spec.eos, spec.pad
+    if spec.tokenizer_class == "Qwen2Tokenizer":
+        tok.unk_token = None  # as in hub Qwen: byte-level BPE has no unknown token
+    ids = tok.convert_tokens_to_ids(list(spec.special_tokens))
+    first = 0 if spec.specials_first else len(vocab)
+    if ids != list(range(first, first + len(ids))):
+        raise RuntimeError(f"special tokens got ids {ids}, expected them from {first} on")
     return tok
 
 
@@ -324,4 +343,11 @@ def _normalize_tokenizer_config(out: Path, spec: TokenizerSpec) -> None:
     cfg["tokenizer_class"] = spec.tokenizer_class
     cfg["chat_template"] = spec.chat_template
     cfg["model_max_length"] = 4096
+    for key in ("is_local", "local_files_only"):  # where it was loaded from, not what it is
+        cfg.pop(key, None)
     path.write_text(json.dumps(cfg, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+    # transformers 5 no longer writes special_tokens_map.json; hub checkpoints (and older
+    # converters) still have one.
+    special = {k: cfg[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token") if cfg.get(k)}
+    (out / "special_tokens_map.json").write_text(json.dumps(special, indent=2, sort_keys=True) + "\n",
+                                                  encoding="utf-8")

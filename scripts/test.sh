@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: installs everything (scripts/setup.sh), then runs pytest.
+# Extra arguments go to pytest (e.g. -k converter, -m "not slow").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+export EDGE_MOE_LLAMA_CPP_SRC="$PWD/.cache/llama-cpp-python-src/vendor/llama.cpp"
+exec .venv/bin/python -m pytest "$@"
