@@ -176,6 +176,7 @@ def convert(model_dir: str | Path, outfile: str | Path, outtype: str = "f16", pr
     partial = out.with_name(out.name + ".partial")
     writer = GGUFWriter(path=None, arch=spec.gguf_arch)
     write_hparams(writer, spec, hp, model_name=ckpt.dir.name)
+    writer.add_type("model")
     writer.add_file_type(int(file_type))
     writer.add_quantization_version(2)
     write_vocab(writer, vocab)

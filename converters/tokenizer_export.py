@@ -122,6 +122,27 @@ def _bpe_vocab(model_dir: Path, pre: str) -> Vocab:
     return Vocab("gpt2", pre, tokens, types, merges=merges)
 
 
+def _template_specials(model_dir: Path) -> tuple[str | None, str | None]:
+    """The special tokens tokenizer.json's post-processor puts around a single sequence.
+
+    transformers adds BOS/EOS through this template when tokenizer_config.json does
+    not say; llama.cpp's converter derives add_bos/add_eos from it the same way.
+    Returns (None, None) when there is no template; "" where it adds no special token.
+    """
+    path = model_dir / "tokenizer.json"
+    if not path.is_file():
+        return None, None
+    proc = _read_json(path).get("post_processor") or {}
+    procs = proc.get("processors", []) if proc.get("type") == "Sequence" else [proc]
+    for p in procs:
+        if p.get("type") == "TemplateProcessing":
+            single = p.get("single") or []
+            first = single[0].get("SpecialToken", {}).get("id", "") if single else ""
+            last = single[-1].get("SpecialToken", {}).get("id", "") if len(single) > 1 else ""
+            return first, last
+    return None, None
+
+
 def read_vocab(model_dir: Path, config: dict[str, Any], bpe_pre: str) -> Vocab:
     """The checkpoint's tokenizer, special ids, flags and chat template."""
     if (model_dir / "tokenizer.model").is_file():
@@ -154,6 +175,12 @@ def read_vocab(model_dir: Path, config: dict[str, Any], bpe_pre: str) -> Vocab:
             vocab.special_ids[name] = config[f"{name}_token_id"]
     vocab.add_bos = tc.get("add_bos_token") if isinstance(tc.get("add_bos_token"), bool) else None
     vocab.add_eos = tc.get("add_eos_token") if isinstance(tc.get("add_eos_token"), bool) else None
+    if vocab.add_bos is None or vocab.add_eos is None:
+        first, last = _template_specials(model_dir)
+        if first and vocab.add_bos is None:
+            vocab.add_bos = index.get(first) == vocab.special_ids.get("bos")
+        if last and vocab.add_eos is None:
+            vocab.add_eos = index.get(last) == vocab.special_ids.get("eos")
     template = tc.get("chat_template")
     if template is None and (model_dir / "chat_template.jinja").is_file():
         template = (model_dir / "chat_template.jinja").read_text(encoding="utf-8")

@@ -25,8 +25,11 @@ KEY_METADATA = [
     "llama.expert_count", "llama.expert_used_count", "llama.rope.dimension_count", "llama.vocab_size",
     "tokenizer.ggml.model", "tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type",
     "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id", "tokenizer.ggml.unknown_token_id",
-    "tokenizer.chat_template",
+    "tokenizer.chat_template", "tokenizer.ggml.add_bos_token", "general.type",
 ]
+# keys only llama.cpp's converter writes: cosmetic ones, and add_sep_token, which it derives
+# from the pair template of tokenizer.json (edge-moe never encodes sentence pairs)
+REFERENCE_ONLY_KEYS = {"general.size_label", "tokenizer.ggml.add_sep_token"}
 
 
 def _llama_cpp_src() -> Path:
@@ -73,4 +76,6 @@ def test_mixtral_matches_llama_cpp_converter(outtype: str, tiny_checkpoint: Call
         assert same, f"{name}: data differs from llama.cpp's converter"
 
     for key in KEY_METADATA:
+        assert _field(ref, key) is not None, f"llama.cpp's converter wrote no {key}"
         assert _field(ours, key) == _field(ref, key), key
+    assert set(ours.fields) == set(ref.fields) - REFERENCE_ONLY_KEYS
