@@ -19,7 +19,7 @@ from edge_moe.gguf_file import GGUFFile
 
 class NormKind(str, Enum):
     RMS = "rms"
-    LAYER = "layer"  # LayerNorm with bias (phimoe)
+    RMS_BIAS = "rms_bias"  # phimoe in llama.cpp: RMS norm, then the (LayerNorm) bias
 
 
 class RopeLayout(str, Enum):
@@ -56,8 +56,9 @@ class ArchTraits:
 ARCH_TRAITS: dict[str, ArchTraits] = {
     # Mixtral (llama.cpp runs it as "llama" with experts)
     "llama": ArchTraits(NormKind.RMS, RopeLayout.NORM, QKNorm.NONE, True, False, False, False),
-    # Phi-3.5-MoE: LayerNorm, biases everywhere; llama.cpp routes with softmax-top-k-renormalise
-    "phimoe": ArchTraits(NormKind.LAYER, RopeLayout.NEOX, QKNorm.NONE, True, True, True, False),
+    # Phi-3.5-MoE: biases everywhere; llama.cpp uses RMS norms (not LayerNorm) and softmax top-k
+    # renormalised (not sparsemixer): see edge_moe/archs/phimoe.py
+    "phimoe": ArchTraits(NormKind.RMS_BIAS, RopeLayout.NEOX, QKNorm.NONE, True, True, True, False),
     # Qwen1.5/2-MoE: shared expert behind a sigmoid gate; top-k weights not renormalised
     "qwen2moe": ArchTraits(NormKind.RMS, RopeLayout.NEOX, QKNorm.NONE, False, True, False, True),
     "qwen3moe": ArchTraits(NormKind.RMS, RopeLayout.NEOX, QKNorm.PER_HEAD, True, False, False, False),

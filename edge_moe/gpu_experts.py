@@ -1,0 +1,144 @@
+"""Experts cached on the accelerator: slot storage, lookups, hit compute and admissions.
+
+The bookkeeping (sets, ways, replacement, admission) is `ExpertCache`; this module owns
+the slot tensors and the numerics. A slot holds one expert's gate, up and down matrices,
+dequantized to the compute dtype (the quantized-slot kernels are the next issue), in one
+tensor allocated once: slots [n_slots, 2*F*E + E*F].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from edge_moe.dense_weights import tensor_to_numpy
+from edge_moe.gguf_file import GGUFFile, GGUFTensor
+from edge_moe.model_config import MoEConfig
+
+if TYPE_CHECKING:
+    from edge_moe.expert_cache import CacheConfig, ExpertCache
+
+
+@dataclass(frozen=True)
+class GpuExpertsConfig:
+    cache: "CacheConfig"
+    preload: str = "none"  # "none" | "all": fill every slot before the first token (layer-major)
+
+    def __post_init__(self) -> None:
+        if self.preload not in ("none", "all"):
+            raise ValueError(f"preload must be 'none' or 'all', got {self.preload!r}")
+
+
+def expert_matrix(t: GGUFTensor, expert: int) -> np.ndarray:
+    """One expert's matrix of a stacked [n_expert, rows, cols] GGUF tensor, as float32 [rows, cols]."""
+    n_expert = t.shape[2]
+    per = t.nbytes // n_expert
+    one = GGUFTensor(t.name, t.ggml_type, t.shape[:2], t.offset + expert * per, per,
+                     t.data[expert * per:(expert + 1) * per])
+    return tensor_to_numpy(one)
+
+
+class GpuExperts:
+    """No cache (config None): every lookup misses and nothing is ever filled."""
+
+    def __init__(self, gguf: GGUFFile, cfg: MoEConfig, device: torch.device, dtype: torch.dtype,
+                 config: GpuExpertsConfig | None) -> None:
+        self.gguf, self.cfg, self.device, self.dtype, self.config = gguf, cfg, device, dtype, config
+        e, f = cfg.n_embd, cfg.n_ff_expert
+        self._sizes = (f * e, f * e, e * f)
+        self.cache: "ExpertCache | None" = None
+        self.slots: torch.Tensor | None = None
+        if config is not None:
+            from edge_moe.expert_cache import ExpertCache
+
+            self.expert_bytes = sum(gguf.tensor(f"blk.0.ffn_{k}_exps.weight").nbytes
+                                    for k in ("gate", "up", "down")) // cfg.n_expert
+            self.cache = ExpertCache(config.cache, cfg.n_layer, cfg.n_expert, self.expert_bytes)
+            self.slots = torch.zeros(self.cache.n_slots, sum(self._sizes), device=device, dtype=dtype)
+            if config.preload == "all":
+                self._preload_all()
+
+    @property
+    def enabled(self) -> bool:
+        return self.cache is not None
+
+    def _views(self, slot: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        assert self.slots is not None
+        e, f = self.cfg.n_embd, self.cfg.n_ff_expert
+        gate, up, down = torch.split(self.slots[slot], self._sizes)
+        return gate.view(f, e), up.view(f, e), down.view(e, f)
+
+    def _fill(self, slot: int, layer: int, expert: int) -> None:
+        assert self.slots is not None
+        parts = [expert_matrix(self.gguf.tensor(f"blk.{layer}.ffn_{k}_exps.weight"), expert).reshape(-1)
+                 for k in ("gate", "up", "down")]
+        host = torch.from_numpy(np.concatenate(parts))
+        self.slots[slot].copy_(host.to(self.dtype))
+
+    def _preload_all(self) -> None:
+        """Fill every way: experts in order, layer by layer, as long as their set has room."""
+        assert self.cache is not None
+        room = [self.cache.n_ways] * self.cache.n_sets
+        plan = []
+        for expert in range(self.cfg.n_expert):
+            for layer in range(self.cfg.n_layer):
+                s = layer % self.cache.n_sets
+                if room[s]:
+                    room[s] -= 1
+                    plan.append((layer, expert))
+        for d in self.cache.preload(plan):
+            self._fill(d.slot, d.layer, d.expert)
+
+    # ---- per layer ---------------------------------------------------------------------
+
+    def begin_step(self) -> None:
+        if self.cache is not None:
+            self.cache.begin_token()
+
+    def end_step(self) -> None:
+        if self.cache is not None:
+            self.cache.end_token()
+
+    def lookup(self, layer: int, ids: np.ndarray) -> np.ndarray:
+        """Slots [T, k] of the routed experts, -1 where not cached; hit slots stay pinned
+        until `after_layer`, so this layer's admissions cannot evict them."""
+        if self.cache is None:
+            return np.full(ids.shape, -1, dtype=np.int64)
+        out = np.empty(ids.shape, dtype=np.int64)
+        for idx, expert in np.ndenumerate(ids):
+            slot = self.cache.lookup(layer, int(expert))
+            out[idx] = -1 if slot is None else slot
+            if slot is not None:
+                self.cache.pin(slot)
+        return out
+
+    def compute(self, layer: int, h: torch.Tensor, weights: torch.Tensor, slots: np.ndarray) -> torch.Tensor:
+        """sum over cached (t, j) of weights[t, j] * FFN_slot(h[t]) -> [T, E] (zeros elsewhere)."""
+        y = torch.zeros_like(h)
+        for slot in np.unique(slots[slots >= 0]):
+            tok, j = np.nonzero(slots == slot)
+            rows = torch.as_tensor(tok, device=h.device)
+            gate, up, down = self._views(int(slot))
+            hs = h[rows]  # [n, E]
+            out = F.linear(F.silu(F.linear(hs, gate)) * F.linear(hs, up), down)  # [n, E]
+            w = weights[rows, torch.as_tensor(j, device=h.device)].to(h.dtype)[:, None]
+            y.index_add_(0, rows, out * w)
+        return y
+
+    def after_layer(self, layer: int, ids: np.ndarray, slots: np.ndarray) -> None:
+        """Unpin this layer's hits; offer its misses to the admission policy; fill what it admits."""
+        if self.cache is None:
+            return
+        for slot in slots[slots >= 0]:
+            self.cache.unpin(int(slot))
+        for expert in np.unique(ids[slots < 0]):
+            decision = self.cache.admit(layer, int(expert))
+            if decision is not None:
+                self._fill(decision.slot, layer, int(expert))
+
+    def close(self) -> None:
+        self.slots = None

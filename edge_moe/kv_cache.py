@@ -1,0 +1,37 @@
+"""Static KV cache: one K and one V buffer per layer, allocated once (gpt-fast style)."""
+
+from __future__ import annotations
+
+import torch
+
+from edge_moe.errors import EdgeMoeError
+
+
+class KVCache:
+    def __init__(self, n_layer: int, max_ctx: int, n_kv_head: int, head_dim: int, device: torch.device,
+                 dtype: torch.dtype) -> None:
+        if max_ctx <= 0:
+            raise ValueError(f"context length must be positive, got {max_ctx}")
+        self.max_ctx = max_ctx
+        self.k = torch.zeros(n_layer, max_ctx, n_kv_head, head_dim, device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+        self.pos = 0  # tokens already stored
+
+    def check_room(self, n_new: int) -> None:
+        if self.pos + n_new > self.max_ctx:
+            raise EdgeMoeError(f"context full: {self.pos} tokens stored + {n_new} new > context length "
+                               f"{self.max_ctx} (raise -c)")
+
+    def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v [T, KV, D] at the current position; return all keys/values so far [S, KV, D]."""
+        end = self.pos + k.shape[0]
+        self.k[layer, self.pos:end] = k
+        self.v[layer, self.pos:end] = v
+        return self.k[layer, :end], self.v[layer, :end]
+
+    def advance(self, n: int) -> None:
+        self.pos += n
+
+    def truncate(self, n: int) -> None:
+        """Forget everything after the first n tokens (the buffers keep their memory)."""
+        self.pos = min(self.pos, max(0, n))
