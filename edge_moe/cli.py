@@ -28,6 +28,13 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from edge_moe.hardware import main_describe
+
+    print(main_describe(args.json))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from edge_moe.demo import run_demo
 
@@ -46,6 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--outtype", default="f16", choices=list(OUTTYPES), help="tensor type of the weights")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
     c.set_defaults(func=_cmd_convert)
+
+    from edge_moe.run_cli import add_run_parser
+
+    add_run_parser(sub)
+
+    pr = sub.add_parser("profile", help="detected hardware and the matching hardware profile")
+    pr.add_argument("--json", action="store_true")
+    pr.set_defaults(func=_cmd_profile)
 
     i = sub.add_parser("inspect", help="validate a GGUF and print its configuration")
     i.add_argument("model", help="path to a .gguf file")

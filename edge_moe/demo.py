@@ -19,6 +19,24 @@ def default_workdir() -> Path:
     return Path(user_cache_dir("edge-moe")) / "demo"
 
 
+def ensure_demo_model(arch: str = "mixtral", outtype: str = "q8_0", workdir: str | Path | None = None) -> Path:
+    """The built-in demo GGUF, built on first use (a tiny random-weight model, seconds to make)."""
+    root = Path(workdir) if workdir else default_workdir()
+    path = root / f"demo-{arch}-{outtype}.gguf"
+    if path.is_file():
+        return path
+    try:
+        from edge_moe.converters.tiny_checkpoints import make_tiny_checkpoint
+    except ImportError as e:
+        raise EdgeMoeError(f"the demo builds its model with transformers: pip install 'edge-moe[demo]' ({e})") \
+            from None
+    from edge_moe.converters.hf_to_gguf import convert
+
+    root.mkdir(parents=True, exist_ok=True)
+    model_dir = make_tiny_checkpoint(arch, root / f"hf-{arch}", seed=0)
+    return convert(model_dir, path, outtype=outtype, progress=False)
+
+
 def run_demo(arch: str = "mixtral", outtype: str = "q8_0", workdir: str | Path | None = None,
              n_tokens: int = 16) -> int:
     try:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from edge_moe.executor import HybridModel
 from edge_moe.sampling import Sampler, SamplingParams
 from edge_moe.tokenizer import Tokenizer
+from edge_moe.trace import ReplayRouting
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,8 @@ class GenerationStats:
 
 def generate(model: HybridModel, tokenizer: Tokenizer, prompt_tokens: Sequence[int], max_tokens: int,
              params: SamplingParams, stop: Sequence[str] = (), stats: GenerationStats | None = None,
-             ) -> Iterator[TokenEvent]:
+             replay: ReplayRouting | None = None) -> Iterator[TokenEvent]:
+    """Yield generated tokens. `replay` forces the routing from a trace (benchmarks only)."""
     if max_tokens <= 0:
         return
     stats = stats if stats is not None else GenerationStats()
@@ -57,7 +59,11 @@ def generate(model: HybridModel, tokenizer: Tokenizer, prompt_tokens: Sequence[i
     text_so_far = ""
 
     t0 = time.perf_counter()
-    logits = model.forward(list(prompt_tokens))[-1]
+    def step(tokens: list[int]):  # logits of the last position
+        forced = None if replay is None else replay.for_positions(model.n_past, len(tokens))
+        return model.forward(tokens, force_ids=forced)[-1]
+
+    logits = step(list(prompt_tokens))
     stats.prompt_tokens = len(prompt_tokens)
     stats.prompt_seconds = time.perf_counter() - t0
     t_prev = t0
@@ -82,7 +88,7 @@ def generate(model: HybridModel, tokenizer: Tokenizer, prompt_tokens: Sequence[i
             stats.stop_reason = "length"
             return
         t_prev = time.perf_counter()
-        logits = model.forward([token])[-1]
+        logits = step([token])
 
 
 def _complete_utf8(data: bytes) -> tuple[str, bytes]:

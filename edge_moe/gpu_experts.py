@@ -33,6 +33,17 @@ class GpuExpertsConfig:
             raise ValueError(f"preload must be 'none' or 'all', got {self.preload!r}")
 
 
+def quantized_expert_bytes(gguf: GGUFFile, cfg: MoEConfig) -> int:
+    """Bytes of one expert (gate + up + down) as stored in the GGUF: what a miss reads from DRAM."""
+    return sum(gguf.tensor(f"blk.0.ffn_{k}_exps.weight").nbytes for k in ("gate", "up", "down")) // cfg.n_expert
+
+
+def slot_nbytes(cfg: MoEConfig, dtype: str) -> int:
+    """Bytes of one cache slot: the expert dequantized to the compute dtype (quantized slots
+    are the next issue; until then a slot costs 2-4x the expert's GGUF size)."""
+    return 3 * cfg.n_embd * cfg.n_ff_expert * torch.empty(0, dtype=getattr(torch, dtype)).element_size()
+
+
 def expert_matrix(t: GGUFTensor, expert: int) -> np.ndarray:
     """One expert's matrix of a stacked [n_expert, rows, cols] GGUF tensor, as float32 [rows, cols]."""
     n_expert = t.shape[2]
@@ -55,8 +66,7 @@ class GpuExperts:
         if config is not None:
             from edge_moe.expert_cache import ExpertCache
 
-            self.expert_bytes = sum(gguf.tensor(f"blk.0.ffn_{k}_exps.weight").nbytes
-                                    for k in ("gate", "up", "down")) // cfg.n_expert
+            self.expert_bytes = quantized_expert_bytes(gguf, cfg)
             self.cache = ExpertCache(config.cache, cfg.n_layer, cfg.n_expert, self.expert_bytes)
             self.slots = torch.zeros(self.cache.n_slots, sum(self._sizes), device=device, dtype=dtype)
             if config.preload == "all":

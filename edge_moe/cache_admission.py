@@ -1,0 +1,232 @@
+"""Admission policies of the GPU expert cache: which misses are worth copying to the GPU.
+
+Why admission is a policy of its own (DESIGN.md, "The cost model"): a decode step is
+bound by DRAM bandwidth, and a fill reads the expert's bytes from DRAM just as computing
+the miss on the CPU does. A fill therefore costs about one CPU miss and pays off only if
+the expert is hit again before it is evicted. "Admit every miss" (the paper's LRU) spends
+that cost on one-off experts too, which can make a cache slower than a static placement.
+
+A policy sees the cache's traffic through hooks called by `ExpertCache`:
+
+    observe(layer, expert)                every lookup, hit or miss
+    should_admit(layer, expert, victim)   a miss the cache could fill; `victim` is the
+                                          (layer, expert) the replacement policy would
+                                          evict, or None when the set has an empty way
+    record_fill(layer, expert)            the fill went ahead
+    begin_token() / end_token()           one decode step (a prefill chunk counts as one)
+
+Policies:
+- `AdmitAll`: the paper's behaviour.
+- `QuotaAdmission` (`--cache-quota Q`): at most Q fills per token, over all layers,
+  first come first served in layer order, on top of another policy. It bounds the extra
+  DRAM and PCIe bytes a token can spend on fills to Q x expert_bytes. (The paper's
+  prototype decrements its quota on every miss of a token and fills only while the quota
+  is still positive, so its Q allows at most Q - 1 fills; ours allows exactly Q.)
+- `ReuseAdmission`: admit only when the expected saving of the fill beats its cost,
+  estimated from exponentially decayed use counts (see the class).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+
+ExpertKey = tuple[int, int]  # (layer, expert)
+
+
+class AdmissionRule(str, enum.Enum):
+    ALL = "all"  # admit every miss (the paper)
+    REUSE = "reuse"  # admit when the expected reuse pays for the fill
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Seconds a miss, a hit and a fill cost, from the machine's measured bandwidths.
+
+    cpu_seconds_per_use: a miss streams the expert's bytes from DRAM on the CPU.
+    fill_seconds: a fill reads the same bytes from DRAM and moves them over PCIe; we
+        charge the slower of the two links, so the estimate errs towards fewer fills.
+    saving_per_hit: what one hit saves over computing the expert on the CPU.
+    """
+
+    expert_bytes: int
+    dram_bandwidth: float  # bytes/s the CPU expert path reads from DRAM
+    pcie_bandwidth: float  # bytes/s host to GPU from pinned memory
+    gpu_seconds_per_expert: float  # one expert FFN on the GPU from a cached slot
+
+    def __post_init__(self) -> None:
+        if self.expert_bytes <= 0:
+            raise ValueError(f"CostModel.expert_bytes must be positive, got {self.expert_bytes}")
+        for name in ("dram_bandwidth", "pcie_bandwidth"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"CostModel.{name} must be a positive number of bytes/s, got {value}")
+        if not (self.gpu_seconds_per_expert >= 0 and math.isfinite(self.gpu_seconds_per_expert)):
+            raise ValueError(f"CostModel.gpu_seconds_per_expert must be >= 0, got {self.gpu_seconds_per_expert}")
+
+    @property
+    def cpu_seconds_per_use(self) -> float:
+        return self.expert_bytes / self.dram_bandwidth
+
+    @property
+    def fill_seconds(self) -> float:
+        return self.expert_bytes / min(self.dram_bandwidth, self.pcie_bandwidth)
+
+    @property
+    def saving_per_hit(self) -> float:
+        return self.cpu_seconds_per_use - self.gpu_seconds_per_expert
+
+    @property
+    def break_even_uses(self) -> float:
+        """Future hits a fill needs to pay for itself (infinite when the GPU is no faster)."""
+        saving = self.saving_per_hit
+        return self.fill_seconds / saving if saving > 0 else math.inf
+
+
+@dataclass(frozen=True)
+class AdmissionConfig:
+    """Which admission policy the cache builds (`build_admission`)."""
+
+    rule: AdmissionRule = AdmissionRule.ALL
+    max_fills_per_token: int | None = None  # --cache-quota; None = no quota
+    cost: CostModel | None = None  # needed by the REUSE rule
+    decay: float = 0.9  # REUSE: per-token decay of use counts (memory ~ 1 / (1 - decay) tokens)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rule, str) and not isinstance(self.rule, AdmissionRule):
+            object.__setattr__(self, "rule", parse_admission_rule(self.rule))
+        if self.max_fills_per_token is not None and self.max_fills_per_token < 0:
+            raise ValueError(f"cache quota (max fills per token) must be >= 0, got {self.max_fills_per_token}")
+        if not 0.0 < self.decay < 1.0:
+            raise ValueError(f"admission decay must be in (0, 1), got {self.decay}")
+        if self.rule is AdmissionRule.REUSE and self.cost is None:
+            raise ValueError("the 'reuse' admission rule needs a CostModel (AdmissionConfig.cost)")
+
+
+def parse_admission_rule(name: str) -> AdmissionRule:
+    try:
+        return AdmissionRule(name.lower())
+    except ValueError:
+        choices = ", ".join(r.value for r in AdmissionRule)
+        raise ValueError(f"unknown admission rule {name!r}; choose one of {choices}") from None
+
+
+class AdmissionPolicy:
+    """Base of the admission policies: every hook but `should_admit` does nothing."""
+
+    def observe(self, layer: int, expert: int) -> None:
+        pass
+
+    def should_admit(self, layer: int, expert: int, victim: ExpertKey | None) -> bool:
+        raise NotImplementedError
+
+    def record_fill(self, layer: int, expert: int) -> None:
+        pass
+
+    def begin_token(self) -> None:
+        pass
+
+    def end_token(self) -> None:
+        pass
+
+
+class AdmitAll(AdmissionPolicy):
+    """Every miss is filled, if the set has a way that is not pinned (the paper)."""
+
+    def should_admit(self, layer: int, expert: int, victim: ExpertKey | None) -> bool:
+        return True
+
+
+class QuotaAdmission(AdmissionPolicy):
+    """At most `max_fills_per_token` fills per token (all layers together), then `inner` decides.
+
+    The quota resets at `begin_token`. Early layers get first pick of a token's quota; over
+    tokens this evens out only where early layers stop missing, so a small quota favours
+    the first layers (as in the paper's prototype).
+    """
+
+    def __init__(self, max_fills_per_token: int, inner: AdmissionPolicy | None = None) -> None:
+        if max_fills_per_token < 0:
+            raise ValueError(f"max_fills_per_token must be >= 0, got {max_fills_per_token}")
+        self.max_fills_per_token = max_fills_per_token
+        self.inner = inner if inner is not None else AdmitAll()
+        self.fills_this_token = 0
+
+    def observe(self, layer: int, expert: int) -> None:
+        self.inner.observe(layer, expert)
+
+    def should_admit(self, layer: int, expert: int, victim: ExpertKey | None) -> bool:
+        if self.fills_this_token >= self.max_fills_per_token:
+            return False
+        return self.inner.should_admit(layer, expert, victim)
+
+    def record_fill(self, layer: int, expert: int) -> None:
+        self.fills_this_token += 1
+        self.inner.record_fill(layer, expert)
+
+    def begin_token(self) -> None:
+        self.fills_this_token = 0
+        self.inner.begin_token()
+
+    def end_token(self) -> None:
+        self.inner.end_token()
+
+
+class ReuseAdmission(AdmissionPolicy):
+    """Admit a miss only if the hits it is expected to bring pay for the fill.
+
+    Each (layer, expert) keeps a use count that decays by `decay` per token (lazily: a
+    count stores the token it was last updated at). If an expert is used at a steady rate
+    of r uses per token, its count tends to r / (1 - decay): the uses expected over the
+    next 1 / (1 - decay) tokens. We read the count that way, and take that window as the
+    horizon over which the candidate would replace the victim. Admitting the candidate
+    gains its expected hits and loses the victim's, so the rule is
+
+        (count(candidate) - count(victim)) x saving_per_hit > fill_seconds
+
+    with count(victim) = 0 for an empty way. The candidate's count includes the miss being
+    decided, which the CPU serves anyway, so an expert seen once (count 1) is admitted only
+    when a hit saves more than a fill costs -- never with the DRAM-bound costs of
+    DESIGN.md, where a fill costs about one miss: one-off experts stay out.
+    """
+
+    def __init__(self, cost: CostModel, decay: float = 0.9) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"decay must be in (0, 1), got {decay}")
+        self.cost = cost
+        self.decay = decay
+        self._token = 0
+        self._counts: dict[ExpertKey, tuple[float, int]] = {}  # key -> (count, token of last update)
+
+    def expected_uses(self, layer: int, expert: int) -> float:
+        """The decayed use count: uses expected in the next 1 / (1 - decay) tokens."""
+        entry = self._counts.get((layer, expert))
+        if entry is None:
+            return 0.0
+        count, stamp = entry
+        return count * self.decay ** (self._token - stamp)
+
+    def observe(self, layer: int, expert: int) -> None:
+        self._counts[(layer, expert)] = (self.expected_uses(layer, expert) + 1.0, self._token)
+
+    def should_admit(self, layer: int, expert: int, victim: ExpertKey | None) -> bool:
+        lost = self.expected_uses(*victim) if victim is not None else 0.0
+        gain = (self.expected_uses(layer, expert) - lost) * self.cost.saving_per_hit
+        return gain > self.cost.fill_seconds
+
+    def end_token(self) -> None:
+        self._token += 1
+
+
+def build_admission(config: AdmissionConfig) -> AdmissionPolicy:
+    """The policy a config names: the rule, wrapped in the quota when one is set."""
+    policy: AdmissionPolicy
+    if config.rule is AdmissionRule.REUSE:
+        assert config.cost is not None  # AdmissionConfig validated it
+        policy = ReuseAdmission(config.cost, config.decay)
+    else:
+        policy = AdmitAll()
+    if config.max_fills_per_token is not None:
+        policy = QuotaAdmission(config.max_fills_per_token, inner=policy)
+    return policy

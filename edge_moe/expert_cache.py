@@ -1,0 +1,379 @@
+"""The GPU expert cache's bookkeeping: which (layer, expert) lives in which slot, and what to evict.
+
+Pure Python, no torch. Slots are the integers 0 .. n_sets * n_ways - 1 (slot = set * n_ways
++ way); the executor maps them to GPU memory (edge_moe/gpu_slots.py). One decode step uses
+the cache like this:
+
+    cache.begin_token()
+    for each layer:
+        slots = [cache.lookup(layer, e) for e in top_k]      # hit: slot, miss: None
+        pin the hit slots while their kernels are in flight
+        for each miss: decision = cache.admit(layer, e)      # None: not filled
+            if decision: pin(decision.slot), fill it on the side stream, unpin when the
+            fill is ordered before later reads
+        unpin
+    cache.end_token()
+
+Set index (the paper's flags --cache-nblocks N, --cache-nways M): `set_index(layer, N)` =
+layer mod N, and a set's tag is the pair (layer, expert).
+- N >= n_layers: layer i uses set i with M ways of its own, the paper's mapping. (N may
+  not exceed n_layers: the extra sets could never be used.)
+- N < n_layers: layers i, i + N, i + 2N, ... share set i and its M ways, so every layer is
+  covered; the paper's prototype leaves layers >= N uncached. We share sets modulo N
+  rather than in contiguous groups (layers 2i and 2i+1 -> set i) because the layers of
+  a set then run N layers apart in each token: when layer i + N admits, the kernels of
+  layer i have long finished and unpinned their slots, while with contiguous groups the
+  next layer's fills would find the previous layer's slots still pinned.
+
+Admission (edge_moe/cache_admission.py) decides whether a miss is filled at all; the
+replacement policy picks the victim within the set. `admit` picks the victim first and
+then asks the admission policy, because a rule that weighs reuse needs to know what the
+fill would evict. Victims: an empty way if the set has one (lowest way first), else among
+the ways not pinned:
+- LRU: the least recently used (looked up or filled) expert.
+- FIFO: the one filled earliest.
+- LFU: the fewest uses since it was filled (the fill counts as one), ties by LRU.
+- RANDOM: uniformly at random from a generator seeded by `CacheConfig.seed`.
+A pinned slot (read by a kernel in flight, or being filled) is never a victim; when every
+way of the set is pinned, the miss is not filled ("blocked").
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from edge_moe.cache_admission import AdmissionConfig, AdmissionPolicy, ExpertKey, build_admission
+
+
+class ReplacePolicy(str, enum.Enum):
+    LRU = "LRU"
+    FIFO = "FIFO"
+    LFU = "LFU"
+    RANDOM = "random"
+
+
+def parse_replace_policy(name: str) -> ReplacePolicy:
+    """`--cache-replace-policy` value, case-insensitive."""
+    for policy in ReplacePolicy:
+        if policy.value.lower() == name.lower():
+            return policy
+    choices = "|".join(p.value for p in ReplacePolicy)
+    raise ValueError(f"unknown cache replacement policy {name!r}; choose one of {choices}")
+
+
+def set_index(layer: int, n_sets: int) -> int:
+    """The set that caches `layer`'s experts: layer mod n_sets (see the module docstring)."""
+    return layer % n_sets
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    n_sets: int  # --cache-nblocks
+    n_ways: int  # --cache-nways
+    replace: ReplacePolicy = ReplacePolicy.LRU  # --cache-replace-policy
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
+    seed: int = 0  # the RANDOM policy's generator
+
+    def __post_init__(self) -> None:
+        if isinstance(self.replace, str) and not isinstance(self.replace, ReplacePolicy):
+            object.__setattr__(self, "replace", parse_replace_policy(self.replace))
+        if self.n_sets < 1:
+            raise ValueError(f"the cache needs at least one set (--cache-nblocks), got {self.n_sets}")
+        if self.n_ways < 1:
+            raise ValueError(f"each cache set needs at least one way (--cache-nways), got {self.n_ways}")
+
+    @property
+    def n_slots(self) -> int:
+        return self.n_sets * self.n_ways
+
+    @classmethod
+    def from_budget(cls, budget_bytes: int, expert_bytes: int, n_layers: int, n_experts: int,
+                    replace: ReplacePolicy = ReplacePolicy.LRU,
+                    admission: AdmissionConfig | None = None, seed: int = 0) -> CacheConfig:
+        """Size the cache from a GPU memory budget for expert slots (`--gpu-budget GiB`).
+
+        `budget_bytes` is what the slots may use (the caller has already set aside the dense
+        weights, KV cache and workspace); one slot holds one expert's gate, up and down.
+        - Budget for at least one expert per layer: one set per layer (the paper's mapping),
+          ways = floor(slots / n_layers) capped at n_experts (then every expert fits and
+          nothing is ever evicted). Leftover slots (slots mod n_layers) stay unallocated.
+        - Budget for fewer experts than layers: n_slots sets of one way each, shared by
+          layers modulo n_slots (every layer covered, as `set_index` says). Sharing is no
+          cure for a tiny cache: with one way per set, admit-all thrashes (each layer of a
+          set evicts the others' experts within a token), so pair it with reuse admission.
+        """
+        if expert_bytes <= 0:
+            raise ValueError(f"expert_bytes must be positive, got {expert_bytes}")
+        if n_layers < 1 or n_experts < 1:
+            raise ValueError(f"a model needs layers and experts, got {n_layers} layers, {n_experts} experts")
+        n_slots = budget_bytes // expert_bytes
+        if n_slots < 1:
+            raise ValueError(f"a GPU budget of {budget_bytes / 2**30:.3f} GiB holds no expert of "
+                             f"{expert_bytes / 2**20:.1f} MiB; give at least one expert's worth")
+        if n_slots >= n_layers:
+            n_sets, n_ways = n_layers, min(n_slots // n_layers, n_experts)
+        else:
+            n_sets, n_ways = n_slots, 1
+        return cls(n_sets, n_ways, replace, admission if admission is not None else AdmissionConfig(), seed)
+
+
+@dataclass(frozen=True, slots=True)
+class FillDecision:
+    """A miss the cache admitted: fill `slot` with (layer, expert); `evicted` left it."""
+
+    slot: int
+    layer: int
+    expert: int
+    evicted: ExpertKey | None
+
+
+@dataclass
+class CacheStats:
+    """Counters per layer; totals and byte counts as properties.
+
+    Bytes follow DESIGN.md's cost model: a fill moves expert_bytes over PCIe and reads
+    them from DRAM; a miss makes the CPU read expert_bytes from DRAM. Preloads (initial
+    placement) are counted apart from fills.
+    """
+
+    expert_bytes: int
+    hits_by_layer: list[int]
+    misses_by_layer: list[int]
+    fills_by_layer: list[int]
+    evictions_by_layer: list[int]  # by the layer of the expert evicted
+    declined_by_layer: list[int]  # the admission policy said no
+    blocked_by_layer: list[int]  # every way of the set was pinned
+    preloads: int = 0
+    tokens: int = 0
+
+    @classmethod
+    def empty(cls, n_layers: int, expert_bytes: int) -> CacheStats:
+        return cls(expert_bytes, *([0] * n_layers for _ in range(6)))
+
+    @property
+    def hits(self) -> int:
+        return sum(self.hits_by_layer)
+
+    @property
+    def misses(self) -> int:
+        return sum(self.misses_by_layer)
+
+    @property
+    def lookups(self) -> int:
+        return self.hits + self.misses
+
+    @property
+    def fills(self) -> int:
+        return sum(self.fills_by_layer)
+
+    @property
+    def evictions(self) -> int:
+        return sum(self.evictions_by_layer)
+
+    @property
+    def declined(self) -> int:
+        return sum(self.declined_by_layer)
+
+    @property
+    def blocked(self) -> int:
+        return sum(self.blocked_by_layer)
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / self.lookups if self.lookups else 0.0
+
+    @property
+    def pcie_bytes(self) -> int:
+        return self.fills * self.expert_bytes
+
+    @property
+    def cpu_dram_bytes(self) -> int:
+        return self.misses * self.expert_bytes
+
+    @property
+    def dram_bytes(self) -> int:
+        """All expert bytes read from host DRAM: CPU misses plus fills."""
+        return self.cpu_dram_bytes + self.pcie_bytes
+
+
+class ExpertCache:
+    """N sets x M ways of expert slots: lookups, admissions, pins and statistics."""
+
+    def __init__(self, config: CacheConfig, n_layers: int, n_experts: int, expert_bytes: int,
+                 admission: AdmissionPolicy | None = None) -> None:
+        if n_layers < 1 or n_experts < 1:
+            raise ValueError(f"a model needs layers and experts, got {n_layers} layers, {n_experts} experts")
+        if expert_bytes <= 0:
+            raise ValueError(f"expert_bytes must be positive, got {expert_bytes}")
+        if config.n_sets > n_layers:
+            raise ValueError(f"{config.n_sets} cache sets for {n_layers} layers: sets {n_layers}..{config.n_sets - 1} "
+                             f"would never be used (--cache-nblocks at most {n_layers})")
+        max_keys = n_experts * -(-n_layers // config.n_sets)  # experts of the layers sharing the fullest set
+        if config.n_ways > max_keys:
+            raise ValueError(f"{config.n_ways} ways per set, but a set serves at most {max_keys} experts "
+                             f"({n_experts} per layer): --cache-nways at most {max_keys}")
+        self.config = config
+        self.n_layers = n_layers
+        self.n_experts = n_experts
+        self.n_sets = config.n_sets
+        self.n_ways = config.n_ways
+        self.n_slots = config.n_slots
+        self.admission = admission if admission is not None else build_admission(config.admission)
+        self.stats = CacheStats.empty(n_layers, expert_bytes)
+        self._rng = random.Random(config.seed)
+        self._clock = 0  # ticks once per lookup, admission and preload
+        self._key: list[ExpertKey | None] = [None] * self.n_slots
+        self._slot_of: dict[ExpertKey, int] = {}
+        self._last_use = [0] * self.n_slots
+        self._filled_at = [0] * self.n_slots
+        self._uses = [0] * self.n_slots
+        self._pins = [0] * self.n_slots
+
+    # ---- the hot path -------------------------------------------------------------------
+
+    def lookup(self, layer: int, expert: int) -> int | None:
+        """The slot holding (layer, expert), or None on a miss. A hit counts as a use."""
+        self._check_key(layer, expert)
+        self._clock += 1
+        self.admission.observe(layer, expert)
+        slot = self._slot_of.get((layer, expert))
+        if slot is None:
+            self.stats.misses_by_layer[layer] += 1
+            return None
+        self.stats.hits_by_layer[layer] += 1
+        self._last_use[slot] = self._clock
+        self._uses[slot] += 1
+        return slot
+
+    def admit(self, layer: int, expert: int) -> FillDecision | None:
+        """Decide whether a missed (layer, expert) is filled; if so, where and what it evicts.
+
+        The slot belongs to (layer, expert) from now on (later lookups hit it): the caller
+        must order reads after the fill (SlotStore.wait_filled) and pin it while filling.
+        """
+        self._check_key(layer, expert)
+        key = (layer, expert)
+        if key in self._slot_of:
+            raise ValueError(f"expert {expert} of layer {layer} is already cached in slot {self._slot_of[key]}")
+        self._clock += 1  # a fill is a use: it becomes the most recent, after the lookups before it
+        slot = self._choose_victim(set_index(layer, self.n_sets))
+        if slot is None:
+            self.stats.blocked_by_layer[layer] += 1
+            return None
+        victim = self._key[slot]
+        if not self.admission.should_admit(layer, expert, victim):
+            self.stats.declined_by_layer[layer] += 1
+            return None
+        if victim is not None:
+            del self._slot_of[victim]
+            self.stats.evictions_by_layer[victim[0]] += 1
+        self._install(slot, key)
+        self.admission.record_fill(layer, expert)
+        self.stats.fills_by_layer[layer] += 1
+        return FillDecision(slot, layer, expert, victim)
+
+    def pin(self, slot: int) -> None:
+        """Protect `slot` from eviction (a kernel reads it, or it is being filled). Pins nest."""
+        self._check_slot(slot)
+        if self._key[slot] is None:
+            raise ValueError(f"slot {slot} is empty: only a slot holding an expert can be pinned")
+        self._pins[slot] += 1
+
+    def unpin(self, slot: int) -> None:
+        self._check_slot(slot)
+        if self._pins[slot] == 0:
+            raise ValueError(f"slot {slot} is not pinned")
+        self._pins[slot] -= 1
+
+    def begin_token(self) -> None:
+        self.admission.begin_token()
+
+    def end_token(self) -> None:
+        self.stats.tokens += 1
+        self.admission.end_token()
+
+    # ---- placement and inspection -------------------------------------------------------
+
+    def preload(self, assignments: Iterable[ExpertKey]) -> list[FillDecision]:
+        """Place experts into empty ways (e.g. the statically hottest ones), in order.
+
+        Bypasses admission; counts as preloads, not fills. A set with no empty way left is
+        an error: preloading never evicts.
+        """
+        decisions = []
+        for layer, expert in assignments:
+            self._check_key(layer, expert)
+            if (layer, expert) in self._slot_of:
+                raise ValueError(f"preload lists expert {expert} of layer {layer} twice")
+            set_ = set_index(layer, self.n_sets)
+            slot = next((s for s in self.slots_of_set(set_) if self._key[s] is None), None)
+            if slot is None:
+                raise ValueError(f"preload: set {set_} (layer {layer}) has no empty way left of {self.n_ways}")
+            self._clock += 1
+            self._install(slot, (layer, expert))
+            self.stats.preloads += 1
+            decisions.append(FillDecision(slot, layer, expert, None))
+        return decisions
+
+    def contents(self) -> dict[int, ExpertKey]:
+        """slot -> (layer, expert) for every occupied slot."""
+        return {slot: key for slot, key in enumerate(self._key) if key is not None}
+
+    def __contains__(self, key: ExpertKey) -> bool:
+        return key in self._slot_of
+
+    def is_pinned(self, slot: int) -> bool:
+        self._check_slot(slot)
+        return self._pins[slot] > 0
+
+    def set_of_slot(self, slot: int) -> int:
+        return slot // self.n_ways
+
+    def slots_of_set(self, set_: int) -> range:
+        return range(set_ * self.n_ways, (set_ + 1) * self.n_ways)
+
+    def layers_of_set(self, set_: int) -> range:
+        return range(set_, self.n_layers, self.n_sets)
+
+    def reset_stats(self) -> None:
+        """Zero the counters (e.g. after warm-up); contents and policy state stay."""
+        self.stats = CacheStats.empty(self.n_layers, self.stats.expert_bytes)
+
+    # ---- internals ----------------------------------------------------------------------
+
+    def _install(self, slot: int, key: ExpertKey) -> None:
+        self._key[slot] = key
+        self._slot_of[key] = slot
+        self._last_use[slot] = self._clock
+        self._filled_at[slot] = self._clock
+        self._uses[slot] = 1
+
+    def _choose_victim(self, set_: int) -> int | None:
+        """The slot a fill of this set would take: an empty way, else per policy among unpinned."""
+        ways = self.slots_of_set(set_)
+        for slot in ways:
+            if self._key[slot] is None:
+                return slot
+        candidates = [slot for slot in ways if self._pins[slot] == 0]
+        if not candidates:
+            return None
+        policy = self.config.replace
+        if policy is ReplacePolicy.LRU:
+            return min(candidates, key=self._last_use.__getitem__)
+        if policy is ReplacePolicy.FIFO:
+            return min(candidates, key=self._filled_at.__getitem__)
+        if policy is ReplacePolicy.LFU:
+            return min(candidates, key=lambda s: (self._uses[s], self._last_use[s]))
+        return self._rng.choice(candidates)
+
+    def _check_key(self, layer: int, expert: int) -> None:
+        if not (0 <= layer < self.n_layers and 0 <= expert < self.n_experts):
+            raise ValueError(f"(layer {layer}, expert {expert}) is outside the model's "
+                             f"{self.n_layers} layers x {self.n_experts} experts")
+
+    def _check_slot(self, slot: int) -> None:
+        if not 0 <= slot < self.n_slots:
+            raise ValueError(f"slot {slot} is outside 0..{self.n_slots - 1}")

@@ -1,0 +1,183 @@
+"""`edge-moe run`: generate from a GGUF with llama.cpp's flag spellings, print timings and cache stats."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from edge_moe.errors import EdgeMoeError
+
+
+def add_run_parser(sub: Any) -> None:
+    r = sub.add_parser("run", help="generate text from a GGUF MoE model")
+    r.add_argument("-m", "--model", default=None, help="path to a .gguf (default: the built-in demo model)")
+    r.add_argument("-p", "--prompt", default="The quick brown fox", help="prompt text")
+    r.add_argument("-n", "--n-predict", type=int, default=64, help="tokens to generate")
+    r.add_argument("-t", "--threads", type=int, default=None, help="CPU expert threads (default: physical cores)")
+    r.add_argument("-c", "--ctx-size", type=int, default=2048, help="context length")
+    r.add_argument("--temp", type=float, default=0.8)
+    r.add_argument("--top-k", type=int, default=40)
+    r.add_argument("--top-p", type=float, default=0.95)
+    r.add_argument("--min-p", type=float, default=0.05)
+    r.add_argument("--repeat-penalty", type=float, default=1.0)
+    r.add_argument("--seed", type=int, default=None, help="sampling seed (default: random)")
+    r.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    r.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] for the dense parts and the cache")
+    r.add_argument("--gpu-budget", type=float, default=None, metavar="GiB",
+                   help="memory for cached experts; sizes the cache (one set per layer)")
+    r.add_argument("--cache-nblocks", type=int, default=None, help="cache sets (the paper's N)")
+    r.add_argument("--cache-nways", type=int, default=None, help="ways per set (the paper's M)")
+    r.add_argument("--cache-replace-policy", default="LRU", help="LRU | FIFO | LFU | random")
+    r.add_argument("--cache-quota", type=int, default=None, help="at most this many cache fills per token")
+    r.add_argument("--cache-admission", default="all", help="all (admit every miss) | reuse (cost model)")
+    r.add_argument("--trace-out", default=None, help="write the routing trace (.json or .csv)")
+    r.add_argument("--replay-trace", default=None, help="force routing from a trace (.npz or .json): benchmarks only")
+    r.add_argument("--replay-problem", default="0", help="which experts_<p> array of an .npz trace")
+    r.add_argument("--json", action="store_true", help="print one JSON object instead of text and timings")
+    r.set_defaults(func=cmd_run)
+
+
+def _cache_config(args: argparse.Namespace, model_path: str) -> Any:
+    """The GPU expert cache from the flags, or None when no cache flag is given."""
+    if args.gpu_budget is None and args.cache_nblocks is None and args.cache_nways is None:
+        return None
+    from edge_moe.cache_admission import AdmissionConfig, CostModel
+    from edge_moe.expert_cache import CacheConfig, parse_replace_policy
+    from edge_moe.gguf_file import GGUFFile
+    from edge_moe.gpu_experts import GpuExpertsConfig, quantized_expert_bytes, slot_nbytes
+    from edge_moe.model_config import read_config
+
+    with GGUFFile(model_path) as gguf:
+        cfg = read_config(gguf)
+        q_bytes = quantized_expert_bytes(gguf, cfg)
+    cost = CostModel(expert_bytes=q_bytes, dram_bandwidth=50e9, pcie_bandwidth=25e9,
+                     gpu_seconds_per_expert=q_bytes / 1e12)  # defaults until the planner measures
+    admission = AdmissionConfig(rule=args.cache_admission, max_fills_per_token=args.cache_quota,
+                                cost=cost if args.cache_admission == "reuse" else None)
+    replace = parse_replace_policy(args.cache_replace_policy)
+    if args.gpu_budget is not None:
+        device_is_cuda = args.device.startswith("cuda") or (args.device == "auto" and _has_cuda())
+        slot = slot_nbytes(cfg, "float16" if device_is_cuda else "float32")
+        cache = CacheConfig.from_budget(int(args.gpu_budget * 2**30), slot, cfg.n_layer, cfg.n_expert,
+                                        replace=replace, admission=admission)
+    else:
+        cache = CacheConfig(cfg.n_layer if args.cache_nblocks is None else args.cache_nblocks,
+                            2 if args.cache_nways is None else args.cache_nways, replace, admission)
+    return GpuExpertsConfig(cache)
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from edge_moe.executor import ExecutorConfig, HybridModel
+    from edge_moe.generate import GenerationStats, generate
+    from edge_moe.sampling import SamplingParams
+    from edge_moe.tokenizer import Tokenizer
+    from edge_moe.trace import ReplayRouting, TraceRecorder
+
+    model_path = args.model
+    if model_path is None:
+        from edge_moe.demo import ensure_demo_model
+
+        model_path = str(ensure_demo_model())
+    try:
+        params = SamplingParams(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                                repeat_penalty=args.repeat_penalty, seed=args.seed)
+        config = ExecutorConfig(device=args.device, n_ctx=args.ctx_size, n_threads=args.threads,
+                                cache=_cache_config(args, model_path))
+    except ValueError as e:
+        raise EdgeMoeError(f"invalid option: {e}") from None
+    tokenizer = Tokenizer(model_path)
+    stop: tuple[str, ...] = ()
+    if args.chat:
+        chat = tokenizer.chat_prompt([{"role": "user", "content": args.prompt}])
+        prompt_tokens, stop = tokenizer.encode(chat.text, add_bos=False), chat.stop
+    else:
+        prompt_tokens = tokenizer.encode(args.prompt, add_bos=True)
+    model = HybridModel(model_path, config)
+    replay = None
+    if args.replay_trace:
+        replay = ReplayRouting.load(args.replay_trace, args.replay_problem)
+        replay.check_model(model.cfg.n_layer, model.cfg.n_expert, model.cfg.n_expert_used)
+        print(f"edge-moe: REPLAY MODE: routing forced from {replay.source}; the text is not the model's",
+              file=sys.stderr)
+    recorder = TraceRecorder() if args.trace_out else None
+    if recorder:
+        recorder.attach(model)
+    stats = GenerationStats()
+    tokens, pieces = [], []
+    try:
+        for event in generate(model, tokenizer, prompt_tokens, args.n_predict, params, stop, stats, replay):
+            tokens.append(event.token)
+            pieces.append(event.text)
+            if not args.json:
+                print(event.text, end="", flush=True)
+    except KeyboardInterrupt:
+        stats.stop_reason = "interrupted"
+    report = _report(model, stats, tokens, "".join(pieces), args)
+    if recorder:
+        recorder.save(args.trace_out)
+    model.close()
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print()
+        _print_report(report)
+    return 0
+
+
+def _report(model: Any, stats: Any, tokens: list[int], text: str, args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "model": str(model.gguf.path), "arch": model.cfg.arch, "device": str(model.device),
+        "tokens": tokens, "text": text, "stop_reason": stats.stop_reason,
+        "timings": {"prompt_tokens": stats.prompt_tokens, "prompt_seconds": stats.prompt_seconds,
+                    "prompt_tps": stats.prompt_tps, "generated_tokens": stats.generated_tokens,
+                    "generation_seconds": stats.generation_seconds, "generation_tps": stats.generation_tps,
+                    "breakdown_seconds": model.timings.as_dict()},
+        "replay": args.replay_trace,
+    }
+    cache = model.gpu.cache
+    if cache is None:
+        out["cache"] = None
+    else:
+        s = cache.stats
+        per_layer = [h / (h + m) if h + m else 0.0 for h, m in zip(s.hits_by_layer, s.misses_by_layer)]
+        out["cache"] = {
+            "sets": cache.n_sets, "ways": cache.n_ways, "policy": cache.config.replace.value,
+            "admission": cache.config.admission.rule.value, "quota": cache.config.admission.max_fills_per_token,
+            "hits": s.hits, "misses": s.misses, "hit_rate": s.hit_rate, "hit_rate_per_layer": per_layer,
+            "fills": s.fills, "evictions": s.evictions, "declined": s.declined,
+            "pcie_bytes": s.pcie_bytes, "dram_bytes": s.dram_bytes, "cpu_dram_bytes": s.cpu_dram_bytes,
+        }
+    return out
+
+
+def _print_report(r: dict[str, Any]) -> None:
+    t = r["timings"]
+    err = sys.stderr
+    print(f"prompt eval time = {1e3 * t['prompt_seconds']:10.2f} ms / {t['prompt_tokens']:5d} tokens "
+          f"({t['prompt_tps']:8.2f} tokens per second)", file=err)
+    n = max(t["generated_tokens"] - 1, 0)
+    print(f"       eval time = {1e3 * t['generation_seconds']:10.2f} ms / {n:5d} runs   "
+          f"({t['generation_tps']:8.2f} tokens per second)", file=err)
+    b = t["breakdown_seconds"]
+    print("breakdown (s): " + ", ".join(f"{k} {v:.3f}" for k, v in b.items()), file=err)
+    c = r["cache"]
+    if c is None:
+        print("cache: none (every expert on the CPU)", file=err)
+        return
+    per_layer = " ".join(f"{x:.2f}" for x in c["hit_rate_per_layer"])
+    quota = "" if c["quota"] is None else f", quota {c['quota']}/token"
+    print(f"cache: {c['sets']} sets x {c['ways']} ways, {c['policy']}, admission {c['admission']}{quota}; "
+          f"hit rate {c['hit_rate']:.3f} "
+          f"({c['hits']} hits, {c['misses']} misses), {c['fills']} fills, {c['evictions']} evictions, "
+          f"{c['declined']} declined", file=err)
+    print(f"cache: per layer {per_layer}", file=err)
+    print(f"bytes: PCIe {c['pcie_bytes'] / 2**20:.1f} MiB, DRAM read {c['dram_bytes'] / 2**20:.1f} MiB "
+          f"(CPU misses {c['cpu_dram_bytes'] / 2**20:.1f} MiB)", file=err)
