@@ -162,6 +162,7 @@ class HybridModel:
             probs = torch.softmax(logits.float(), dim=-1).gather(1, ids)
             weights = probs / probs.sum(-1, keepdim=True) if cfg.normalize_topk else probs
         ids_host = ids.to(torch.int32).cpu().numpy()  # the one sync per layer
+        w_host = weights.float().cpu().numpy()  # [T, k]; the queue is already drained
         t1 = time.perf_counter()
         tm.router_sync += t1 - t0
 
@@ -169,13 +170,13 @@ class HybridModel:
         hit = slots >= 0
         for cb in self.on_route:
             cb(il, logits.float().cpu().numpy(), ids_host, hit)
-        # GPU side first, so that it runs while the CPU computes the misses
+        # The queue is empty here (the router sync just drained it), so copying h to the host
+        # costs only the copy; then the hits are enqueued and run while the CPU does the misses.
+        h_host = h.float().cpu().numpy() if not hit.all() else None  # [T, E]
         y = self.gpu.compute(il, h, weights, slots) if hit.any() else None
         t2 = time.perf_counter()
         tm.gpu_experts_enqueue += t2 - t1
-        if not hit.all():
-            h_host = h.float().cpu().numpy()  # [T, E]
-            w_host = weights.float().cpu().numpy()  # [T, k]
+        if h_host is not None:
             w_host[hit] = 0.0  # hits are the GPU's; a zero weight drops them from the CPU sum
             miss_ids, miss_w = _misses_only(ids_host, w_host, hit)
             y_cpu = torch.from_numpy(self.cpu.forward(self.cpu_layers[il], h_host, miss_ids, miss_w))
