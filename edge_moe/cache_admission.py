@@ -24,6 +24,11 @@ Policies:
   is still positive, so its Q allows at most Q - 1 fills; ours allows exactly Q.)
 - `ReuseAdmission`: admit only when the expected saving of the fill beats its cost,
   estimated from exponentially decayed use counts (see the class).
+
+On the Mixtral trace (shared/traces, 4 ways per layer, LRU victims, layer-step lookups),
+admit-all fills ~25 experts per token for a 0.60-0.63 hit rate; reuse admission fills ~5
+for 0.58-0.60, cutting the expert bytes read from DRAM per token by 37%. A per-token
+quota of 8 on admit-all bounds fills but spends them on the first layers: hit rate 0.28-0.35.
 """
 
 from __future__ import annotations

@@ -104,6 +104,9 @@ class CacheConfig:
           layers modulo n_slots (every layer covered, as `set_index` says). Sharing is no
           cure for a tiny cache: with one way per set, admit-all thrashes (each layer of a
           set evicts the others' experts within a token), so pair it with reuse admission.
+          On the Mixtral trace (shared/traces), 16 slots for 32 layers: admit-all gets no
+          hits and 1.5x the DRAM reads of no cache; reuse admission 10% hits and 7% fewer
+          reads than no cache, no worse than caching only the first 16 layers (the paper).
         """
         if expert_bytes <= 0:
             raise ValueError(f"expert_bytes must be positive, got {expert_bytes}")

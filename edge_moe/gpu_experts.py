@@ -1,9 +1,11 @@
 """Experts cached on the accelerator: slot storage, lookups, hit compute and admissions.
 
-The bookkeeping (sets, ways, replacement, admission) is `ExpertCache`; this module owns
-the slot tensors and the numerics. A slot holds one expert's gate, up and down matrices,
-dequantized to the compute dtype (the quantized-slot kernels are the next issue), in one
-tensor allocated once: slots [n_slots, 2*F*E + E*F].
+The bookkeeping (sets, ways, replacement, admission) is `ExpertCache`; the storage is a
+`SlotStore` (one device tensor allocated once; fills on a side CUDA stream through pinned
+staging, ordered by events: a slot is read only after its fill completed and refilled only
+after the kernels that read it). A slot holds one expert's gate [F, E], up [F, E] and
+down [E, F], dequantized on the host to the compute dtype (quantized slots and kernels are
+the next issue).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from edge_moe.model_config import MoEConfig
 
 if TYPE_CHECKING:
     from edge_moe.expert_cache import CacheConfig, ExpertCache
+    from edge_moe.gpu_slots import SlotStore
 
 
 @dataclass(frozen=True)
@@ -62,13 +65,19 @@ class GpuExperts:
         e, f = cfg.n_embd, cfg.n_ff_expert
         self._sizes = (f * e, f * e, e * f)
         self.cache: "ExpertCache | None" = None
-        self.slots: torch.Tensor | None = None
+        self.store: "SlotStore | None" = None
         if config is not None:
             from edge_moe.expert_cache import ExpertCache
+            from edge_moe.gpu_slots import SlotStore
 
             self.expert_bytes = quantized_expert_bytes(gguf, cfg)
             self.cache = ExpertCache(config.cache, cfg.n_layer, cfg.n_expert, self.expert_bytes)
-            self.slots = torch.zeros(self.cache.n_slots, sum(self._sizes), device=device, dtype=dtype)
+            esize = torch.empty(0, dtype=dtype).element_size()
+            self.store = SlotStore(self.cache.n_slots, [n * esize for n in self._sizes], device)
+            shapes = ((f, e), (f, e), (e, f))
+            # typed views of every slot, made once: (gate [F, E], up [F, E], down [E, F])
+            self._slot_views = [tuple(part.view(dtype).view(shape) for part, shape in zip(self.store.parts(i), shapes))
+                                for i in range(self.cache.n_slots)]
             if config.preload == "all":
                 self._preload_all()
 
@@ -76,18 +85,15 @@ class GpuExperts:
     def enabled(self) -> bool:
         return self.cache is not None
 
-    def _views(self, slot: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        assert self.slots is not None
-        e, f = self.cfg.n_embd, self.cfg.n_ff_expert
-        gate, up, down = torch.split(self.slots[slot], self._sizes)
-        return gate.view(f, e), up.view(f, e), down.view(e, f)
-
     def _fill(self, slot: int, layer: int, expert: int) -> None:
-        assert self.slots is not None
-        parts = [expert_matrix(self.gguf.tensor(f"blk.{layer}.ffn_{k}_exps.weight"), expert).reshape(-1)
-                 for k in ("gate", "up", "down")]
-        host = torch.from_numpy(np.concatenate(parts))
-        self.slots[slot].copy_(host.to(self.dtype))
+        """Dequantize the expert on the host and copy it into `slot` on the side stream."""
+        assert self.store is not None
+        np_dtype = torch.empty(0, dtype=self.dtype).numpy().dtype if self.dtype != torch.bfloat16 else None
+        parts = []
+        for k in ("gate", "up", "down"):
+            m = expert_matrix(self.gguf.tensor(f"blk.{layer}.ffn_{k}_exps.weight"), expert)
+            parts.append(m.astype(np_dtype) if np_dtype is not None else torch.from_numpy(m).to(self.dtype))
+        self.store.fill(slot, parts)
 
     def _preload_all(self) -> None:
         """Fill every way: experts in order, layer by layer, as long as their set has room."""
@@ -128,15 +134,19 @@ class GpuExperts:
 
     def compute(self, layer: int, h: torch.Tensor, weights: torch.Tensor, slots: np.ndarray) -> torch.Tensor:
         """sum over cached (t, j) of weights[t, j] * FFN_slot(h[t]) -> [T, E] (zeros elsewhere)."""
+        assert self.store is not None
         y = torch.zeros_like(h)
         for slot in np.unique(slots[slots >= 0]):
+            slot = int(slot)
             tok, j = np.nonzero(slots == slot)
             rows = torch.as_tensor(tok, device=h.device)
-            gate, up, down = self._views(int(slot))
+            self.store.wait_filled(slot)  # the compute stream waits for the slot's fill, if any
+            gate, up, down = self._slot_views[slot]
             hs = h[rows]  # [n, E]
             out = F.linear(F.silu(F.linear(hs, gate)) * F.linear(hs, up), down)  # [n, E]
             w = weights[rows, torch.as_tensor(j, device=h.device)].to(h.dtype)[:, None]
             y.index_add_(0, rows, out * w)
+            self.store.mark_read(slot)  # a later refill of this slot waits for these kernels
         return y
 
     def after_layer(self, layer: int, ids: np.ndarray, slots: np.ndarray) -> None:
@@ -151,4 +161,7 @@ class GpuExperts:
                 self._fill(decision.slot, layer, int(expert))
 
     def close(self) -> None:
-        self.slots = None
+        if self.store is not None:
+            self.store.synchronize()
+        self.store = None
+        self._slot_views = []

@@ -95,16 +95,31 @@ def hf_forward(model_dir: Path, tokens: list[int], llama_cpp_semantics: bool = T
     )
 
 
-def llama_cpp_logits(gguf_path: Path, tokens: list[int]) -> np.ndarray:
-    from llama_cpp import Llama
+_LLAMA_CPP_PROBE = """
+import sys, numpy as np
+from llama_cpp import Llama
+path, out, tokens = sys.argv[1], sys.argv[2], [int(t) for t in sys.argv[3].split(",")]
+llm = Llama(model_path=path, n_ctx=max(64, len(tokens)), n_batch=len(tokens), logits_all=True,
+            n_threads=2, n_gpu_layers=0, verbose=False)
+llm.eval(tokens)
+np.save(out, np.array(llm.scores[: len(tokens)], dtype=np.float64))
+"""
 
-    llm = Llama(model_path=str(gguf_path), n_ctx=max(64, len(tokens)), n_batch=len(tokens), logits_all=True,
-                n_threads=2, n_gpu_layers=0, verbose=False)
-    try:
-        llm.eval(tokens)
-        return np.array(llm.scores[: len(tokens)], dtype=np.float64)
-    finally:
-        llm.close()
+
+def llama_cpp_logits(gguf_path: Path, tokens: list[int]) -> np.ndarray:
+    """llama.cpp's logits [T, V] for `tokens`, computed in a separate process: llama.cpp then
+    owns a fresh process (no torch, no edge-moe ggml engine beside it), and a crash in it is
+    reported as a test failure instead of taking the test session down."""
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "logits.npy"
+        proc = subprocess.run([sys.executable, "-c", _LLAMA_CPP_PROBE, str(gguf_path), str(out),
+                               ",".join(map(str, tokens))], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, f"llama.cpp failed (rc {proc.returncode}): {proc.stderr[-2000:]}"
+        return np.load(out)
 
 
 def topk_margins(router_logits: list[np.ndarray], k: int) -> np.ndarray:

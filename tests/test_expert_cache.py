@@ -116,7 +116,7 @@ def operations(n_layers: int, n_experts: int) -> st.SearchStrategy[list[tuple]]:
 def random_walks(draw: st.DrawFn, n_layers: int, n_experts: int) -> list[tuple]:
     rng = draw(st.randoms(use_true_random=False))
     ops: list[tuple] = []
-    for _ in range(draw(st.integers(50, 200))):
+    for _ in range(draw(st.integers(40, 120))):
         r = rng.random()
         if r < 0.75:
             ops.append(("access", rng.randrange(n_layers), rng.randrange(n_experts)))
@@ -291,7 +291,7 @@ def test_preload_places_without_fills_and_never_evicts() -> None:
     assert cache.stats.preloads == 3 and cache.stats.fills == 0
     assert cache.lookup(2, 5) == decisions[1].slot
     with pytest.raises(ValueError, match="no empty way"):
-        cache.preload([(4 - 2, 6)])
+        cache.preload([(2, 6)])
     with pytest.raises(ValueError, match="twice"):
         cache.preload([(1, 7)])
 
@@ -492,6 +492,7 @@ def trace() -> dict[str, np.ndarray]:
         return {k: data[k] for k in data.files}
 
 
+# The README gives 0.30-0.35, 0.57-0.61 and 0.80, rounded to two decimals.
 @pytest.mark.parametrize("ways, low, high", [(2, 0.295, 0.355), (4, 0.57, 0.61), (6, 0.795, 0.805)])
 def test_lru_replay_matches_the_published_hit_rates(trace: dict[str, np.ndarray], ways: int,
                                                     low: float, high: float) -> None:

@@ -1,0 +1,169 @@
+"""GPU memory for the expert cache's slots, and fills ordered against the kernels that read them.
+
+`SlotStore` allocates every slot once, as one uint8 tensor [n_slots, slot_stride] on the
+device. A slot holds one expert's parts (gate, up, down) as the raw bytes the GGUF stores;
+the executor interprets them. Each part starts at a multiple of `alignment` bytes so a
+kernel may view it as a wider dtype.
+
+Ordering on CUDA (one compute stream reads the slots, one side stream writes them):
+
+    fill(slot, parts)          side stream: wait for `last_read[slot]`, copy, record `filled[slot]`
+    wait_filled(slot, stream)  compute stream waits for `filled[slot]` before reading the slot
+    mark_read(slot, stream)    record `last_read[slot]` after the kernels that read the slot
+
+so a slot is never read while it is written (wait_filled) nor overwritten while a kernel
+still reads it (mark_read). Events are re-recorded, never reallocated: a wait orders
+against the latest record at the time it is enqueued.
+
+Host sources: the GGUF's memory map is pageable, so `fill` first copies the expert into
+one of `n_staging` pinned buffers (a ring, allocated once), then the side stream copies
+the buffer to the slot asynchronously. Before the CPU rewrites a staging buffer it waits
+for the copy that last read it: the only host wait in `fill`, and it blocks only when the
+copy engine is `n_staging` fills behind. The staging copy runs on the calling thread and
+costs DRAM bandwidth (read and write) on top of the DMA's read; sources that are already
+pinned torch tensors skip it and are copied straight to the slot (they must stay
+unchanged until the fill is done).
+
+On a CPU device (tests, no GPU) the same calls copy synchronously and the event calls do
+nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+HostBytes = np.ndarray | torch.Tensor
+
+
+class SlotStore:
+    def __init__(self, n_slots: int, part_nbytes: Sequence[int], device: torch.device | str,
+                 n_staging: int = 2, alignment: int = 256) -> None:
+        if n_slots < 1:
+            raise ValueError(f"a slot store needs at least one slot, got {n_slots}")
+        if not part_nbytes or any(n <= 0 for n in part_nbytes):
+            raise ValueError(f"part sizes must be positive byte counts, got {list(part_nbytes)}")
+        if n_staging < 1:
+            raise ValueError(f"at least one staging buffer is needed, got {n_staging}")
+        if alignment < 1 or alignment & (alignment - 1):
+            raise ValueError(f"alignment must be a power of two, got {alignment}")
+        self.device = torch.device(device)
+        self.n_slots = n_slots
+        self.part_nbytes = tuple(int(n) for n in part_nbytes)
+        offsets, end = [], 0
+        for n in self.part_nbytes:
+            offsets.append(end)
+            end = _round_up(end + n, alignment)
+        self.part_offsets = tuple(offsets)
+        self.slot_stride = end
+        self.is_cuda = self.device.type == "cuda"
+
+        self.storage = torch.zeros((n_slots, self.slot_stride), dtype=torch.uint8, device=self.device)
+        # Views made once, so the hot path creates no tensors.
+        self._parts = [tuple(self.storage[s, o:o + n] for o, n in zip(self.part_offsets, self.part_nbytes))
+                       for s in range(n_slots)]
+        if self.is_cuda:
+            self._side_stream = torch.cuda.Stream(self.device)
+            # The side stream writes memory allocated (and zeroed) on the current stream.
+            self._side_stream.wait_stream(torch.cuda.current_stream(self.device))
+            self.storage.record_stream(self._side_stream)
+            self._staging = [torch.zeros(self.slot_stride, dtype=torch.uint8, pin_memory=True)
+                             for _ in range(n_staging)]
+            self._staging_parts = [[buf.numpy()[o:o + n] for o, n in zip(self.part_offsets, self.part_nbytes)]
+                                   for buf in self._staging]
+            self._staging_free = [torch.cuda.Event() for _ in range(n_staging)]
+            self._filled = [torch.cuda.Event() for _ in range(n_slots)]
+            self._last_read = [torch.cuda.Event() for _ in range(n_slots)]
+            self._next_staging = 0
+        else:
+            self._host_parts = [[p.numpy() for p in parts] for parts in self._parts]
+
+    @property
+    def nbytes(self) -> int:
+        return self.storage.numel()
+
+    def parts(self, slot: int) -> tuple[torch.Tensor, ...]:
+        """The slot's parts as uint8 views of the device storage (gate, up, down, ...)."""
+        return self._parts[slot]
+
+    def fill(self, slot: int, host_parts: Sequence[HostBytes]) -> None:
+        """Copy one expert's parts (host bytes, in `part_nbytes` order) into `slot`.
+
+        On CUDA the copy is asynchronous on the side stream and waits for the last read
+        the executor marked on this slot; readers must `wait_filled` before using it.
+        """
+        if not 0 <= slot < self.n_slots:
+            raise ValueError(f"slot {slot} is outside 0..{self.n_slots - 1}")
+        if len(host_parts) != len(self.part_nbytes):
+            raise ValueError(f"expected {len(self.part_nbytes)} parts, got {len(host_parts)}")
+        for i, (src, n) in enumerate(zip(host_parts, self.part_nbytes)):
+            got = src.nbytes if isinstance(src, np.ndarray) else src.numel() * src.element_size()
+            if got != n:
+                raise ValueError(f"part {i} has {got} bytes, the slot holds {n}")
+        if not self.is_cuda:
+            for dst, src in zip(self._host_parts[slot], host_parts):
+                np.copyto(dst, _host_bytes(src))
+            return
+        if all(isinstance(src, torch.Tensor) and src.is_pinned() for src in host_parts):
+            self._fill_from_pinned(slot, host_parts)  # type: ignore[arg-type]
+        else:
+            self._fill_through_staging(slot, host_parts)
+
+    def wait_filled(self, slot: int, stream: torch.cuda.Stream | None = None) -> None:
+        """Make `stream` (default: the current one) wait until the slot's latest fill is done."""
+        if self.is_cuda:
+            (stream or torch.cuda.current_stream(self.device)).wait_event(self._filled[slot])
+
+    def mark_read(self, slot: int, stream: torch.cuda.Stream | None = None) -> None:
+        """Record, after the kernels that read `slot` were enqueued on `stream`, that they read it."""
+        if self.is_cuda:
+            self._last_read[slot].record(stream or torch.cuda.current_stream(self.device))
+
+    def synchronize(self) -> None:
+        """Block the host until every fill issued so far is done (tests, shutdown)."""
+        if self.is_cuda:
+            self._side_stream.synchronize()
+
+    def _fill_through_staging(self, slot: int, host_parts: Sequence[HostBytes]) -> None:
+        i = self._next_staging
+        self._next_staging = (i + 1) % len(self._staging)
+        self._staging_free[i].synchronize()  # the DMA that last read this buffer has finished
+        for dst, src in zip(self._staging_parts[i], host_parts):
+            np.copyto(dst, _host_bytes(src))
+        side = self._side_stream
+        side.wait_event(self._last_read[slot])
+        with torch.cuda.stream(side):
+            self.storage[slot].copy_(self._staging[i], non_blocking=True)
+        self._staging_free[i].record(side)
+        self._filled[slot].record(side)
+
+    def _fill_from_pinned(self, slot: int, host_parts: Sequence[torch.Tensor]) -> None:
+        side = self._side_stream
+        side.wait_event(self._last_read[slot])
+        with torch.cuda.stream(side):
+            for dst, src in zip(self._parts[slot], host_parts):
+                dst.copy_(_flat_bytes(src), non_blocking=True)
+        self._filled[slot].record(side)
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def _flat_bytes(src: torch.Tensor) -> torch.Tensor:
+    if not src.is_contiguous():
+        raise ValueError("host parts must be contiguous (a copy here would allocate on every fill)")
+    return src.detach().reshape(-1).view(torch.uint8)
+
+
+def _host_bytes(src: HostBytes) -> np.ndarray:
+    """A flat uint8 numpy view of host bytes, without copying (read-only mmap views work)."""
+    if isinstance(src, torch.Tensor):
+        if src.device.type != "cpu":
+            raise ValueError(f"host parts must be CPU memory, got a tensor on {src.device}")
+        return _flat_bytes(src).numpy()
+    if not src.flags.c_contiguous:
+        raise ValueError("host parts must be C-contiguous (a copy here would allocate on every fill)")
+    return src.reshape(-1).view(np.uint8)

@@ -1,0 +1,186 @@
+"""The expert slot store (edge_moe/gpu_slots.py): layout, copies, no allocation, CUDA ordering.
+
+The CPU tests run anywhere. The `gpu` tests check the stream ordering on a real device:
+a read enqueued right after `wait_filled` sees the new bytes, and a fill issued after
+`mark_read` does not overwrite bytes a slow kernel is still reading.
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+import torch
+
+from edge_moe.gpu_slots import SlotStore
+
+PARTS = (1000, 3000, 1500)  # e.g. an expert's gate, up and down bytes: not multiples of the alignment
+
+
+def expert_bytes(seed: int, parts: tuple[int, ...] = PARTS) -> list[np.ndarray]:
+    """Read-only uint8 arrays, like views into a memory-mapped GGUF."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for n in parts:
+        a = rng.integers(0, 256, n, dtype=np.uint8)
+        a.setflags(write=False)
+        out.append(a)
+    return out
+
+
+def slot_bytes(store: SlotStore, slot: int) -> list[np.ndarray]:
+    return [p.cpu().numpy() for p in store.parts(slot)]
+
+
+# ---- CPU ----------------------------------------------------------------------------------
+
+def test_layout_is_aligned_views_of_one_tensor() -> None:
+    store = SlotStore(4, PARTS, "cpu", alignment=256)
+    assert store.part_offsets == (0, 1024, 4096)
+    assert store.slot_stride == 5632 and store.nbytes == 4 * 5632
+    base = store.storage.data_ptr()
+    for slot in range(4):
+        for part, offset, n in zip(store.parts(slot), store.part_offsets, PARTS):
+            assert part.dtype == torch.uint8 and part.numel() == n
+            assert part.data_ptr() == base + slot * store.slot_stride + offset
+
+
+def test_fill_copies_numpy_and_torch_sources() -> None:
+    store = SlotStore(3, PARTS, "cpu")
+    first = expert_bytes(1)
+    store.fill(2, first)
+    assert all(np.array_equal(a, b) for a, b in zip(slot_bytes(store, 2), first))
+    # torch tensors of any dtype are taken as their bytes
+    second = [torch.from_numpy(a.copy()).view(torch.int8) for a in expert_bytes(2)]
+    second[2] = torch.from_numpy(expert_bytes(2)[2].copy()).view(torch.float16)
+    store.fill(0, second)
+    for got, src in zip(slot_bytes(store, 0), second):
+        assert np.array_equal(got, src.view(torch.uint8).numpy())
+    assert all(np.array_equal(a, b) for a, b in zip(slot_bytes(store, 2), first))  # untouched
+    store.wait_filled(0)
+    store.mark_read(0)  # no-ops without CUDA
+    store.synchronize()
+
+
+def test_many_fills_allocate_nothing() -> None:
+    store = SlotStore(8, PARTS, "cpu")
+    storage, ptr = store.storage, store.storage.data_ptr()
+    views = [store.parts(s) for s in range(8)]
+    sources = [expert_bytes(seed) for seed in range(4)]
+    store.fill(0, sources[0])  # warm up
+    tracemalloc.start()
+    try:
+        for i in range(400):
+            store.fill(i % 8, sources[i % 4])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < min(PARTS), f"fills allocated {peak} bytes"  # no copy of a part was made
+    assert store.storage is storage and store.storage.data_ptr() == ptr
+    assert all(store.parts(s) is views[s] for s in range(8))
+    assert all(np.array_equal(a, b) for a, b in zip(slot_bytes(store, 7), sources[3]))
+
+
+def test_fill_rejects_bad_input() -> None:
+    store = SlotStore(2, PARTS, "cpu")
+    good = expert_bytes(0)
+    with pytest.raises(ValueError, match="outside"):
+        store.fill(2, good)
+    with pytest.raises(ValueError, match="expected 3 parts"):
+        store.fill(0, good[:2])
+    with pytest.raises(ValueError, match="part 1 has 2999 bytes"):
+        store.fill(0, [good[0], good[1][:2999], good[2]])
+    strided = np.zeros(2 * PARTS[0], dtype=np.uint8)[::2]
+    with pytest.raises(ValueError, match="contiguous"):
+        store.fill(0, [strided, good[1], good[2]])
+
+
+def test_construction_validates() -> None:
+    with pytest.raises(ValueError, match="at least one slot"):
+        SlotStore(0, PARTS, "cpu")
+    with pytest.raises(ValueError, match="positive"):
+        SlotStore(1, (10, 0), "cpu")
+    with pytest.raises(ValueError, match="power of two"):
+        SlotStore(1, PARTS, "cpu", alignment=100)
+    with pytest.raises(ValueError, match="staging"):
+        SlotStore(1, PARTS, "cpu", n_staging=0)
+
+
+# ---- CUDA ordering ------------------------------------------------------------------------
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+BIG = (24 << 20, 24 << 20, 16 << 20)  # 64 MiB a slot: a copy long enough for a race to show
+
+
+def big_expert(value: int) -> list[np.ndarray]:
+    return [np.full(n, value, dtype=np.uint8) for n in BIG]
+
+
+def spin_gpu(ms: float) -> None:
+    """Keep the current stream busy for about `ms` milliseconds (a long kernel)."""
+    torch.cuda._sleep(int(ms * 2_000_000))  # ~2 GHz clock; only a lower bound matters
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("pinned_source", [False, True])
+def test_read_right_after_fill_sees_the_new_bytes(pinned_source: bool) -> None:
+    store = SlotStore(2, BIG, "cuda")
+    compute = torch.cuda.current_stream()
+    for round_, value in enumerate((7, 201, 33)):
+        src = big_expert(value)
+        parts = [torch.from_numpy(a).pin_memory() for a in src] if pinned_source else src
+        store.fill(round_ % 2, parts)
+        store.wait_filled(round_ % 2, compute)
+        sums = [p.sum(dtype=torch.int64) for p in store.parts(round_ % 2)]  # read on the compute stream
+        store.mark_read(round_ % 2, compute)
+        assert [int(s) for s in sums] == [value * n for n in BIG]
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_fill_waits_for_a_slow_reader_of_the_old_bytes() -> None:
+    store = SlotStore(1, BIG, "cuda")
+    store.fill(0, big_expert(1))
+    store.wait_filled(0)
+    spin_gpu(200)  # the compute stream is busy ...
+    seen = [p.sum(dtype=torch.int64) for p in store.parts(0)]  # ... before this read of the old bytes
+    store.mark_read(0)
+    store.fill(0, big_expert(2))  # must not start before the read is done
+    store.wait_filled(0)
+    after = [p.sum(dtype=torch.int64) for p in store.parts(0)]
+    torch.cuda.synchronize()
+    assert [int(s) for s in seen] == [1 * n for n in BIG]
+    assert [int(s) for s in after] == [2 * n for n in BIG]
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_staging_ring_reuse_keeps_every_fill_intact() -> None:
+    store = SlotStore(6, BIG, "cuda", n_staging=2)
+    for slot in range(6):  # three rounds through a ring of two, no host sync in between
+        store.fill(slot, big_expert(slot + 10))
+    for slot in range(6):
+        store.wait_filled(slot)
+    sums = [[int(p.sum(dtype=torch.int64)) for p in store.parts(slot)] for slot in range(6)]
+    assert sums == [[(slot + 10) * n for n in BIG] for slot in range(6)]
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_fills_allocate_nothing() -> None:
+    store = SlotStore(4, PARTS, "cuda")
+    sources = [expert_bytes(seed) for seed in range(4)]
+    store.fill(0, sources[0])
+    store.synchronize()
+    allocated, ptr = torch.cuda.memory_allocated(), store.storage.data_ptr()
+    for i in range(200):
+        store.fill(i % 4, sources[(i + 1) % 4])
+        store.wait_filled(i % 4)
+        store.mark_read(i % 4)
+    store.synchronize()
+    assert torch.cuda.memory_allocated() == allocated and store.storage.data_ptr() == ptr
+    for slot in range(4):
+        expected = sources[(196 + slot + 1) % 4]
+        assert all(np.array_equal(a, b) for a, b in zip(slot_bytes(store, slot), expected))
