@@ -69,7 +69,8 @@ def load_dense_weights(gguf: GGUFFile, cfg: MoEConfig, device: torch.device, dty
                 gguf.tensor(name)  # raises the ModelFormatError naming the file and tensor
             return None
         arr = tensor_to_numpy(gguf.tensors[name])
-        return torch.from_numpy(np.ascontiguousarray(arr)).to(device=device, dtype=dtype)
+        # a copy: F32 tensors are read-only views of the mmap, which torch must not alias
+        return torch.from_numpy(np.array(arr, dtype=np.float32, copy=True)).to(device=device, dtype=dtype)
 
     def must(name: str) -> torch.Tensor:
         t = get(name)
