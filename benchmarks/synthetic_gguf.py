@@ -28,6 +28,7 @@ import numpy as np
 from gguf import GGUFValueType, GGUFWriter
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType as T
 
+from edge_moe.converters.gguf_stream import atomic_gguf
 from edge_moe.gguf_file import GGUFFile
 
 Q4_0_BLOCK, Q4_0_BYTES = GGML_QUANT_SIZES[T.Q4_0]  # 32 weights in 18 bytes
@@ -206,16 +207,9 @@ def write_model(s: ModelShape, out: Path, name: str, seed: int = 0, vocab_dir: P
 
     pool = memoryview(random_q4_0_pool(rng, POOL_BLOCKS))
     total = sum(t.nbytes for t in plan)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
     written_all = 0
-    try:
-        writer.write_header_to_file(partial)
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        start = time.perf_counter()
-        assert writer.fout is not None
-        fout = writer.fout[0]
+    start = time.perf_counter()
+    with atomic_gguf(writer, out) as fout:
         for t in plan:
             writer.write_padding(fout, fout.tell())
             if t.ggml_type == T.F32:
@@ -232,13 +226,6 @@ def write_model(s: ModelShape, out: Path, name: str, seed: int = 0, vocab_dir: P
                 el = time.perf_counter() - start
                 print(f"\r{out.name}: {written_all / 2**30:.1f} / {total / 2**30:.1f} GiB, "
                       f"{written_all / el / 1e9:.1f} GB/s", end="", file=sys.stderr, flush=True)
-        fout.flush()
-        writer.close()
-        os.replace(partial, out)
-    except BaseException:
-        writer.close()
-        partial.unlink(missing_ok=True)
-        raise
     if progress:
         print(f"\n{out}: {out.stat().st_size / 2**30:.2f} GiB in {time.perf_counter() - start:.1f} s",
               file=sys.stderr)

@@ -6,12 +6,11 @@
 3. stream the data: each source matrix is read in row chunks, encoded by ggml and
    written; experts are stacked by writing expert after expert, so the peak
    memory is a chunk of one expert, whatever the model size.
-The output goes to `OUT.partial` and is renamed to OUT only when complete.
+The output goes to `OUT.partial` and is renamed to OUT only when complete (gguf_stream.py).
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from gguf.constants import GGMLQuantizationType as T
 from tqdm import tqdm
 
 from edge_moe.converters.arch_tables import ARCH_SPECS, GLOBAL_TENSORS, ArchSpec, HParams, write_hparams
+from edge_moe.converters.gguf_stream import atomic_gguf
 from edge_moe.converters.hf_checkpoint import HFCheckpoint
 from edge_moe.converters.quant_policy import OUTTYPES, encode_rows, nbytes_of, tensor_type
 from edge_moe.converters.tokenizer_export import read_vocab, write_vocab
@@ -172,8 +172,6 @@ def convert(model_dir: str | Path, outfile: str | Path, outtype: str = "f16", pr
     vocab = read_vocab(ckpt.dir, ckpt.config, spec.bpe_pre)
 
     out = Path(outfile)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
     writer = GGUFWriter(path=None, arch=spec.gguf_arch)
     write_hparams(writer, spec, hp, model_name=ckpt.dir.name)
     writer.add_type("model")
@@ -183,12 +181,7 @@ def convert(model_dir: str | Path, outfile: str | Path, outtype: str = "f16", pr
     for t in plan:
         writer.add_tensor_info(t.gguf_name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=t.ggml_type)
 
-    try:
-        writer.write_header_to_file(partial)
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        assert writer.fout is not None
-        fout = writer.fout[0]
+    with atomic_gguf(writer, out) as fout:
         total = sum(t.nbytes for t in plan)
         with tqdm(total=total, unit="B", unit_scale=True, desc=out.name, disable=not progress,
                   file=sys.stderr) as bar:
@@ -203,12 +196,4 @@ def convert(model_dir: str | Path, outfile: str | Path, outtype: str = "f16", pr
                     raise RuntimeError(f"internal error: wrote {written} bytes for {t.gguf_name}, "
                                        f"planned {t.nbytes}")
                 writer.write_padding(fout, written)
-        fout.flush()
-        os.fsync(fout.fileno())
-        writer.close()
-        os.replace(partial, out)
-    except BaseException:
-        writer.close()
-        partial.unlink(missing_ok=True)
-        raise
     return out
