@@ -55,8 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_cmd_convert)
 
     from edge_moe.run_cli import add_run_parser
+    from edge_moe.simulate_cli import add_simulate_parser
 
     add_run_parser(sub)
+    add_simulate_parser(sub)
 
     pr = sub.add_parser("profile", help="detected hardware and the matching hardware profile")
     pr.add_argument("--json", action="store_true")

@@ -150,15 +150,16 @@ class GpuExperts:
         return y
 
     def after_layer(self, layer: int, ids: np.ndarray, slots: np.ndarray) -> None:
-        """Unpin this layer's hits; offer its misses to the admission policy; fill what it admits."""
+        """Offer this layer's misses to the admission policy and fill what it admits, then
+        unpin the layer's hits (pinned until now, so these admissions cannot evict them)."""
         if self.cache is None:
             return
-        for slot in slots[slots >= 0]:
-            self.cache.unpin(int(slot))
         for expert in np.unique(ids[slots < 0]):
             decision = self.cache.admit(layer, int(expert))
             if decision is not None:
                 self._fill(decision.slot, layer, int(expert))
+        for slot in slots[slots >= 0]:
+            self.cache.unpin(int(slot))
 
     def close(self) -> None:
         if self.store is not None:

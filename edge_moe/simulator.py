@@ -1,0 +1,212 @@
+"""Cache simulator: replay a routing trace through an `ExpertCache` and predict decode speed.
+
+The replay drives the cache exactly as a decode step does (edge_moe/expert_cache.py):
+
+    begin_token()
+    for each layer:
+        look up all k experts; pin the hits       (this layer's fills cannot evict them)
+        admit the misses, ascending expert id     (np.unique order, as the executor does)
+        unpin the hits
+    end_token()
+
+Prediction (DESIGN.md, "The cost model"): per token, with h hits, m misses and f fills,
+
+    gpu_time = h x gpu_expert_seconds
+    cpu_time = (m + f) x expert_bytes / dram_bandwidth     fills read the same DRAM as misses
+    pcie_time = f x expert_bytes / pcie_bandwidth          the second limit on fills
+    t_token = base_token_seconds + max(gpu_time, cpu_time, pcie_time)
+
+computed for each token and averaged (a token's bottleneck depends on its own counts);
+tok/s = 1 / mean t_token. The "no cache" baseline is the same formula with every lookup a
+miss and no fills. It is a model of overlap, not a measurement: GPU hits, CPU misses and
+copies are assumed to run concurrently and be bound by bandwidth alone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from edge_moe.cache_admission import (AdmissionConfig, AdmissionPolicy, AdmissionRule, CostModel,
+                                      parse_admission_rule)
+from edge_moe.expert_cache import CacheConfig, ExpertCache
+
+
+@dataclass(frozen=True)
+class MachineFigures:
+    """Bandwidths (GB/s, 1e9 bytes/s) and per-expert GPU time the cost model needs."""
+
+    dram_gbps: float  # CPU expert path reading host DRAM
+    pcie_gbps: float  # host to GPU copies (fills)
+    gpu_expert_seconds: float  # one cached expert's FFN on the GPU
+    base_token_seconds: float = 0.002  # everything but routed experts (attention, dense, sampling)
+
+    def __post_init__(self) -> None:
+        for name in ("dram_gbps", "pcie_gbps", "gpu_expert_seconds", "base_token_seconds"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"MachineFigures.{name} must be a positive number, got {value!r}")
+
+    @property
+    def dram_bandwidth(self) -> float:
+        return self.dram_gbps * 1e9
+
+    @property
+    def pcie_bandwidth(self) -> float:
+        return self.pcie_gbps * 1e9
+
+    def cost_model(self, expert_bytes: int) -> CostModel:
+        """The same figures in the form the reuse admission rule weighs fills with."""
+        return CostModel(expert_bytes, self.dram_bandwidth, self.pcie_bandwidth, self.gpu_expert_seconds)
+
+    def token_seconds(self, hits: int, misses: int, fills: int, expert_bytes: int) -> float:
+        """DESIGN.md's cost model for one token (see the module docstring)."""
+        gpu = hits * self.gpu_expert_seconds
+        cpu = (misses + fills) * expert_bytes / self.dram_bandwidth
+        pcie = fills * expert_bytes / self.pcie_bandwidth
+        return self.base_token_seconds + max(gpu, cpu, pcie)
+
+
+def admission_config(rule: str | AdmissionRule, quota: int | None, machine: MachineFigures,
+                     expert_bytes: int) -> AdmissionConfig:
+    """An AdmissionConfig whose reuse rule (if chosen) uses the simulated machine's costs."""
+    rule = rule if isinstance(rule, AdmissionRule) else parse_admission_rule(rule)
+    cost = machine.cost_model(expert_bytes) if rule is AdmissionRule.REUSE else None
+    return AdmissionConfig(rule=rule, max_fills_per_token=quota, cost=cost)
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    # what was simulated
+    n_layers: int
+    n_experts: int
+    k: int
+    n_sets: int
+    n_ways: int
+    replace: str
+    admission: str
+    quota: int | None
+    expert_bytes: int
+    machine: MachineFigures
+    # cache counters, over the whole trace
+    tokens: int
+    hits: int
+    misses: int
+    fills: int
+    evictions: int
+    declined: int  # the admission policy said no
+    blocked: int  # every way of the set was pinned
+    hit_rate: float
+    hit_rate_by_layer: tuple[float, ...]
+    # per token averages
+    fills_per_token: float
+    dram_bytes_per_token: float  # CPU misses + fills
+    pcie_bytes_per_token: float  # fills
+    cpu_miss_bytes_per_token: float  # misses
+    seconds_per_token: float
+    tokens_per_second: float
+    # no cache: every lookup a CPU miss, no fills
+    baseline_seconds_per_token: float
+    baseline_tokens_per_second: float
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["hit_rate_by_layer"] = list(self.hit_rate_by_layer)
+        return out
+
+
+def _check_trace(experts: np.ndarray, n_experts: int) -> np.ndarray:
+    arr = np.asarray(experts)
+    if arr.ndim != 3 or 0 in arr.shape:
+        raise ValueError(f"a routing trace is a non-empty [tokens, layers, k] array, got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"expert ids must be integers, got dtype {arr.dtype}")
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo < 0 or hi >= n_experts:
+        raise ValueError(f"expert ids span {lo}..{hi}, outside 0..{n_experts - 1} "
+                         "(a negative id marks a position the trace did not record)")
+    return arr.astype(np.int64)
+
+
+def simulate(experts: np.ndarray, config: CacheConfig, expert_bytes: int, n_experts: int,
+             machine: MachineFigures, admission_policy: AdmissionPolicy | None = None) -> SimulationResult:
+    """Replay `experts` [tokens, layers, k] through a cache built from `config`.
+
+    `admission_policy` overrides the one `config.admission` would build (e.g. a custom rule).
+    Raises ValueError on a malformed trace or a configuration the cache rejects.
+    """
+    trace = _check_trace(experts, n_experts)
+    n_tokens, n_layers, k = trace.shape
+    cache = ExpertCache(config, n_layers, n_experts, expert_bytes, admission_policy)
+    stats = cache.stats
+    total_seconds = 0.0
+    for token in trace.tolist():  # plain ints: the cache is pure Python
+        h0, m0, f0 = stats.hits, stats.misses, stats.fills
+        cache.begin_token()
+        for layer, ids in enumerate(token):
+            hit_slots = []
+            missed = set()
+            for expert in ids:
+                slot = cache.lookup(layer, expert)
+                if slot is None:
+                    missed.add(expert)
+                else:
+                    cache.pin(slot)
+                    hit_slots.append(slot)
+            for expert in sorted(missed):
+                cache.admit(layer, expert)  # the simulator only counts; nothing to copy
+            for slot in hit_slots:
+                cache.unpin(slot)
+        cache.end_token()
+        total_seconds += machine.token_seconds(stats.hits - h0, stats.misses - m0, stats.fills - f0, expert_bytes)
+
+    seconds = total_seconds / n_tokens
+    baseline = machine.token_seconds(0, n_layers * k, 0, expert_bytes)
+    by_layer = tuple(h / (h + m) if h + m else 0.0 for h, m in zip(stats.hits_by_layer, stats.misses_by_layer))
+    adm = config.admission
+    return SimulationResult(
+        n_layers=n_layers, n_experts=n_experts, k=k, n_sets=config.n_sets, n_ways=config.n_ways,
+        replace=config.replace.value, admission=adm.rule.value if admission_policy is None else
+        type(admission_policy).__name__, quota=adm.max_fills_per_token if admission_policy is None else None,
+        expert_bytes=expert_bytes, machine=machine,
+        tokens=n_tokens, hits=stats.hits, misses=stats.misses, fills=stats.fills,
+        evictions=stats.evictions, declined=stats.declined, blocked=stats.blocked,
+        hit_rate=stats.hit_rate, hit_rate_by_layer=by_layer,
+        fills_per_token=stats.fills / n_tokens,
+        dram_bytes_per_token=stats.dram_bytes / n_tokens,
+        pcie_bytes_per_token=stats.pcie_bytes / n_tokens,
+        cpu_miss_bytes_per_token=stats.cpu_dram_bytes / n_tokens,
+        seconds_per_token=seconds, tokens_per_second=1.0 / seconds,
+        baseline_seconds_per_token=baseline, baseline_tokens_per_second=1.0 / baseline,
+    )
+
+
+def format_report(result: SimulationResult) -> str:
+    """A short human-readable summary of one simulation."""
+    r = result
+    mb = 1e6
+    quota = "none" if r.quota is None else str(r.quota)
+    layers = " ".join(f"{x:.2f}" for x in r.hit_rate_by_layer)
+    m = r.machine
+    rows = [
+        ("trace", f"{r.tokens} tokens, {r.n_layers} layers, top-{r.k} of {r.n_experts} experts"),
+        ("cache", f"{r.n_sets} sets x {r.n_ways} ways, {r.replace}, admission {r.admission}, quota {quota}"),
+        ("machine", f"DRAM {m.dram_gbps:g} GB/s, PCIe {m.pcie_gbps:g} GB/s, GPU expert "
+                    f"{m.gpu_expert_seconds * 1e6:g} us, base {m.base_token_seconds * 1e3:g} ms, "
+                    f"expert {r.expert_bytes / 2**20:.1f} MiB"),
+        ("hit rate", f"{r.hit_rate:.3f} ({r.hits} hits, {r.misses} misses)"),
+        ("fills", f"{r.fills} ({r.fills_per_token:.2f}/token), {r.evictions} evictions, "
+                  f"{r.declined} declined, {r.blocked} blocked"),
+        ("DRAM MB/token", f"{r.dram_bytes_per_token / mb:.1f} (CPU misses {r.cpu_miss_bytes_per_token / mb:.1f} "
+                          f"+ fills {r.pcie_bytes_per_token / mb:.1f})"),
+        ("PCIe MB/token", f"{r.pcie_bytes_per_token / mb:.1f}"),
+        ("predicted", f"{r.tokens_per_second:.2f} tok/s ({r.seconds_per_token * 1e3:.2f} ms/token)"),
+        ("no cache", f"{r.baseline_tokens_per_second:.2f} tok/s ({r.baseline_seconds_per_token * 1e3:.2f} ms/token)"),
+        ("per layer", layers),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
