@@ -26,7 +26,7 @@ from edge_moe.expert_cache import (
     CacheConfig, ExpertCache, ReplacePolicy, parse_replace_policy, set_index,
 )
 
-TRACE = Path("/work/shared/traces/mixtral-8x7b-instruct-humaneval.npz")
+TRACE = Path(__file__).parent / "data" / "mixtral-8x7b-instruct-humaneval.npz"
 EXPERT_BYTES = 1000
 # DRAM-bound costs shaped like DESIGN.md's Mixtral figures: a fill costs about one CPU miss.
 DRAM_BOUND = CostModel(expert_bytes=99_000_000, dram_bandwidth=56e9, pcie_bandwidth=55e9,
@@ -486,8 +486,6 @@ def replay(experts: np.ndarray, config: CacheConfig, layer_step: bool) -> Expert
 
 @pytest.fixture(scope="module")
 def trace() -> dict[str, np.ndarray]:
-    if not TRACE.exists():
-        pytest.skip(f"{TRACE} is not here")
     with np.load(TRACE) as data:
         return {k: data[k] for k in data.files}
 

@@ -143,10 +143,9 @@ def test_run_cli_json_trace_and_replay(tiny_gguf: Callable[[str, str], Path], tm
 
 def test_run_cli_errors(tiny_gguf: Callable[[str, str], Path], tmp_path: Path) -> None:
     path = str(tiny_gguf("mixtral", "q8_0"))
-    shared = Path(__file__).resolve().parents[2] / "shared/traces/mixtral-8x7b-instruct-humaneval.npz"
-    if shared.is_file():  # a 32-layer trace does not fit the 2-layer demo model
-        r = _cli("run", "-m", path, "-n", "2", "--replay-trace", str(shared))
-        assert r.returncode == 2 and "does not fit this model" in r.stderr
+    shared = Path(__file__).parent / "data" / "mixtral-8x7b-instruct-humaneval.npz"
+    r = _cli("run", "-m", path, "-n", "2", "--replay-trace", str(shared))  # 32 layers vs the model's 2
+    assert r.returncode == 2 and "does not fit this model" in r.stderr
     r = _cli("run", "-m", str(tmp_path / "missing.gguf"), "-n", "2")
     assert r.returncode == 2 and "missing.gguf" in r.stderr and "Traceback" not in r.stderr
     r = _cli("run", "-m", path, "-n", "2", "--cache-nblocks", "2", "--cache-nways", "0")

@@ -15,7 +15,7 @@ from edge_moe.cache_admission import AdmissionConfig
 from edge_moe.expert_cache import CacheConfig
 from edge_moe.simulator import MachineFigures, admission_config, format_report, simulate
 
-SHARED_TRACE = Path("/work/shared/traces/mixtral-8x7b-instruct-humaneval.npz")
+SHARED_TRACE = Path(__file__).parent / "data" / "mixtral-8x7b-instruct-humaneval.npz"
 # 1 MB experts, 1 GB/s DRAM and PCIe: a CPU miss or a fill costs 1 ms, a GPU hit 0.1 ms
 SLOW = MachineFigures(dram_gbps=1.0, pcie_gbps=1.0, gpu_expert_seconds=1e-4, base_token_seconds=1e-3)
 MB = 1_000_000
