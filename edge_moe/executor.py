@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -69,11 +69,9 @@ class StepTimings:
     router_sync: float = 0.0
     cpu_experts: float = 0.0
     gpu_experts_enqueue: float = 0.0
-    wait_gpu: float = 0.0
-    per_layer_cpu: list[float] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, float]:
-        return {k: v for k, v in self.__dict__.items() if isinstance(v, float)}
+        return dict(self.__dict__)
 
 
 class HybridModel:
@@ -112,12 +110,13 @@ class HybridModel:
         benchmarks only; the weights still come from the router's probabilities of those ids).
         """
         cfg, ops = self.cfg, self.ops
-        toks = torch.as_tensor(np.asarray(tokens, dtype=np.int64), device=self.device)  # [T]
-        n = toks.shape[0]
+        host_toks = np.asarray(tokens, dtype=np.int64)  # validated on the host: no device sync
+        n = host_toks.shape[0]
         if n == 0:
             raise ValueError("forward needs at least one token")
-        if int(toks.min()) < 0 or int(toks.max()) >= cfg.n_vocab:
+        if host_toks.min() < 0 or host_toks.max() >= cfg.n_vocab:
             raise ValueError(f"token ids must be in 0..{cfg.n_vocab - 1}")
+        toks = torch.as_tensor(host_toks, device=self.device)  # [T]
         self.kv.check_room(n)
         pos = self.kv.pos
         positions = torch.arange(pos, pos + n, device=self.device)
