@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 export EDGE_MOE_LLAMA_CPP_SRC="$PWD/.cache/llama-cpp-python-src/vendor/llama.cpp"
+export EDGE_MOE_REQUIRE_REFERENCES=1  # the llama.cpp cross-checks fail, never skip, if their inputs are missing
 exec .venv/bin/python -m pytest "$@"
