@@ -29,9 +29,28 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
-    from edge_moe.hardware import main_describe
+    from edge_moe.hardware import detect_hardware, main_describe
 
-    print(main_describe(args.json))
+    hw = detect_hardware()
+    if args.model is None:
+        print(main_describe(args.json, hw=hw))
+        return 0
+    import json
+
+    from edge_moe.microbench import load_or_measure
+    from edge_moe.planner import format_plan, make_plan
+    from edge_moe.profiles import resolve_threads, select_profile
+
+    match = select_profile(hw)
+    measured = load_or_measure(resolve_threads(match.profile, hw), hw=hw, refresh=args.measure)
+    plan = make_plan(args.model, hw, match.profile, measured)
+    if args.json:
+        report = json.loads(main_describe(True, hw=hw))
+        report["measurements"] = measured.to_dict()
+        report["plan"] = plan.to_dict()
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"{main_describe(False, hw=hw)}\n\n{format_plan(plan)}")
     return 0
 
 
@@ -62,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("profile", help="detected hardware and the matching hardware profile")
     pr.add_argument("--json", action="store_true")
+    pr.add_argument("-m", "--model", default=None, help="also print the plan for this GGUF")
+    pr.add_argument("--measure", action="store_true", help="re-run the micro-benchmarks (else measured once, cached)")
     pr.set_defaults(func=_cmd_profile)
 
     i = sub.add_parser("inspect", help="validate a GGUF and print its configuration")

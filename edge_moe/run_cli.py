@@ -16,7 +16,7 @@ def add_run_parser(sub: Any) -> None:
     r.add_argument("-p", "--prompt", default="The quick brown fox", help="prompt text")
     r.add_argument("-n", "--n-predict", type=int, default=64, help="tokens to generate")
     r.add_argument("-t", "--threads", type=int, default=None, help="CPU expert threads (default: physical cores)")
-    r.add_argument("-c", "--ctx-size", type=int, default=2048, help="context length")
+    r.add_argument("-c", "--ctx-size", type=int, default=None, help="context length (default: the plan's)")
     r.add_argument("--temp", type=float, default=0.8)
     r.add_argument("--top-k", type=int, default=40)
     r.add_argument("--top-p", type=float, default=0.95)
@@ -29,9 +29,10 @@ def add_run_parser(sub: Any) -> None:
                    help="memory for cached experts; sizes the cache (one set per layer)")
     r.add_argument("--cache-nblocks", type=int, default=None, help="cache sets (the paper's N)")
     r.add_argument("--cache-nways", type=int, default=None, help="ways per set (the paper's M)")
-    r.add_argument("--cache-replace-policy", default="LRU", help="LRU | FIFO | LFU | random")
+    r.add_argument("--cache-replace-policy", default=None, help="LRU (default) | FIFO | LFU | random")
     r.add_argument("--cache-quota", type=int, default=None, help="at most this many cache fills per token")
-    r.add_argument("--cache-admission", default="all", help="all (admit every miss) | reuse (cost model)")
+    r.add_argument("--cache-admission", default=None, help="all (admit every miss) | reuse (cost model)")
+    r.add_argument("--dry-run", action="store_true", help="print the plan and exit without loading weights")
     r.add_argument("--trace-out", default=None, help="write the routing trace (.json or .csv)")
     r.add_argument("--replay-trace", default=None, help="force routing from a trace (.npz or .json): benchmarks only")
     r.add_argument("--replay-problem", default="0", help="which experts_<p> array of an .npz trace")
@@ -54,9 +55,10 @@ def _cache_config(args: argparse.Namespace, model_path: str) -> Any:
         q_bytes = quantized_expert_bytes(gguf, cfg)
     cost = CostModel(expert_bytes=q_bytes, dram_bandwidth=50e9, pcie_bandwidth=25e9,
                      gpu_seconds_per_expert=q_bytes / 1e12)  # defaults until the planner measures
-    admission = AdmissionConfig(rule=args.cache_admission, max_fills_per_token=args.cache_quota,
-                                cost=cost if args.cache_admission == "reuse" else None)
-    replace = parse_replace_policy(args.cache_replace_policy)
+    rule = args.cache_admission or "all"
+    admission = AdmissionConfig(rule=rule, max_fills_per_token=args.cache_quota,
+                                cost=cost if rule == "reuse" else None)
+    replace = parse_replace_policy(args.cache_replace_policy or "LRU")
     if args.gpu_budget is not None:
         device_is_cuda = args.device.startswith("cuda") or (args.device == "auto" and _has_cuda())
         slot = slot_nbytes(cfg, "float16" if device_is_cuda else "float32")
@@ -66,6 +68,34 @@ def _cache_config(args: argparse.Namespace, model_path: str) -> Any:
         cache = CacheConfig(cfg.n_layer if args.cache_nblocks is None else args.cache_nblocks,
                             2 if args.cache_nways is None else args.cache_nways, replace, admission)
     return GpuExpertsConfig(cache)
+
+
+def _plan(args: argparse.Namespace, model_path: str) -> Any:
+    """The planner's choice for this machine and model; explicit flags are overrides that win.
+
+    Micro-benchmarks (a few seconds, cached per machine) run only for a CUDA run: on the CPU
+    the plan is "no cache" whatever the figures; --dry-run uses cached figures if any.
+    """
+    from edge_moe.hardware import detect_hardware
+    from edge_moe.microbench import load_cached, load_or_measure
+    from edge_moe.planner import PlanOverrides, make_plan
+    from edge_moe.profiles import resolve_threads, select_profile
+
+    hw = detect_hardware()
+    match = select_profile(hw)
+    device = None if args.device == "auto" else ("cpu" if args.device == "cpu" else "cuda")
+    if device is None and hw.gpus and not _has_cuda():
+        device = "cpu"  # an NVIDIA GPU, but torch was built without CUDA
+    overrides = PlanOverrides(device=device, threads=args.threads, n_ctx=args.ctx_size, gpu_budget_gib=args.gpu_budget,
+                              n_sets=args.cache_nblocks, n_ways=args.cache_nways, policy=args.cache_replace_policy,
+                              quota=args.cache_quota, admission=args.cache_admission)
+    threads = args.threads or resolve_threads(match.profile, hw)
+    measured = None
+    if args.dry_run:
+        measured = load_cached(threads, hw)
+    elif device != "cpu":
+        measured = load_or_measure(threads, hw=hw)
+    return make_plan(model_path, hw, match.profile, measured, overrides=overrides)
 
 
 def _has_cuda() -> bool:
@@ -89,8 +119,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         params = SamplingParams(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                                 repeat_penalty=args.repeat_penalty, seed=args.seed)
-        config = ExecutorConfig(device=args.device, n_ctx=args.ctx_size, n_threads=args.threads,
-                                cache=_cache_config(args, model_path))
+        plan = _plan(args, model_path)
+        if args.dry_run:
+            from edge_moe.planner import format_plan
+
+            print(json.dumps(plan.to_dict()) if args.json else format_plan(plan))
+            return 0
+        cache = _cache_config(args, model_path)  # explicit cache flags win over the plan
+        if cache is None and plan.cache is not None and plan.device == "cuda":
+            from edge_moe.gpu_experts import GpuExpertsConfig
+
+            cache = GpuExpertsConfig(plan.cache)
+        config = ExecutorConfig(device=args.device, n_ctx=args.ctx_size or plan.n_ctx,
+                                n_threads=args.threads or plan.threads, cache=cache)
     except ValueError as e:
         raise EdgeMoeError(f"invalid option: {e}") from None
     tokenizer = Tokenizer(model_path)

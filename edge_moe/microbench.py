@@ -1,0 +1,265 @@
+"""Micro-benchmarks of this machine's bandwidths, cached per machine (a few seconds, once).
+
+The planner's cost model (DESIGN.md, "The cost model") needs three figures measured here,
+never assumed:
+
+- DRAM read through the CPU expert path: ggml's mul_mat_id graph (CpuExpertEngine) on
+  random Q4_0 experts, T=1, top-k, cycling over layers whose total size is well beyond
+  any L3 (the H100 box has 300 MiB), so the weights stream from DRAM as in a decode step.
+  GB/s = expert bytes the routed experts hold / wall time.
+- Pinned host-to-GPU copies (torch, CUDA only; None elsewhere).
+- GPU fp16 GEMV bandwidth (torch, CUDA only): x [1, K] @ W [K, N]. Cache slots hold fp16
+  experts today; quantized-GEMV kernels come with the quantized-slot issue, and this figure
+  with them.
+
+Results go to `user_cache_dir("edge-moe")/machine-<key>.json`, the key hashing what
+identifies the machine (CPU model and cores, GPU names, driver). A file that cannot be read,
+parsed or validated is re-measured, never a crash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_moe.hardware import HardwareInfo
+
+SCHEMA = 1  # bump when a figure changes meaning: older cache files are then re-measured
+Q4_0_BLOCK_BYTES, Q4_0_BLOCK = 18, 32  # fp16 scale + 16 bytes of nibbles per 32 weights
+
+
+def _positive(name: str, value: float | None, optional: bool) -> None:
+    if value is None and optional:
+        return
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"MachineMeasurements.{name} must be a positive number, got {value!r}")
+
+
+@dataclass(frozen=True)
+class MachineMeasurements:
+    """Measured bandwidths in GB/s (1e9 bytes/s); GPU figures None without CUDA."""
+
+    dram_gbps: float  # CPU expert path (ggml Q4_0 mul_mat_id) reading DRAM, with `threads`
+    pcie_h2d_gbps: float | None  # pinned host -> GPU copies
+    gpu_gemv_gbps: float | None  # fp16 GEMV weight bytes read per second
+    threads: int
+    measured_at: str  # ISO 8601, UTC
+    machine_key: str
+
+    def __post_init__(self) -> None:
+        _positive("dram_gbps", self.dram_gbps, optional=False)
+        _positive("pcie_h2d_gbps", self.pcie_h2d_gbps, optional=True)
+        _positive("gpu_gemv_gbps", self.gpu_gemv_gbps, optional=True)
+        if not (isinstance(self.threads, int) and self.threads >= 1):
+            raise ValueError(f"MachineMeasurements.threads must be >= 1, got {self.threads!r}")
+        if not self.machine_key or not self.measured_at:
+            raise ValueError("MachineMeasurements needs a machine_key and a measured_at time")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": SCHEMA, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MachineMeasurements:
+        """Raises ValueError / TypeError / KeyError on anything malformed (the caller re-measures)."""
+        if d.get("schema") != SCHEMA:
+            raise ValueError(f"cache schema {d.get('schema')!r}, expected {SCHEMA}")
+        return cls(dram_gbps=d["dram_gbps"], pcie_h2d_gbps=d["pcie_h2d_gbps"],
+                   gpu_gemv_gbps=d["gpu_gemv_gbps"], threads=d["threads"],
+                   measured_at=d["measured_at"], machine_key=d["machine_key"])
+
+
+@dataclass(frozen=True)
+class DramBenchShape:
+    """Synthetic experts for the DRAM benchmark; the default totals ~453 MB (> a 300 MiB L3)."""
+
+    n_layers: int = 8
+    n_expert: int = 8
+    n_embd: int = 4096
+    n_ff: int = 1024
+    k: int = 2
+
+    def __post_init__(self) -> None:
+        if min(self.n_layers, self.n_expert, self.n_embd, self.n_ff, self.k) < 1 or self.k > self.n_expert:
+            raise ValueError(f"invalid benchmark shape {self}")
+        if self.n_embd % Q4_0_BLOCK or self.n_ff % Q4_0_BLOCK:
+            raise ValueError(f"n_embd and n_ff must be multiples of {Q4_0_BLOCK} for Q4_0")
+
+    @property
+    def matrix_bytes(self) -> int:  # one [n_embd x n_ff] matrix of one expert
+        return self.n_embd * self.n_ff // Q4_0_BLOCK * Q4_0_BLOCK_BYTES
+
+    @property
+    def total_bytes(self) -> int:
+        return 3 * self.matrix_bytes * self.n_expert * self.n_layers
+
+
+def machine_key(hw: HardwareInfo) -> str:
+    """What makes a measurement stale: another CPU, core count, GPU set or driver."""
+    parts = [hw.cpu.model, hw.cpu.arch, str(hw.cpu.physical_cores), str(hw.cpu.logical_cores),
+             hw.cuda_driver_version or ""]
+    parts += [f"{g.name}|{g.total_vram_bytes}|{g.driver_version}" for g in hw.gpus]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def _q4_0_tensor(rng: np.random.Generator, n_blocks: int) -> np.ndarray:
+    """Random Q4_0 bytes with a finite scale in every block (random fp16 bits could be NaN)."""
+    data = rng.integers(0, 256, size=(n_blocks, Q4_0_BLOCK_BYTES), dtype=np.uint8)
+    data[:, :2] = np.frombuffer(np.float16(0.01).tobytes(), np.uint8)
+    return data.reshape(-1)
+
+
+def measure_dram_gbps(threads: int, seconds: float, shape: DramBenchShape = DramBenchShape(),
+                      seed: int = 0) -> float:
+    """Effective GB/s of the ggml CPU expert path on experts streamed from DRAM."""
+    from gguf.constants import GGMLQuantizationType as Q
+
+    from edge_moe.cpu_experts import CpuExpertConfig, CpuExpertEngine
+    from edge_moe.expert_weights import ExpertWeights, WeightTensor
+
+    rng = np.random.default_rng(seed)
+    s = shape
+    n_blocks = s.matrix_bytes * s.n_expert // Q4_0_BLOCK_BYTES
+
+    def tensor(rows: int, cols: int) -> WeightTensor:
+        return WeightTensor(_q4_0_tensor(rng, n_blocks), Q.Q4_0, (rows, cols, s.n_expert))
+
+    with CpuExpertEngine(CpuExpertConfig(n_threads=threads)) as engine:
+        layers = [engine.prepare(ExpertWeights(tensor(s.n_embd, s.n_ff), tensor(s.n_embd, s.n_ff),
+                                               tensor(s.n_ff, s.n_embd))) for _ in range(s.n_layers)]
+        x = rng.standard_normal((1, s.n_embd), dtype=np.float32)
+        w = np.full((1, s.k), 1.0 / s.k, np.float32)
+        # distinct experts per call, drawn up front so the timed loop is ggml only
+        ids = np.argsort(rng.random((256, s.n_expert)), axis=1)[:, :s.k].astype(np.int32)
+        out = np.empty_like(x)
+        for layer in layers:  # warm-up: builds the graph, touches every page once
+            engine.forward(layer, x, np.arange(s.k, dtype=np.int32)[None, :], w, out)
+        calls, start = 0, time.perf_counter()
+        while True:  # whole passes over the layers, so no layer stays hot in the cache
+            for layer in layers:
+                engine.forward(layer, x, ids[calls % len(ids)][None, :], w, out)
+                calls += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= seconds:
+                break
+        for layer in layers:
+            layer.close()
+    return calls * s.k * 3 * s.matrix_bytes / elapsed / 1e9
+
+
+def measure_pcie_h2d_gbps(seconds: float, nbytes: int = 256 << 20) -> float | None:
+    """Pinned host -> GPU copy bandwidth, or None without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    src = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+    dst = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    dst.copy_(src, non_blocking=True)  # warm-up
+    torch.cuda.synchronize()
+    copies, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(4):
+            dst.copy_(src, non_blocking=True)
+        torch.cuda.synchronize()
+        copies += 4
+    elapsed = time.perf_counter() - start
+    return copies * nbytes / elapsed / 1e9
+
+
+def measure_gpu_gemv_gbps(seconds: float, k: int = 4096, n: int = 14336) -> float | None:
+    """fp16 GEMV weight bandwidth (x [1, K] @ W [K, N]), or None without CUDA.
+
+    The default W is 117 MB, beyond any GPU's L2 (H100: 50 MB), so it streams from HBM/GDDR.
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    x = torch.randn(1, k, dtype=torch.float16, device="cuda")
+    weights = torch.randn(k, n, dtype=torch.float16, device="cuda")
+    y = x @ weights  # warm-up (cuBLAS handle, kernel selection)
+    torch.cuda.synchronize()
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(50):
+            y = x @ weights
+        torch.cuda.synchronize()
+        calls += 50
+    elapsed = time.perf_counter() - start
+    del y
+    return calls * k * n * 2 / elapsed / 1e9
+
+
+def measure(threads: int, seconds_budget: float = 3.0, hw: HardwareInfo | None = None,
+            dram_shape: DramBenchShape = DramBenchShape()) -> MachineMeasurements:
+    """Run the three benchmarks within about `seconds_budget` (plus setup: allocating the
+    DRAM benchmark's experts takes ~1 s at the default shape)."""
+    if not (seconds_budget > 0 and math.isfinite(seconds_budget)):
+        raise ValueError(f"seconds_budget must be positive, got {seconds_budget}")
+    if hw is None:
+        from edge_moe.hardware import detect_hardware
+
+        hw = detect_hardware()
+    dram = measure_dram_gbps(threads, 0.6 * seconds_budget, dram_shape)
+    pcie = measure_pcie_h2d_gbps(0.2 * seconds_budget)
+    gemv = measure_gpu_gemv_gbps(0.2 * seconds_budget)
+    return MachineMeasurements(dram_gbps=dram, pcie_h2d_gbps=pcie, gpu_gemv_gbps=gemv, threads=threads,
+                               measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                               machine_key=machine_key(hw))
+
+
+def cache_path(hw: HardwareInfo, cache_dir: Path | None = None) -> Path:
+    if cache_dir is None:
+        import platformdirs
+
+        cache_dir = Path(platformdirs.user_cache_dir("edge-moe"))
+    return Path(cache_dir) / f"machine-{machine_key(hw)}.json"
+
+
+def load_cached(threads: int, hw: HardwareInfo, cache_dir: Path | None = None) -> MachineMeasurements | None:
+    """The cached measurements for this machine and thread count, or None (absent, corrupt, stale)."""
+    try:
+        m = MachineMeasurements.from_dict(json.loads(cache_path(hw, cache_dir).read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None  # a corrupt or old file is as good as none: measure again
+    # DRAM GB/s depends on the thread count; a file for another machine cannot share our key
+    return m if m.threads == threads and m.machine_key == machine_key(hw) else None
+
+
+def save(m: MachineMeasurements, hw: HardwareInfo, cache_dir: Path | None = None) -> Path | None:
+    """Write atomically (a crash never leaves half a file); None if the directory is not writable."""
+    path = cache_path(hw, cache_dir)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(m.to_dict(), f, indent=2)
+        os.replace(tmp, path)
+    except OSError:
+        return None  # a read-only cache dir costs a re-measurement next time, nothing more
+    return path
+
+
+def load_or_measure(threads: int, cache_dir: Path | None = None, refresh: bool = False,
+                    hw: HardwareInfo | None = None, seconds_budget: float = 3.0,
+                    dram_shape: DramBenchShape = DramBenchShape()) -> MachineMeasurements:
+    """Cached measurements of this machine, measuring (and caching) when absent, stale or `refresh`."""
+    if hw is None:
+        from edge_moe.hardware import detect_hardware
+
+        hw = detect_hardware()
+    if not refresh and (cached := load_cached(threads, hw, cache_dir)) is not None:
+        return cached
+    m = measure(threads, seconds_budget, hw, dram_shape)
+    save(m, hw, cache_dir)
+    return m

@@ -1,0 +1,367 @@
+"""The planner: from model, hardware and (optionally) routing statistics to a run plan.
+
+Reads GGUF metadata and tensor sizes only, never the weights. Choices, each explained in
+`Plan.notes`:
+
+- device: cuda when there is a GPU and the non-expert ("dense") weights, the KV cache and a
+  prefill chunk's workspace fit in free VRAM minus the profile's margin; else cpu.
+- context: the user's, else the profile's default, capped at the training context, reduced
+  (in steps of 256) until dense + KV + workspace fit.
+- expert-slot budget: the VRAM that remains; slots hold experts dequantized to fp16
+  (gpu_experts.slot_nbytes), so the geometry is CacheConfig.from_budget on those bytes.
+- admission: the cache is simulated (edge_moe/simulator.py) with admission "all" and
+  "reuse" on the routing trace (given, else uniform random routing, which is pessimistic:
+  real routing is skewed) and the faster is kept; if no cache beats both, no cache.
+- prediction: decode tok/s is the simulator's cost model; prefill tok/s is a first estimate
+  (see `_prefill_tps`).
+
+Explicit user flags (`PlanOverrides`) always win and are recorded in the notes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_moe.expert_cache import CacheConfig, ReplacePolicy, parse_replace_policy
+from edge_moe.hardware import GIB, HardwareInfo
+from edge_moe.microbench import MachineMeasurements
+from edge_moe.profiles import HardwareProfile, resolve_threads
+from edge_moe.simulator import MachineFigures, admission_config, simulate
+
+CTX_STEP = 256  # context is reduced in these steps
+MIN_CTX = 512  # below this the dense part rather goes to the CPU than cripple the context
+SYNTHETIC_TOKENS = 256
+# Per layer and token: kernel launches, the GPU->host round trip of a miss (~13 us on the
+# H100 box) and the ggml call. A first estimate, to calibrate against `edge-moe run`.
+LAYER_OVERHEAD_S = 40e-6
+# Used when neither a measurement nor the profile gives a GPU figure (a conservative laptop GPU).
+FALLBACK_PCIE_GBPS, FALLBACK_GPU_GBPS = 12.0, 256.0
+
+
+@dataclass(frozen=True)
+class PlanOverrides:
+    """User flags; None = let the planner choose."""
+
+    device: str | None = None  # "cpu" | "cuda"
+    threads: int | None = None
+    n_ctx: int | None = None
+    gpu_budget_gib: float | None = None
+    n_sets: int | None = None
+    n_ways: int | None = None
+    policy: str | None = None  # replacement: LRU | FIFO | LFU | random
+    quota: int | None = None
+    admission: str | None = None  # all | reuse
+
+    def __post_init__(self) -> None:
+        if self.device is not None and self.device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        for name in ("threads", "n_ctx", "n_sets", "n_ways"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"{name} must be >= 1, got {v}")
+        if self.quota is not None and self.quota < 0:
+            raise ValueError(f"quota must be >= 0, got {self.quota}")
+        if self.gpu_budget_gib is not None and not (self.gpu_budget_gib >= 0 and math.isfinite(self.gpu_budget_gib)):
+            raise ValueError(f"gpu_budget_gib must be >= 0, got {self.gpu_budget_gib}")
+        if self.policy is not None:
+            parse_replace_policy(self.policy)
+        if self.admission is not None and self.admission not in ("all", "reuse"):
+            raise ValueError(f"admission must be 'all' or 'reuse', got {self.admission!r}")
+
+    @property
+    def forces_cache(self) -> bool:
+        return self.gpu_budget_gib is not None or self.n_sets is not None or self.n_ways is not None
+
+
+@dataclass(frozen=True)
+class Plan:
+    model: str
+    device: str  # "cuda" | "cpu": where the dense weights, the KV cache and the cache go
+    threads: int
+    n_ctx: int
+    cache: CacheConfig | None
+    expert_budget_bytes: int  # VRAM the slots use (n_slots x slot_bytes); 0 without cache
+    slot_bytes: int  # one cached expert (fp16)
+    expert_bytes: int  # one expert as stored in the GGUF: what a CPU miss reads
+    dense_bytes: int  # non-expert weights at the compute dtype
+    kv_bytes: int
+    workspace_bytes: int  # one prefill chunk's logits and attention scores (upper bound)
+    vram_free_bytes: int | None
+    margin_bytes: int
+    dram_gbps: float
+    pcie_gbps: float | None
+    gpu_gbps: float | None
+    figures_source: str  # "measured" | "profile <name>"
+    hit_rate: float | None  # simulated, on `routing_source`
+    routing_source: str
+    predicted_decode_tps: float
+    predicted_prefill_tps: float
+    no_cache_decode_tps: float
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be cpu or cuda, got {self.device!r}")
+        if self.threads < 1 or self.n_ctx < 1:
+            raise ValueError(f"threads and n_ctx must be >= 1, got {self.threads}, {self.n_ctx}")
+        for name in ("predicted_decode_tps", "predicted_prefill_tps", "no_cache_decode_tps"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be positive and finite, got {v}")
+        if self.cache is not None and self.device != "cuda":
+            raise ValueError("an expert cache needs device cuda")
+
+    @property
+    def admission(self) -> str | None:
+        return None if self.cache is None else self.cache.admission.rule.value
+
+    @property
+    def quota(self) -> int | None:
+        return None if self.cache is None else self.cache.admission.max_fills_per_token
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "cache"}
+        c = self.cache
+        d["cache"] = None if c is None else {"n_sets": c.n_sets, "n_ways": c.n_ways, "replace": c.replace.value,
+                                             "admission": self.admission, "quota": self.quota}
+        d["notes"] = list(self.notes)
+        return d
+
+
+@dataclass(frozen=True)
+class _ModelSizes:
+    n_params_dense: int
+    expert_bytes: int
+    n_layer: int
+    n_expert: int
+    k: int
+    n_embd: int
+    n_ff: int
+    n_head: int
+    n_vocab: int
+    n_ctx_train: int
+    kv_bytes_per_token: int  # fp16 K and V of every layer
+    slot_bytes: int  # one fp16 cache slot
+
+
+def _model_sizes(model_path: str | Path) -> _ModelSizes:
+    """Sizes from the GGUF header (the mmap is opened, no tensor byte is read)."""
+    from edge_moe.gguf_file import GGUFFile
+    from edge_moe.gpu_experts import quantized_expert_bytes, slot_nbytes
+    from edge_moe.model_config import read_config
+
+    with GGUFFile(model_path) as gguf:
+        cfg = read_config(gguf)
+        dense = sum(t.n_elements for name, t in gguf.tensors.items() if "_exps." not in name)
+        q_bytes = quantized_expert_bytes(gguf, cfg)
+    return _ModelSizes(dense, q_bytes, cfg.n_layer, cfg.n_expert, cfg.n_expert_used, cfg.n_embd,
+                       cfg.n_ff_expert, cfg.n_head, cfg.n_vocab, cfg.n_ctx_train,
+                       2 * cfg.n_layer * cfg.n_head_kv * cfg.head_dim * 2, slot_nbytes(cfg, "float16"))
+
+
+def synthetic_routing(n_tokens: int, n_layers: int, n_experts: int, k: int, seed: int = 0) -> np.ndarray:
+    """Uniform random top-k routing [tokens, layers, k], distinct experts per (token, layer)."""
+    rng = np.random.default_rng(seed)
+    return np.argsort(rng.random((n_tokens, n_layers, n_experts)), axis=2)[:, :, :k].astype(np.int64)
+
+
+def _prefill_tps(m: _ModelSizes, chunk: int, cached_per_layer: int, dense_s: float,
+                 dram_gbps: float, gpu_gbps: float | None) -> float:
+    """First estimate of prefill tok/s, bandwidth only (CPU and GPU compute ignored, so it is
+    optimistic for large chunks): per chunk of `chunk` tokens each layer touches nearly every
+    expert once; cached ones are read from VRAM, the others by the CPU from DRAM."""
+    touched = m.n_expert * (1 - (1 - m.k / m.n_expert) ** chunk)
+    on_cpu = max(touched - cached_per_layer, 0.0)
+    gpu = 0.0 if gpu_gbps is None else min(cached_per_layer, touched) * 6 * m.n_embd * m.n_ff / (gpu_gbps * 1e9)
+    per_layer = max(on_cpu * m.expert_bytes / (dram_gbps * 1e9), gpu) + LAYER_OVERHEAD_S
+    return chunk / (dense_s + m.n_layer * per_layer)
+
+
+def make_plan(model_path: str | Path, hw: HardwareInfo, profile: HardwareProfile,
+              measurements: MachineMeasurements | None = None, routing: np.ndarray | None = None,
+              overrides: PlanOverrides = PlanOverrides()) -> Plan:
+    """Plan a run of `model_path` on `hw` (see the module docstring). Loads no weights."""
+    o, d = overrides, profile.defaults
+    m = _model_sizes(model_path)
+    notes: list[str] = []
+
+    threads = o.threads or resolve_threads(profile, hw)
+    notes.append(f"threads {threads}: " + ("your flag" if o.threads else f"profile {profile.name}"))
+
+    # figures: measured, else the profile's expected ones
+    src = "measured" if measurements else f"profile {profile.name}"
+    dram = measurements.dram_gbps if measurements else profile.expected.dram_read_gbps
+    pcie = (measurements.pcie_h2d_gbps if measurements else None) or profile.expected.pcie_h2d_gbps
+    gpu_bw = (measurements.gpu_gemv_gbps if measurements else None) or profile.expected.gpu_bandwidth_gbps
+    if measurements and measurements.threads != threads:
+        notes.append(f"DRAM figure measured with {measurements.threads} threads, plan uses {threads}")
+    notes.append(f"figures from {src}: DRAM {dram:g} GB/s, PCIe {pcie or '?'} GB/s, GPU {gpu_bw or '?'} GB/s")
+
+    gpu = hw.primary_gpu
+    ctx = o.n_ctx or d.context_length
+    if o.n_ctx is None and ctx > m.n_ctx_train:
+        ctx = m.n_ctx_train
+        notes.append(f"context capped at the training context {m.n_ctx_train}")
+    elif o.n_ctx is not None:
+        notes.append(f"context {ctx}: your flag" + (f" (beyond the training context {m.n_ctx_train})"
+                                                      if ctx > m.n_ctx_train else ""))
+
+    margin = int(d.vram_margin_gib * GIB)
+    free = None if gpu is None else (gpu.free_vram_bytes or gpu.total_vram_bytes)
+    device = "cuda" if gpu is not None and free is not None else "cpu"
+    if o.device is not None:
+        device = o.device
+        notes.append(f"device {device}: your flag")
+    elif device == "cpu":
+        notes.append("device cpu: no GPU with known VRAM" if gpu is not None else "device cpu: no NVIDIA GPU")
+
+    elem = 2 if device == "cuda" else 4  # the executor's dtype: fp16 on CUDA, fp32 on the CPU
+    dense = m.n_params_dense * elem
+    fixed = dense + d.prefill_chunk * m.n_vocab * 4  # + logits of a chunk, fp32
+    per_ctx = m.kv_bytes_per_token + d.prefill_chunk * m.n_head * 2  # KV + a chunk's attention scores
+
+    avail = None if free is None else free - margin
+    if device == "cuda" and avail is not None and o.n_ctx is None and fixed + per_ctx * ctx > avail:
+        fit = (avail - fixed) // per_ctx // CTX_STEP * CTX_STEP
+        if fit >= min(MIN_CTX, ctx):
+            notes.append(f"context reduced from {ctx} to {fit}: VRAM holds no more KV beside the dense weights")
+            ctx = int(fit)
+        elif o.device is None:
+            device, elem = "cpu", 4
+            dense = m.n_params_dense * elem
+            fixed = dense + d.prefill_chunk * m.n_vocab * 4
+            notes.append(f"device cpu: dense weights ({m.n_params_dense * 2 / GIB:.2f} GiB fp16) and a "
+                         f"{min(MIN_CTX, ctx)}-token KV cache do not fit in {avail / GIB:.2f} GiB of VRAM")
+    kv = m.kv_bytes_per_token * ctx * elem // 2
+    workspace = fixed - dense + d.prefill_chunk * m.n_head * 2 * ctx
+
+    # expert slots: what VRAM leaves, unless the user sets the budget
+    slot = m.slot_bytes
+    budget = 0
+    if device == "cuda":
+        left = 0 if avail is None else avail - dense - kv - workspace
+        if o.gpu_budget_gib is not None:
+            budget = int(o.gpu_budget_gib * GIB)
+            notes.append(f"expert budget {o.gpu_budget_gib:g} GiB: your flag"
+                         + (f" (more than the {max(left, 0) / GIB:.2f} GiB free VRAM allows)" if budget > left else ""))
+        else:
+            budget = max(left, 0)
+        if left < 0 and o.n_ctx is not None:
+            notes.append(f"warning: context {ctx} with the dense weights exceeds free VRAM minus the margin")
+
+    figures = None
+    dense_s = dense / ((gpu_bw or FALLBACK_GPU_GBPS) * 1e9 if device == "cuda" else dram * 1e9)
+    base_s = dense_s + m.n_layer * LAYER_OVERHEAD_S
+    cpu_token_s = base_s + m.n_layer * m.k * m.expert_bytes / (dram * 1e9)
+    no_cache_tps = 1.0 / cpu_token_s
+    replace = parse_replace_policy(o.policy) if o.policy else ReplacePolicy.LRU
+    cache: CacheConfig | None = None
+    hit_rate: float | None = None
+    decode_tps = no_cache_tps
+    routing_source = "none"
+    if device == "cuda":
+        figures = MachineFigures(dram_gbps=dram, pcie_gbps=pcie or FALLBACK_PCIE_GBPS,
+                                 gpu_expert_seconds=slot / ((gpu_bw or FALLBACK_GPU_GBPS) * 1e9),
+                                 base_token_seconds=base_s)
+        geometry = _geometry(o, budget, slot, m, notes)
+        if geometry is not None:
+            trace, routing_source = _routing(routing, m)
+            rules = [o.admission] if o.admission else ["all", "reuse"]
+            results = []
+            for rule in rules:
+                adm = admission_config(rule, o.quota, figures, m.expert_bytes)
+                cfg_ = CacheConfig(geometry[0], geometry[1], replace, adm)
+                results.append((simulate(trace, cfg_, m.expert_bytes, m.n_expert, figures), cfg_))
+            best, best_cfg = max(results, key=lambda r: r[0].tokens_per_second)
+            no_cache_tps = best.baseline_tokens_per_second
+            summary = ", ".join(f"{r.admission} {r.tokens_per_second:.2f}" for r, _ in results)
+            if best.tokens_per_second > no_cache_tps or o.forces_cache or o.admission:
+                cache, hit_rate, decode_tps = best_cfg, best.hit_rate, best.tokens_per_second
+                notes.append(f"admission {best.admission}: simulated tok/s {summary} on {routing_source}"
+                             + (" (your flag)" if o.admission else ""))
+            else:
+                decode_tps = no_cache_tps
+                notes.append(f"no cache: simulated tok/s {summary} do not beat {no_cache_tps:.2f} without it")
+        else:
+            no_cache_tps = decode_tps = 1.0 / figures.token_seconds(0, m.n_layer * m.k, 0, m.expert_bytes)
+    if o.quota is not None:
+        notes.append(f"quota {o.quota} fills/token: your flag")
+    if o.policy:
+        notes.append(f"replacement {replace.value}: your flag")
+
+    cached_per_layer = 0 if cache is None else cache.n_slots // m.n_layer
+    prefill = _prefill_tps(m, d.prefill_chunk, cached_per_layer, dense_s, dram,
+                           gpu_bw if device == "cuda" else None)
+    notes.append(f"prefill {prefill:.0f} tok/s: first estimate, bandwidth only (compute ignored)")
+    if device == "cuda" and pcie:
+        stream = d.prefill_chunk / (dense_s + m.n_layer * m.n_expert * m.expert_bytes / (pcie * 1e9))
+        notes.append(f"streaming all experts over PCIe per chunk would give ~{stream:.0f} tok/s "
+                     "(needs quantized GPU kernels: not implemented)")
+    return Plan(model=str(model_path), device=device, threads=threads, n_ctx=int(ctx), cache=cache,
+                expert_budget_bytes=0 if cache is None else cache.n_slots * slot, slot_bytes=slot,
+                expert_bytes=m.expert_bytes, dense_bytes=dense, kv_bytes=kv, workspace_bytes=workspace,
+                vram_free_bytes=free, margin_bytes=margin, dram_gbps=dram, pcie_gbps=pcie, gpu_gbps=gpu_bw,
+                figures_source=src, hit_rate=hit_rate, routing_source=routing_source,
+                predicted_decode_tps=decode_tps, predicted_prefill_tps=prefill,
+                no_cache_decode_tps=no_cache_tps, notes=notes)
+
+
+def _geometry(o: PlanOverrides, budget: int, slot: int, m: _ModelSizes, notes: list[str]) -> tuple[int, int] | None:
+    """(sets, ways) from the flags or the budget; None when not even one slot fits."""
+    if o.n_sets is not None or o.n_ways is not None:
+        sets = o.n_sets or m.n_layer
+        ways = o.n_ways or max(1, min(m.n_expert, budget // (slot * sets)))
+        notes.append(f"cache {sets} sets x {ways} ways: your flag")
+        return sets, ways
+    if budget < slot:
+        notes.append(f"no cache: {budget / GIB:.2f} GiB left for expert slots holds no "
+                     f"{slot / 2**20:.1f} MiB fp16 expert")
+        return None
+    c = CacheConfig.from_budget(budget, slot, m.n_layer, m.n_expert)
+    full = " (every expert: nothing is ever evicted)" if c.n_ways == m.n_expert else ""
+    notes.append(f"cache {c.n_sets} sets x {c.n_ways} ways{full}: {c.n_slots} fp16 slots of "
+                 f"{slot / 2**20:.1f} MiB in {budget / GIB:.2f} GiB left after dense weights, KV and margin")
+    return c.n_sets, c.n_ways
+
+
+def _routing(routing: np.ndarray | None, m: _ModelSizes) -> tuple[np.ndarray, str]:
+    if routing is None:
+        return (synthetic_routing(SYNTHETIC_TOKENS, m.n_layer, m.n_expert, m.k),
+                f"uniform random routing ({SYNTHETIC_TOKENS} tokens, seed 0)")
+    r = np.asarray(routing)
+    if r.ndim != 3 or r.shape[1:] != (m.n_layer, m.k):
+        raise ValueError(f"routing must be [tokens, {m.n_layer}, {m.k}] for this model, got {list(r.shape)}")
+    return r, f"routing trace ({r.shape[0]} tokens)"
+
+
+def format_plan(plan: Plan) -> str:
+    p, gib = plan, GIB
+    cache = "none (every expert on the CPU)" if p.cache is None else (
+        f"{p.cache.n_sets} sets x {p.cache.n_ways} ways, {p.cache.replace.value}, admission {p.admission}"
+        + ("" if p.quota is None else f", quota {p.quota}") + f" ({p.expert_budget_bytes / gib:.2f} GiB)")
+    vram = "-" if p.vram_free_bytes is None else (f"{p.vram_free_bytes / gib:.2f} GiB free, "
+                                                  f"margin {p.margin_bytes / gib:.2f} GiB")
+    rows = [
+        ("model", p.model),
+        ("device", f"{p.device}; dense weights on {'GPU' if p.device == 'cuda' else 'CPU'}, threads {p.threads}"),
+        ("context", str(p.n_ctx)),
+        ("VRAM", vram),
+        ("memory", f"dense {p.dense_bytes / gib:.2f} GiB, KV {p.kv_bytes / gib:.2f} GiB, "
+                   f"workspace {p.workspace_bytes / gib:.2f} GiB"),
+        ("expert", f"{p.expert_bytes / 2**20:.2f} MiB in the GGUF, {p.slot_bytes / 2**20:.2f} MiB per fp16 slot"),
+        ("cache", cache),
+        ("figures", f"{p.figures_source}: DRAM {p.dram_gbps:.1f} GB/s, PCIe "
+                    f"{'-' if p.pcie_gbps is None else f'{p.pcie_gbps:.1f}'} GB/s, GPU "
+                    f"{'-' if p.gpu_gbps is None else f'{p.gpu_gbps:.0f}'} GB/s"),
+        ("decode", f"{p.predicted_decode_tps:.2f} tok/s predicted (no cache {p.no_cache_decode_tps:.2f})"
+                   + ("" if p.hit_rate is None else f", hit rate {p.hit_rate:.2f} on {p.routing_source}")),
+        ("prefill", f"{p.predicted_prefill_tps:.0f} tok/s (first estimate)"),
+    ]
+    width = max(len(n) for n, _ in rows)
+    lines = [f"{n:<{width}}  {v}" for n, v in rows]
+    return "\n".join(lines + [f"  - {note}" for note in p.notes])

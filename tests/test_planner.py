@@ -1,0 +1,153 @@
+"""The planner on faked machines with the tiny Mixtral GGUF: budget arithmetic, overrides, no weight loading."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_moe.hardware import GIB, HardwareInfo
+from edge_moe.microbench import MachineMeasurements
+from edge_moe.planner import Plan, PlanOverrides, format_plan, make_plan, synthetic_routing
+from edge_moe.profiles import HardwareProfile, load_profiles, select_profile
+from tests.fake_machines import MACHINES
+
+
+@pytest.fixture(scope="module")
+def model(tiny_gguf: Callable[[str, str], Path]) -> Path:
+    return tiny_gguf("mixtral", "q8_0")
+
+
+def machine(name: str, tmp_path: Path) -> tuple[HardwareInfo, HardwareProfile]:
+    hw = MACHINES[name]().detect(tmp_path)
+    return hw, select_profile(hw, load_profiles(), override_path=tmp_path / "absent.toml").profile
+
+
+def with_free_vram(hw: HardwareInfo, free: int) -> HardwareInfo:
+    gpu = dataclasses.replace(hw.primary_gpu, free_vram_bytes=free)
+    return dataclasses.replace(hw, gpus=(gpu,))
+
+
+def used_vram(p: Plan) -> int:
+    return p.expert_budget_bytes + p.dense_bytes + p.kv_bytes + p.workspace_bytes
+
+
+def check_predictions(p: Plan) -> None:
+    for v in (p.predicted_decode_tps, p.predicted_prefill_tps, p.no_cache_decode_tps):
+        assert math.isfinite(v) and v > 0
+    json.dumps(p.to_dict())  # serializable
+    assert "decode" in format_plan(p)
+
+
+def test_cpu_only_machine_has_no_cache(model: Path, tmp_path: Path) -> None:
+    hw, profile = machine("cpu_only", tmp_path)
+    p = make_plan(model, hw, profile)
+    assert p.device == "cpu" and p.cache is None and p.expert_budget_bytes == 0
+    assert p.predicted_decode_tps == p.no_cache_decode_tps
+    assert p.threads == 16
+    check_predictions(p)
+
+
+def test_laptop_cache_fits_free_vram_minus_margin(model: Path, tmp_path: Path) -> None:
+    hw, profile = machine("laptop_4060", tmp_path)
+    assert profile.name == "laptop-8gb"
+    p = make_plan(model, hw, profile)
+    assert p.device == "cuda" and p.cache is not None
+    assert used_vram(p) <= hw.primary_gpu.free_vram_bytes - p.margin_bytes
+    check_predictions(p)
+
+
+def test_budget_lands_on_three_ways(model: Path, tmp_path: Path) -> None:
+    hw, profile = machine("laptop_4060", tmp_path)
+    big = make_plan(model, hw, profile)  # the fixed costs at the default context
+    free = big.margin_bytes + big.dense_bytes + big.kv_bytes + big.workspace_bytes + int(6.5 * big.slot_bytes)
+    p = make_plan(model, with_free_vram(hw, free), profile, overrides=PlanOverrides(admission="all"))
+    assert p.n_ctx == big.n_ctx
+    assert (p.cache.n_sets, p.cache.n_ways) == (2, 3)
+    assert p.expert_budget_bytes == 6 * p.slot_bytes
+    assert used_vram(p) <= free - p.margin_bytes
+
+
+def test_huge_vram_caches_every_expert(model: Path, tmp_path: Path) -> None:
+    hw, profile = machine("h100_box", tmp_path)
+    p = make_plan(model, hw, profile, overrides=PlanOverrides(admission="all"))
+    assert p.cache.n_ways == 8  # n_expert of the tiny model
+    assert p.predicted_decode_tps > p.no_cache_decode_tps
+    check_predictions(p)
+
+
+def test_context_reduced_when_vram_is_short(model: Path, tmp_path: Path) -> None:
+    hw, profile = machine("laptop_4060", tmp_path)
+    big = make_plan(model, hw, profile)
+    per_ctx = big.kv_bytes // big.n_ctx + 512 * 4 * 2  # KV + a chunk's attention scores per context token
+    fixed = big.dense_bytes + big.workspace_bytes - 512 * 4 * 2 * big.n_ctx
+    free = big.margin_bytes + fixed + per_ctx * 1024 + 100
+    p = make_plan(model, with_free_vram(hw, free), profile)
+    assert p.n_ctx == 1024 < big.n_ctx
+    assert p.cache is None  # nothing left for a slot
+    assert any("context reduced" in n for n in p.notes)
+    assert used_vram(p) <= free - p.margin_bytes
+
+
+def test_dense_goes_to_cpu_when_vram_cannot_hold_it(model: Path, tmp_path: Path) -> None:
+    hw, profile = machine("laptop_4060", tmp_path)
+    p = make_plan(model, with_free_vram(hw, profile.defaults.vram_margin_gib * GIB + 1000), profile)
+    assert p.device == "cpu" and p.cache is None
+    check_predictions(p)
+
+
+def test_explicit_overrides_win(model: Path, tmp_path: Path) -> None:
+    hw, profile = machine("laptop_4060", tmp_path)
+    o = PlanOverrides(threads=3, n_ctx=100_000, n_sets=1, n_ways=2, policy="LFU", quota=1, admission="reuse")
+    p = make_plan(model, hw, profile, overrides=o)
+    assert p.threads == 3 and p.n_ctx == 100_000
+    assert (p.cache.n_sets, p.cache.n_ways, p.cache.replace.value) == (1, 2, "LFU")
+    assert p.admission == "reuse" and p.quota == 1
+    assert sum("your flag" in n for n in p.notes) >= 5
+    budget = make_plan(model, hw, profile, overrides=PlanOverrides(gpu_budget_gib=0.001))
+    assert budget.cache.n_slots == int(0.001 * GIB) // budget.slot_bytes
+    cpu = make_plan(model, hw, profile, overrides=PlanOverrides(device="cpu"))
+    assert cpu.device == "cpu" and cpu.cache is None
+
+
+def test_measurements_and_routing_are_used(model: Path, tmp_path: Path) -> None:
+    hw, profile = machine("laptop_4060", tmp_path)
+    m = MachineMeasurements(30.0, 10.0, 200.0, threads=4, measured_at="2026-11-23T00:00:00+00:00",
+                            machine_key="k")
+    skewed = np.tile(np.array([0, 1]), (64, 2, 1))  # always experts 0 and 1
+    p = make_plan(model, hw, profile, m, routing=skewed, overrides=PlanOverrides(n_ways=2))
+    assert p.figures_source == "measured" and p.dram_gbps == 30.0
+    assert p.hit_rate > 0.9 and "trace" in p.routing_source
+    with pytest.raises(ValueError):
+        make_plan(model, hw, profile, routing=np.zeros((4, 3, 2), np.int64))
+
+
+def test_plan_loads_no_weights(model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import edge_moe.dense_weights as dw
+    import edge_moe.gpu_experts as ge
+
+    def boom(*a: object, **k: object) -> None:
+        raise AssertionError("the planner must not load weights")
+
+    monkeypatch.setattr(dw, "load_dense_weights", boom)
+    monkeypatch.setattr(dw, "tensor_to_numpy", boom)
+    monkeypatch.setattr(ge, "expert_matrix", boom)
+    hw, profile = machine("laptop_4060", tmp_path)
+    check_predictions(make_plan(model, hw, profile))
+
+
+def test_overrides_validated() -> None:
+    for bad in ({"threads": 0}, {"device": "tpu"}, {"admission": "some"}, {"policy": "MRU"}, {"quota": -1}):
+        with pytest.raises(ValueError):
+            PlanOverrides(**bad)
+
+
+def test_synthetic_routing_is_distinct_and_seeded() -> None:
+    r = synthetic_routing(16, 3, 8, 2)
+    assert r.shape == (16, 3, 2) and (r[..., 0] != r[..., 1]).all()
+    assert (r == synthetic_routing(16, 3, 8, 2)).all()
