@@ -54,6 +54,12 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_chat(args: argparse.Namespace) -> int:
+    from edge_moe.tui.app import run_chat
+
+    return run_chat(args.model, args.threads, args.ctx_size, args.gpu_budget)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from edge_moe.demo import run_demo
 
@@ -84,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("-m", "--model", default=None, help="also print the plan for this GGUF")
     pr.add_argument("--measure", action="store_true", help="re-run the micro-benchmarks (else measured once, cached)")
     pr.set_defaults(func=_cmd_profile)
+
+    c = sub.add_parser("chat", help="interactive chat (Textual app); no -m: the built-in demo model")
+    c.add_argument("-m", "--model", default=None, help="path to a .gguf (default: the demo model)")
+    c.add_argument("-t", "--threads", type=int, default=None, help="CPU expert threads")
+    c.add_argument("-c", "--ctx-size", type=int, default=4096, help="context length")
+    c.add_argument("--gpu-budget", type=float, default=None, metavar="GiB", help="memory for cached experts")
+    c.set_defaults(func=_cmd_chat)
 
     i = sub.add_parser("inspect", help="validate a GGUF and print its configuration")
     i.add_argument("model", help="path to a .gguf file")

@@ -1,0 +1,90 @@
+"""Loading the model for the chat app, reporting progress in steps (runs in a worker thread)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_moe.errors import EdgeMoeError
+
+from edge_moe.tui.session import Loaded
+
+# progress(label, fraction 0..1)
+Progress = Callable[[str, float], None]
+Loader = Callable[[Progress], Loaded]
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    model_path: str | None  # None: the built-in demo
+    n_threads: int | None = None
+    ctx: int = 2048
+    gpu_budget_gib: float | None = None
+    device: str = "auto"  # auto | cpu | cuda[:N] (tests pin cpu so snapshots match on any machine)
+    demo_workdir: Path | None = None  # where the demo model is built (default: the user cache dir)
+
+
+def _cache_config(path: Path, opts: LoadOptions, demo: bool):  # -> GpuExpertsConfig | None
+    from edge_moe.expert_cache import CacheConfig
+    from edge_moe.gpu_experts import GpuExpertsConfig
+
+    if opts.gpu_budget_gib is None:
+        # why: the demo gets a small partial cache (as `edge-moe demo` does) so the panel has hits to show
+        return GpuExpertsConfig(CacheConfig(2, 3, "LRU")) if demo else None
+    import torch
+
+    from edge_moe.gguf_file import GGUFFile
+    from edge_moe.gpu_experts import slot_nbytes
+    from edge_moe.model_config import read_config
+
+    with GGUFFile(path) as gguf:
+        cfg = read_config(gguf)
+    dtype = "float16" if torch.cuda.is_available() else "float32"
+    try:
+        cache = CacheConfig.from_budget(int(opts.gpu_budget_gib * 2**30), slot_nbytes(cfg, dtype),
+                                        cfg.n_layer, cfg.n_expert)
+    except ValueError as e:
+        raise EdgeMoeError(f"--gpu-budget: {e}") from None
+    return GpuExpertsConfig(cache)
+
+
+def describe_plan(model: object) -> str:
+    """One line: where the experts live (the 'active plan' of the stats panel)."""
+    gpu = getattr(model, "gpu", None)
+    cache = getattr(gpu, "cache", None)
+    device = getattr(model, "device", "cpu")
+    if cache is None:
+        return f"dense on {device}; experts on CPU"
+    return (f"dense on {device}; cache {cache.n_sets}x{cache.n_ways} {cache.config.replace.value}, "
+            "misses on CPU")
+
+
+def default_loader(opts: LoadOptions) -> Loader:
+    def load(progress: Progress) -> Loaded:
+        from edge_moe.executor import ExecutorConfig, HybridModel
+        from edge_moe.tokenizer import Tokenizer
+
+        demo = opts.model_path is None
+        if demo:
+            progress("building the demo model", 0.05)
+            from edge_moe.demo import ensure_demo_model
+
+            path = ensure_demo_model(workdir=opts.demo_workdir)
+        else:
+            path = Path(opts.model_path)  # type: ignore[arg-type]
+            if not path.is_file():
+                raise EdgeMoeError(f"{path}: no such model file")
+        progress("reading the tokenizer", 0.2)
+        tokenizer = Tokenizer(path)
+        progress("loading the weights", 0.4)
+        try:
+            config = ExecutorConfig(device=opts.device, n_ctx=opts.ctx, n_threads=opts.n_threads,
+                                    cache=_cache_config(path, opts, demo))
+        except ValueError as e:
+            raise EdgeMoeError(f"invalid option: {e}") from None
+        model = HybridModel(path, config)
+        progress("ready", 1.0)
+        return Loaded(model, tokenizer, path, describe_plan(model), opts.n_threads)
+
+    return load
