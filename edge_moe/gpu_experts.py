@@ -81,10 +81,6 @@ class GpuExperts:
             if config.preload == "all":
                 self._preload_all()
 
-    @property
-    def enabled(self) -> bool:
-        return self.cache is not None
-
     def _fill(self, slot: int, layer: int, expert: int) -> None:
         """Dequantize the expert on the host and copy it into `slot` on the side stream."""
         assert self.store is not None

@@ -339,6 +339,29 @@ def _routing(routing: np.ndarray | None, m: _ModelSizes) -> tuple[np.ndarray, st
     return r, f"routing trace ({r.shape[0]} tokens)"
 
 
+def plan_for_machine(model_path: str | Path, overrides: PlanOverrides | None = None,
+                     figures: str = "measure") -> Plan:
+    """Plan for the machine we run on: detect it, match a profile, and take its figures from
+    the micro-benchmarks ("measure": cached, measured once if absent; "cached": only if
+    already cached, else the profile's; "profile": the profile's)."""
+    from edge_moe.hardware import detect_hardware
+    from edge_moe.microbench import load_cached, load_or_measure
+    from edge_moe.profiles import select_profile
+
+    if figures not in ("measure", "cached", "profile"):
+        raise ValueError(f"figures must be measure, cached or profile, got {figures!r}")
+    overrides = overrides or PlanOverrides()
+    hw = detect_hardware()
+    profile = select_profile(hw).profile
+    threads = overrides.threads or resolve_threads(profile, hw)
+    measured = None
+    if figures == "measure":
+        measured = load_or_measure(threads, hw=hw)
+    elif figures == "cached":
+        measured = load_cached(threads, hw)
+    return make_plan(model_path, hw, profile, measured, overrides=overrides)
+
+
 def format_plan(plan: Plan) -> str:
     p, gib = plan, GIB
     cache = "none (every expert on the CPU)" if p.cache is None else (

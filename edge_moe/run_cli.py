@@ -77,25 +77,16 @@ def _plan(args: argparse.Namespace, model_path: str) -> Any:
     the plan is "no cache" whatever the figures; --dry-run uses cached figures if any.
     """
     from edge_moe.hardware import detect_hardware
-    from edge_moe.microbench import load_cached, load_or_measure
-    from edge_moe.planner import PlanOverrides, make_plan
-    from edge_moe.profiles import resolve_threads, select_profile
+    from edge_moe.planner import PlanOverrides, plan_for_machine
 
-    hw = detect_hardware()
-    match = select_profile(hw)
     device = None if args.device == "auto" else ("cpu" if args.device == "cpu" else "cuda")
-    if device is None and hw.gpus and not _has_cuda():
+    if device is None and detect_hardware().gpus and not _has_cuda():
         device = "cpu"  # an NVIDIA GPU, but torch was built without CUDA
     overrides = PlanOverrides(device=device, threads=args.threads, n_ctx=args.ctx_size, gpu_budget_gib=args.gpu_budget,
                               n_sets=args.cache_nblocks, n_ways=args.cache_nways, policy=args.cache_replace_policy,
                               quota=args.cache_quota, admission=args.cache_admission)
-    threads = args.threads or resolve_threads(match.profile, hw)
-    measured = None
-    if args.dry_run:
-        measured = load_cached(threads, hw)
-    elif device != "cpu":
-        measured = load_or_measure(threads, hw=hw)
-    return make_plan(model_path, hw, match.profile, measured, overrides=overrides)
+    figures = "cached" if args.dry_run else ("profile" if device == "cpu" else "measure")
+    return plan_for_machine(model_path, overrides, figures)
 
 
 def _has_cuda() -> bool:

@@ -37,16 +37,9 @@ def _cache_config(path: Path, opts: LoadOptions, demo: bool):  # -> GpuExpertsCo
         if not torch.cuda.is_available():
             return None
         # zero tuning: the planner sizes the cache from the machine (as `edge-moe run` does without flags)
-        from edge_moe.hardware import detect_hardware
-        from edge_moe.microbench import load_or_measure
-        from edge_moe.planner import PlanOverrides, make_plan
-        from edge_moe.profiles import resolve_threads, select_profile
+        from edge_moe.planner import PlanOverrides, plan_for_machine
 
-        hw = detect_hardware()
-        profile = select_profile(hw).profile
-        threads = opts.n_threads or resolve_threads(profile, hw)
-        plan = make_plan(path, hw, profile, load_or_measure(threads, hw=hw),
-                         overrides=PlanOverrides(threads=opts.n_threads, n_ctx=opts.ctx))
+        plan = plan_for_machine(path, PlanOverrides(threads=opts.n_threads, n_ctx=opts.ctx))
         return GpuExpertsConfig(plan.cache) if plan.cache is not None and plan.device == "cuda" else None
 
     from edge_moe.gguf_file import GGUFFile
