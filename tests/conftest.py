@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
+
+# Without CUDA the Triton kernels can only run in Triton's interpreter, which must be chosen
+# before Triton is first imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from edge_moe.converters.tiny_checkpoints import TINY_ARCHS, make_tiny_checkpoint
 

@@ -1,0 +1,264 @@
+"""Triton kernels that compute from weights kept in their GGUF block formats on the GPU.
+
+A quantized matrix [N, K] (N rows of K weights, ggml's row-major order) is a run of
+`row_bytes` bytes per row inside one flat uint8 tensor (the expert cache's slot storage or
+a dense weight). Kernels read it through two views of the same memory: bytes (uint8) and
+16-bit words (int16; every block format here keeps its fp16 scales 2-byte aligned).
+
+Kernels (one launch each, over every (token, expert) pair of a layer):
+
+    _matvec_kernel, MODE_GLU:     act[p] = silu(A_p @ x[tok_p]) * (B_p @ x[tok_p])   gate+up   [P, N]
+    _matvec_kernel, MODE_SCATTER: y[out_p] += scale_p * (A_p @ x[p])                  down      [T, N] fp32
+    _matvec_kernel, MODE_STORE:   out[p] = A_p @ x[tok_p]                             plain     [P, N]
+    _dequant_kernel:              W fp16 [N, K] from its blocks (prefill: then torch matmul)
+
+Each program takes ROWS rows of one pair and walks K in chunks of 256 weights. Q4_0 and
+Q8_0 chunks are read as 16-bit words (4 or 2 weights per load) and dotted with x gathered
+in the same interleaved order; the other formats are dequantized in natural order by byte
+gathers, then dotted. Accumulation is fp32.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+# ggml type ids (enum ggml_type)
+F16, Q4_0, Q8_0, Q4_K, Q5_K, Q6_K, BF16 = 1, 2, 8, 12, 13, 14, 30
+# elements, bytes per block
+BLOCKS: dict[int, tuple[int, int]] = {F16: (1, 2), BF16: (1, 2), Q4_0: (32, 18), Q8_0: (32, 34),
+                                      Q4_K: (256, 144), Q5_K: (256, 176), Q6_K: (256, 210)}
+CHUNK = 256  # weights per row per loop step
+MODE_STORE, MODE_GLU, MODE_SCATTER = 0, 1, 2
+
+
+# ---- per-format chunk loaders --------------------------------------------------------
+# Each takes the rows' byte offsets [ROWS] (int64) and the chunk index c, and returns
+# dequantized weights [ROWS, G, L] (G * L = 256) with their column indices [G, L].
+
+@triton.jit
+def _fp16_bits(words):
+    return words.to(tl.float16, bitcast=True).to(tl.float32)
+
+
+@triton.jit
+def _vals_f16(wb, ww, row, c, K, IS_BF16: tl.constexpr):
+    col = c * 256 + tl.arange(0, 8)[:, None] * 32 + tl.arange(0, 32)[None, :]  # [8, 32]
+    colc = tl.minimum(col, K - 1)
+    w = tl.load(ww + row[:, None, None] // 2 + colc[None, :, :])
+    if IS_BF16:
+        v = ((w.to(tl.int32) & 0xFFFF) << 16).to(tl.float32, bitcast=True)
+    else:
+        v = _fp16_bits(w)
+    return v, col
+
+
+@triton.jit
+def _vals_q4_0(wb, ww, row, c, K):
+    j = tl.arange(0, 8)
+    l = tl.arange(0, 32)
+    blk = tl.minimum(c * 8 + j, K // 32 - 1)  # [8], clamped: columns past K get x = 0
+    base = row[:, None] + blk[None, :] * 18  # [ROWS, 8]
+    d = _fp16_bits(tl.load(ww + base // 2))
+    q = tl.load(wb + base[:, :, None] + 2 + (l % 16)[None, None, :]).to(tl.int32)  # [ROWS, 8, 32]
+    q = (q >> ((l // 16) * 4)[None, None, :]) & 15
+    col = (c * 8 + j)[:, None] * 32 + l[None, :]
+    return d[:, :, None] * (_u2f(q) - 8.0), col
+
+
+@triton.jit
+def _vals_q8_0(wb, ww, row, c, K):
+    j = tl.arange(0, 8)
+    l = tl.arange(0, 32)
+    blk = tl.minimum(c * 8 + j, K // 32 - 1)
+    base = row[:, None] + blk[None, :] * 34
+    d = _fp16_bits(tl.load(ww + base // 2))
+    q = tl.load(wb + base[:, :, None] + 2 + l[None, None, :]).to(tl.int8, bitcast=True).to(tl.float32)
+    col = (c * 8 + j)[:, None] * 32 + l[None, :]
+    return d[:, :, None] * q, col
+
+
+@triton.jit
+def _scale_min_k4(wb, sb, j):
+    """The 6-bit scales and mins of sub-blocks j [8] from the 12 scale bytes at sb [ROWS]."""
+    qa = tl.load(wb + sb[:, None] + j[None, :]).to(tl.int32)  # q[j]
+    qb = tl.load(wb + sb[:, None] + j[None, :] + 4).to(tl.int32)  # q[j + 4]
+    qc = tl.load(wb + sb[:, None] + tl.where(j >= 4, j - 4, j)[None, :]).to(tl.int32)  # q[j - 4]
+    lo = (j < 4)[None, :]
+    sc = tl.where(lo, qa & 63, (qb & 15) | ((qc >> 6) << 4))
+    mn = tl.where(lo, qb & 63, (qb >> 4) | ((qa >> 6) << 4))
+    return sc.to(tl.float32), mn.to(tl.float32)
+
+
+@triton.jit
+def _vals_q4_k(wb, ww, row, c, K, HIGH_BIT: tl.constexpr):
+    """Q4_K (HIGH_BIT False) and Q5_K (True): 8 sub-blocks of 32 with 6-bit scales and mins."""
+    j = tl.arange(0, 8)
+    l = tl.arange(0, 32)
+    if HIGH_BIT:
+        base = row + c * 176
+        qs_at = 48
+    else:
+        base = row + c * 144
+        qs_at = 16
+    d = _fp16_bits(tl.load(ww + base // 2))  # [ROWS]
+    dmin = _fp16_bits(tl.load(ww + base // 2 + 1))
+    sc, mn = _scale_min_k4(wb, base + 4, j)  # [ROWS, 8]
+    q = tl.load(wb + base[:, None, None] + qs_at + ((j // 2) * 32)[None, :, None] + l[None, None, :]).to(tl.int32)
+    q = (q >> ((j % 2) * 4)[None, :, None]) & 15  # [ROWS, 8, 32]
+    if HIGH_BIT:
+        qh = tl.load(wb + base[:, None, None] + 16 + l[None, None, :]).to(tl.int32)  # [ROWS, 1, 32]
+        q = q | (((qh >> j[None, :, None]) & 1) << 4)
+    v = (d[:, None] * sc)[:, :, None] * _u2f(q) - (dmin[:, None] * mn)[:, :, None]
+    col = c * 256 + j[:, None] * 32 + l[None, :]
+    return v, col
+
+
+@triton.jit
+def _vals_q6_k(wb, ww, row, c, K):
+    """Q6_K: 16 groups s of 16 weights, each with an int8 scale; 4 low bits in ql, 2 high in qh."""
+    s = tl.arange(0, 16)
+    u = tl.arange(0, 16)
+    base = row + c * 210  # [ROWS]
+    half = (s // 8)[:, None]  # [16, 1]
+    t = ((s % 8) // 2)[:, None]
+    l = ((s % 2) * 16)[:, None] + u[None, :]  # [16, 16] position within the 32-wide run
+    ql = tl.load(wb + base[:, None, None] + (half * 64 + (t % 2) * 32 + l)[None]).to(tl.int32)
+    ql = (ql >> ((t // 2) * 4)[None]) & 15
+    qh = tl.load(wb + base[:, None, None] + (128 + half * 32 + l)[None]).to(tl.int32)
+    qh = (qh >> (t * 2)[None]) & 3
+    q = _u2f(ql | (qh << 4)) - 32.0  # [ROWS, 16, 16]
+    sc = tl.load(wb + base[:, None] + 192 + s[None, :]).to(tl.int8, bitcast=True).to(tl.float32)  # [ROWS, 16]
+    d = _fp16_bits(tl.load(ww + (base + 208) // 2))
+    col = c * 256 + s[:, None] * 16 + u[None, :]
+    return (d[:, None] * sc)[:, :, None] * q, col
+
+
+@triton.jit
+def _chunk_vals(wb, ww, row, c, K, QTYPE: tl.constexpr):
+    if QTYPE == 2:
+        v, col = _vals_q4_0(wb, ww, row, c, K)
+    elif QTYPE == 8:
+        v, col = _vals_q8_0(wb, ww, row, c, K)
+    elif QTYPE == 12:
+        v, col = _vals_q4_k(wb, ww, row, c, K, False)
+    elif QTYPE == 13:
+        v, col = _vals_q4_k(wb, ww, row, c, K, True)
+    elif QTYPE == 14:
+        v, col = _vals_q6_k(wb, ww, row, c, K)
+    elif QTYPE == 30:
+        v, col = _vals_f16(wb, ww, row, c, K, True)
+    else:
+        v, col = _vals_f16(wb, ww, row, c, K, False)
+    return v, col
+
+
+# ---- word-wise dot products for the formats that dominate decode ----------------------
+
+@triton.jit
+def _u2f(q):
+    """Small non-negative int32 (< 2**23) to float32 without the slow int->float convert:
+    put q in the mantissa of 2**23 and subtract 2**23 (the convert unit was the bottleneck)."""
+    return (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+
+
+@triton.jit
+def _dot_q4_0(ww, row, xp, c, K):
+    """Dot of 8 Q4_0 blocks per row with x. Word w of a block (bytes 2w, 2w+1) holds 4 weights
+    at bits 4n (n = 0..3); x must come permuted (`permute_for_q4_0`) so that those 4 weights'
+    inputs are x[32b + 4w + n]: contiguous, loaded as a vector."""
+    j = c * 8 + tl.arange(0, 8)
+    w = tl.arange(0, 8)
+    n = tl.arange(0, 4)
+    base = row[:, None] // 2 + tl.minimum(j, K // 32 - 1)[None, :] * 9  # word index [ROWS, 8]
+    d = _fp16_bits(tl.load(ww + base))
+    q = tl.load(ww + base[:, :, None] + 1 + w[None, None, :]).to(tl.int32)  # [ROWS, 8, 8]
+    q = (q[:, :, :, None] >> (n * 4)[None, None, None, :]) & 15  # [ROWS, 8, 8, 4]
+    xo = j[:, None, None] * 32 + w[None, :, None] * 4 + n[None, None, :]  # [8, 8, 4]
+    x = tl.load(xp + xo, mask=(j < K // 32)[:, None, None], other=0.0).to(tl.float32)
+    dot = tl.sum(tl.sum(_u2f(q) * x[None], axis=3), axis=2)  # [ROWS, 8]
+    xsum = tl.sum(tl.sum(x, axis=2), axis=1)  # [8]
+    return tl.sum(d * (dot - 8.0 * xsum[None, :]), axis=1)
+
+
+@triton.jit
+def _dot_q8_0(ww, row, xp, c, K):
+    """Dot of 8 Q8_0 blocks per row with x; word w holds the int8 weights 2w and 2w+1."""
+    j = c * 8 + tl.arange(0, 8)
+    w = tl.arange(0, 16)
+    p = tl.arange(0, 2)
+    base = row[:, None] // 2 + tl.minimum(j, K // 32 - 1)[None, :] * 17
+    d = _fp16_bits(tl.load(ww + base))
+    q = tl.load(ww + base[:, :, None] + 1 + w[None, None, :]).to(tl.int32)  # [ROWS, 8, 16]
+    # byte p of each word, offset to unsigned (x ^ 0x80 = int8 + 128)
+    q = ((q[:, :, :, None] >> (p * 8)[None, None, None, :]) & 255) ^ 128  # [ROWS, 8, 16, 2]
+    xo = j[:, None, None] * 32 + w[None, :, None] * 2 + p[None, None, :]  # [8, 16, 2]
+    x = tl.load(xp + xo, mask=(j < K // 32)[:, None, None], other=0.0).to(tl.float32)
+    dot = tl.sum(tl.sum(_u2f(q) * x[None], axis=3), axis=2)  # [ROWS, 8]
+    xsum = tl.sum(tl.sum(x, axis=2), axis=1)
+    return tl.sum(d * (dot - 128.0 * xsum[None, :]), axis=1)
+
+
+@triton.jit
+def _q4_0_position(r):
+    """Where input r of a Q4_0 row sits in the permuted order of `_dot_q4_0`."""
+    return (r // 32) * 32 + ((r % 16) // 2) * 4 + (r % 2) * 2 + (r % 32) // 16
+
+
+@triton.jit
+def _chunk_dot(wb, ww, row, xp, c, K, QTYPE: tl.constexpr):
+    if QTYPE == 2:
+        r = _dot_q4_0(ww, row, xp, c, K)
+    elif QTYPE == 8:
+        r = _dot_q8_0(ww, row, xp, c, K)
+    else:
+        v, col = _chunk_vals(wb, ww, row, c, K, QTYPE)
+        x = tl.load(xp + col, mask=col < K, other=0.0).to(tl.float32)
+        r = tl.sum(tl.sum(v * x[None], axis=2), axis=1)
+    return r
+
+
+# ---- kernels ---------------------------------------------------------------------------
+
+@triton.jit
+def _matvec_kernel(wb, ww, a_off, b_off, x_ptr, x_row, scale_ptr, scale_idx, out_ptr, out_row,
+                   N, K: tl.constexpr, row_bytes, x_stride, out_stride,
+                   QTYPE: tl.constexpr, MODE: tl.constexpr, ROWS: tl.constexpr, PERM_OUT: tl.constexpr):
+    p = tl.program_id(0)
+    rows = tl.program_id(1) * ROWS + tl.arange(0, ROWS)
+    rmask = rows < N
+    rows_c = tl.minimum(rows, N - 1).to(tl.int64)  # rows past N read row N-1; never stored
+    xp = x_ptr + tl.load(x_row + p).to(tl.int64) * x_stride
+    a_row = tl.load(a_off + p) + rows_c * row_bytes
+    acc = tl.zeros([ROWS], dtype=tl.float32)
+    if MODE == 1:
+        b_row = tl.load(b_off + p) + rows_c * row_bytes
+        acc_b = tl.zeros([ROWS], dtype=tl.float32)
+    for c in range(0, (K + 255) // 256):
+        acc += _chunk_dot(wb, ww, a_row, xp, c, K, QTYPE)
+        if MODE == 1:
+            acc_b += _chunk_dot(wb, ww, b_row, xp, c, K, QTYPE)
+    if MODE == 1:
+        act = acc / (1.0 + tl.exp(-acc)) * acc_b  # silu(gate) * up
+        if PERM_OUT:  # the down matrix is Q4_0: write act in its input order
+            tl.store(out_ptr + p * out_stride + _q4_0_position(rows), act, mask=rmask)
+        else:
+            tl.store(out_ptr + p * out_stride + rows, act, mask=rmask)
+    elif MODE == 2:
+        s = tl.load(scale_ptr + tl.load(scale_idx + p)).to(tl.float32)
+        o = tl.load(out_row + p).to(tl.int64)
+        tl.atomic_add(out_ptr + o * out_stride + rows, acc * s, mask=rmask)
+    else:
+        tl.store(out_ptr + p * out_stride + rows, acc, mask=rmask)
+
+
+@triton.jit
+def _dequant_kernel(wb, ww, w_off, out_ptr, N, K: tl.constexpr, row_bytes,
+                    QTYPE: tl.constexpr, ROWS: tl.constexpr):
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    c = tl.program_id(1)
+    rmask = rows < N
+    row = w_off + tl.minimum(rows, N - 1).to(tl.int64) * row_bytes
+    v, col = _chunk_vals(wb, ww, row, c, K, QTYPE)
+    ptr = out_ptr + rows.to(tl.int64)[:, None, None] * K + col[None]
+    tl.store(ptr, v.to(out_ptr.dtype.element_ty), mask=rmask[:, None, None] & (col < K)[None])

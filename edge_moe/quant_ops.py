@@ -1,0 +1,143 @@
+"""Launchers for the quantized-weight kernels (edge_moe/quant_kernels.py).
+
+Weights live in one flat uint8 tensor (`QuantBuffer`); a matrix is named by its layout
+(`QuantMatrix`) and a byte offset into the buffer, one offset per (token, expert) pair, so a
+whole layer's cached experts are computed in one launch whatever slots they sit in.
+Offsets and row indices are int64/int32 device tensors prepared by the caller in one copy.
+
+On a machine without CUDA the same kernels run under Triton's interpreter
+(TRITON_INTERPRET=1, set before Triton is imported) on CPU tensors: slow, for tests.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from edge_moe.quant_kernels import BLOCKS, MODE_GLU, MODE_SCATTER, MODE_STORE, Q4_0, _dequant_kernel, _matvec_kernel
+
+SUPPORTED_TYPES = frozenset(BLOCKS)
+# Rows per program and warps, chosen on the H100 (benchmarks/quant_kernels_bench.py);
+# EDGE_MOE_QROWS / EDGE_MOE_QWARPS override them for tuning runs.
+MATVEC_ROWS = int(os.environ.get("EDGE_MOE_QROWS", "16"))
+MATVEC_WARPS = int(os.environ.get("EDGE_MOE_QWARPS", "4"))
+DEQUANT_ROWS = 8
+
+
+@dataclass(frozen=True)
+class QuantMatrix:
+    """Layout of one [n_rows, n_cols] matrix in a ggml block format (rows of n_cols weights)."""
+
+    ggml_type: int
+    n_rows: int
+    n_cols: int
+
+    def __post_init__(self) -> None:
+        if self.ggml_type not in BLOCKS:
+            raise ValueError(f"ggml type {self.ggml_type} has no GPU kernel (supported: {sorted(BLOCKS)})")
+        block = BLOCKS[self.ggml_type][0]
+        if self.n_rows <= 0 or self.n_cols <= 0 or self.n_cols % block:
+            raise ValueError(f"a [{self.n_rows}, {self.n_cols}] matrix does not fit type {self.ggml_type}'s "
+                             f"{block}-weight blocks")
+
+    @property
+    def row_bytes(self) -> int:
+        block, nbytes = BLOCKS[self.ggml_type]
+        return self.n_cols // block * nbytes
+
+    @property
+    def nbytes(self) -> int:
+        return self.n_rows * self.row_bytes
+
+
+class QuantBuffer:
+    """A flat uint8 device tensor holding block-format weights, with its 16-bit word view."""
+
+    def __init__(self, data: torch.Tensor) -> None:
+        if data.dtype != torch.uint8 or data.dim() != 1 or data.numel() % 2:
+            raise ValueError("a QuantBuffer is a flat uint8 tensor of even length")
+        self.bytes = data
+        self.words = data.view(torch.int16)
+
+    @property
+    def device(self) -> torch.device:
+        return self.bytes.device
+
+
+def _grid(n_pairs: int, n_rows: int) -> tuple[int, int]:
+    return (n_pairs, triton_cdiv(n_rows, MATVEC_ROWS))
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def kernel_input(x: torch.Tensor, m: QuantMatrix) -> torch.Tensor:
+    """x [T, n_cols] in the order the kernel for `m` reads it: Q4_0 reads each 32-block as
+    (word w, nibble n) -> input 16 * (n % 2) + 2 * w + n // 2 (quant_kernels._dot_q4_0)."""
+    if m.ggml_type != Q4_0:
+        return x
+    t = x.shape[0]
+    return x.view(t, -1, 2, 8, 2).permute(0, 1, 3, 4, 2).reshape(t, -1)  # [T, blocks, w, p, h]
+
+
+def glu_pairs(buf: QuantBuffer, gate: QuantMatrix, up: QuantMatrix, gate_off: torch.Tensor,
+              up_off: torch.Tensor, x: torch.Tensor, x_row: torch.Tensor,
+              down: QuantMatrix | None = None) -> torch.Tensor:
+    """act[p] = silu(gate_p @ x[x_row[p]]) * (up_p @ x[x_row[p]]) -> float32 [P, n_rows].
+
+    gate_off/up_off: int64 [P] byte offsets of each pair's matrices; x [T, n_cols] in natural
+    order. act comes in the input order of `down`'s kernel (for `scatter_pairs`), natural
+    when `down` is None."""
+    if gate != up:
+        raise ValueError("gate and up must share one layout for the fused kernel")
+    p = gate_off.shape[0]
+    x = kernel_input(x, gate)
+    act = torch.empty((p, gate.n_rows), dtype=torch.float32, device=buf.device)
+    _matvec_kernel[_grid(p, gate.n_rows)](
+        buf.bytes, buf.words, gate_off, up_off, x, x_row, act, x_row, act, x_row,
+        gate.n_rows, gate.n_cols, gate.row_bytes, x.stride(0), act.stride(0),
+        QTYPE=gate.ggml_type, MODE=MODE_GLU, ROWS=MATVEC_ROWS,
+        PERM_OUT=down is not None and down.ggml_type == Q4_0, num_warps=MATVEC_WARPS)
+    return act
+
+
+def scatter_pairs(buf: QuantBuffer, down: QuantMatrix, down_off: torch.Tensor, act: torch.Tensor,
+                  scales: torch.Tensor, scale_idx: torch.Tensor, out_row: torch.Tensor, y: torch.Tensor) -> None:
+    """y[out_row[p]] += scales[scale_idx[p]] * (down_p @ act[p]) for every pair p.
+
+    act: from `glu_pairs(..., down=down)` (already in the kernel's input order).
+    y: float32 [T, n_rows], accumulated atomically (pairs of one token add to one row)."""
+    if y.dtype != torch.float32:
+        raise ValueError("scatter_pairs accumulates into a float32 output")
+    p = down_off.shape[0]
+    pair_rows = torch.arange(p, device=buf.device, dtype=torch.int32) if p else out_row
+    _matvec_kernel[_grid(p, down.n_rows)](
+        buf.bytes, buf.words, down_off, down_off, act, pair_rows, scales, scale_idx, y, out_row,
+        down.n_rows, down.n_cols, down.row_bytes, act.stride(0), y.stride(0),
+        QTYPE=down.ggml_type, MODE=MODE_SCATTER, ROWS=MATVEC_ROWS, PERM_OUT=False, num_warps=MATVEC_WARPS)
+
+
+def matvec_pairs(buf: QuantBuffer, m: QuantMatrix, off: torch.Tensor, x: torch.Tensor,
+                 x_row: torch.Tensor) -> torch.Tensor:
+    """out[p] = M_p @ x[x_row[p]] -> float32 [P, n_rows]; x [T, n_cols] in natural order."""
+    p = off.shape[0]
+    x = kernel_input(x, m)
+    out = torch.empty((p, m.n_rows), dtype=torch.float32, device=buf.device)
+    _matvec_kernel[_grid(p, m.n_rows)](
+        buf.bytes, buf.words, off, off, x, x_row, out, x_row, out, x_row,
+        m.n_rows, m.n_cols, m.row_bytes, x.stride(0), out.stride(0),
+        QTYPE=m.ggml_type, MODE=MODE_STORE, ROWS=MATVEC_ROWS, PERM_OUT=False, num_warps=MATVEC_WARPS)
+    return out
+
+
+def dequantize(buf: QuantBuffer, m: QuantMatrix, byte_offset: int, out: torch.Tensor) -> torch.Tensor:
+    """Write the matrix at `byte_offset` into `out` [n_rows, n_cols] (fp16, bf16 or fp32)."""
+    if out.shape != (m.n_rows, m.n_cols) or not out.is_contiguous():
+        raise ValueError(f"dequantize needs a contiguous [{m.n_rows}, {m.n_cols}] output")
+    grid = (triton_cdiv(m.n_rows, DEQUANT_ROWS), triton_cdiv(m.n_cols, 256))
+    _dequant_kernel[grid](buf.bytes, buf.words, byte_offset, out, m.n_rows, m.n_cols, m.row_bytes,
+                          QTYPE=m.ggml_type, ROWS=DEQUANT_ROWS, num_warps=4)
+    return out
