@@ -4,12 +4,20 @@ The bookkeeping (sets, ways, replacement, admission) is `ExpertCache`; the stora
 `SlotStore` (one device tensor allocated once; fills on a side CUDA stream through pinned
 staging, ordered by events: a slot is read only after its fill completed and refilled only
 after the kernels that read it). A slot holds one expert's gate [F, E], up [F, E] and
-down [E, F], dequantized on the host to the compute dtype (quantized slots and kernels are
-the next issue).
+down [E, F] exactly as the GGUF stores them (block-quantized bytes): a fill is a copy, and
+the budget counts quantized bytes.
+
+Hit compute ("triton" kernels, the default on CUDA): the hits of a layer with few tokens
+each run as two launches over all (token, expert) pairs (quant_ops.glu_pairs, then
+scatter_pairs); an expert used by many tokens of a prefill chunk is dequantized to the
+compute dtype in a scratch matrix and multiplied with torch. "reference" dequantizes the
+slot's bytes with gguf.quants on the host (the CPU device in tests, and any type the
+kernels do not read).
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,35 +33,68 @@ if TYPE_CHECKING:
     from edge_moe.expert_cache import CacheConfig, ExpertCache
     from edge_moe.gpu_slots import SlotStore
 
+SLOT_ALIGNMENT = 256  # bytes; each part of a slot starts at a multiple (kernels read 16-bit words)
+# A cached expert used by at least this many tokens of one call is dequantized once and
+# multiplied as a matrix; fewer tokens read its blocks once per token (matvec kernels).
+DEQUANT_MIN_TOKENS = 8
+PARTS = ("gate", "up", "down")
+
 
 @dataclass(frozen=True)
 class GpuExpertsConfig:
     cache: "CacheConfig"
     preload: str = "none"  # "none" | "all": fill every slot before the first token (layer-major)
+    kernels: str = "auto"  # "auto" (triton on CUDA, else reference) | "triton" | "reference"
 
     def __post_init__(self) -> None:
         if self.preload not in ("none", "all"):
             raise ValueError(f"preload must be 'none' or 'all', got {self.preload!r}")
+        if self.kernels not in ("auto", "triton", "reference"):
+            raise ValueError(f"kernels must be auto, triton or reference, got {self.kernels!r}")
 
 
 def quantized_expert_bytes(gguf: GGUFFile, cfg: MoEConfig) -> int:
     """Bytes of one expert (gate + up + down) as stored in the GGUF: what a miss reads from DRAM."""
-    return sum(gguf.tensor(f"blk.0.ffn_{k}_exps.weight").nbytes for k in ("gate", "up", "down")) // cfg.n_expert
+    return sum(gguf.tensor(f"blk.0.ffn_{k}_exps.weight").nbytes for k in PARTS) // cfg.n_expert
 
 
-def slot_nbytes(cfg: MoEConfig, dtype: str) -> int:
-    """Bytes of one cache slot: the expert dequantized to the compute dtype (quantized slots
-    are the next issue; until then a slot costs 2-4x the expert's GGUF size)."""
-    return 3 * cfg.n_embd * cfg.n_ff_expert * torch.empty(0, dtype=getattr(torch, dtype)).element_size()
+def slot_part_nbytes(gguf: GGUFFile, cfg: MoEConfig) -> tuple[int, int, int]:
+    """Bytes of a slot's gate, up and down: the largest over layers (types may vary by layer)."""
+    return tuple(max(gguf.tensor(f"blk.{il}.ffn_{k}_exps.weight").nbytes // cfg.n_expert
+                     for il in range(cfg.n_layer)) for k in PARTS)  # type: ignore[return-value]
+
+
+def slot_nbytes(gguf: GGUFFile, cfg: MoEConfig) -> int:
+    """Device bytes of one cache slot: the expert's GGUF bytes, each part aligned."""
+    return sum(-(-n // SLOT_ALIGNMENT) * SLOT_ALIGNMENT for n in slot_part_nbytes(gguf, cfg))
+
+
+def expert_bytes_view(t: GGUFTensor, expert: int) -> np.ndarray:
+    """One expert's raw block bytes of a stacked [n_expert, rows, cols] GGUF tensor (mmap view)."""
+    per = t.nbytes // t.shape[2]
+    return t.data[expert * per:(expert + 1) * per]
 
 
 def expert_matrix(t: GGUFTensor, expert: int) -> np.ndarray:
     """One expert's matrix of a stacked [n_expert, rows, cols] GGUF tensor, as float32 [rows, cols]."""
-    n_expert = t.shape[2]
-    per = t.nbytes // n_expert
-    one = GGUFTensor(t.name, t.ggml_type, t.shape[:2], t.offset + expert * per, per,
-                     t.data[expert * per:(expert + 1) * per])
+    per = t.nbytes // t.shape[2]
+    one = GGUFTensor(t.name, t.ggml_type, t.shape[:2], t.offset + expert * per, per, expert_bytes_view(t, expert))
     return tensor_to_numpy(one)
+
+
+def _use_triton(choice: str, device: torch.device, types: set[int]) -> bool:
+    if choice == "reference" or (choice == "auto" and device.type != "cuda"):
+        return False
+    from edge_moe.quant_ops import SUPPORTED_TYPES
+
+    missing = types - SUPPORTED_TYPES
+    if missing:
+        msg = f"expert types {sorted(missing)} have no GPU kernel; cached experts run the slow reference path"
+        if choice == "triton":
+            raise ValueError(msg)
+        warnings.warn(msg, stacklevel=3)
+        return False
+    return True
 
 
 class GpuExperts:
@@ -62,8 +103,6 @@ class GpuExperts:
     def __init__(self, gguf: GGUFFile, cfg: MoEConfig, device: torch.device, dtype: torch.dtype,
                  config: GpuExpertsConfig | None) -> None:
         self.gguf, self.cfg, self.device, self.dtype, self.config = gguf, cfg, device, dtype, config
-        e, f = cfg.n_embd, cfg.n_ff_expert
-        self._sizes = (f * e, f * e, e * f)
         self.cache: "ExpertCache | None" = None
         self.store: "SlotStore | None" = None
         if config is not None:
@@ -72,24 +111,36 @@ class GpuExperts:
 
             self.expert_bytes = quantized_expert_bytes(gguf, cfg)
             self.cache = ExpertCache(config.cache, cfg.n_layer, cfg.n_expert, self.expert_bytes)
-            esize = torch.empty(0, dtype=dtype).element_size()
-            self.store = SlotStore(self.cache.n_slots, [n * esize for n in self._sizes], device)
-            shapes = ((f, e), (f, e), (e, f))
-            # typed views of every slot, made once: (gate [F, E], up [F, E], down [E, F])
-            self._slot_views = [tuple(part.view(dtype).view(shape) for part, shape in zip(self.store.parts(i), shapes))
-                                for i in range(self.cache.n_slots)]
+            self.store = SlotStore(self.cache.n_slots, slot_part_nbytes(gguf, cfg), device,
+                                   alignment=SLOT_ALIGNMENT)
+            # per layer: the GGUF tensors (gate, up, down) and their ggml types
+            self._tensors = [tuple(gguf.tensor(f"blk.{il}.ffn_{k}_exps.weight") for k in PARTS)
+                             for il in range(cfg.n_layer)]
+            types = {int(t.ggml_type) for ts in self._tensors for t in ts}
+            self.use_triton = _use_triton(config.kernels, device, types)
+            if self.use_triton:
+                self._init_kernels()
+            self._scratch: torch.Tensor | None = None
             if config.preload == "all":
                 self._preload_all()
 
-    def _fill(self, slot: int, layer: int, expert: int) -> None:
-        """Dequantize the expert on the host and copy it into `slot` on the side stream."""
+    def _init_kernels(self) -> None:
+        from edge_moe.quant_ops import QuantBuffer, QuantMatrix
+
         assert self.store is not None
-        np_dtype = torch.empty(0, dtype=self.dtype).numpy().dtype if self.dtype != torch.bfloat16 else None
-        parts = []
-        for k in ("gate", "up", "down"):
-            m = expert_matrix(self.gguf.tensor(f"blk.{layer}.ffn_{k}_exps.weight"), expert)
-            parts.append(m.astype(np_dtype) if np_dtype is not None else torch.from_numpy(m).to(self.dtype))
-        self.store.fill(slot, parts)
+        e, f = self.cfg.n_embd, self.cfg.n_ff_expert
+        self._buf = QuantBuffer(self.store.storage.view(-1))
+        shapes = ((f, e), (f, e), (e, f))
+        self._layouts = [tuple(QuantMatrix(int(t.ggml_type), *shape) for t, shape in zip(ts, shapes))
+                         for ts in self._tensors]
+        stride, offs = self.store.slot_stride, self.store.part_offsets
+        self._part_offsets = np.array(offs, dtype=np.int64)[:, None]  # [3, 1]
+        self._stride = stride
+
+    def _fill(self, slot: int, layer: int, expert: int) -> None:
+        """Copy the expert's GGUF bytes into `slot` (on the side stream on CUDA)."""
+        assert self.store is not None
+        self.store.fill(slot, [expert_bytes_view(t, expert) for t in self._tensors[layer]])
 
     def _preload_all(self) -> None:
         """Fill every way: experts in order, layer by layer, as long as their set has room."""
@@ -131,18 +182,80 @@ class GpuExperts:
     def compute(self, layer: int, h: torch.Tensor, weights: torch.Tensor, slots: np.ndarray) -> torch.Tensor:
         """sum over cached (t, j) of weights[t, j] * FFN_slot(h[t]) -> [T, E] (zeros elsewhere)."""
         assert self.store is not None
+        used = np.unique(slots[slots >= 0])
+        for slot in used:
+            self.store.wait_filled(int(slot))  # the compute stream waits for the slot's fill, if any
+        if self.use_triton:
+            y = self._compute_triton(layer, h, weights, slots)
+        else:
+            y = self._compute_reference(layer, h, weights, slots)
+        for slot in used:
+            self.store.mark_read(int(slot))  # a later refill of this slot waits for these kernels
+        return y
+
+    def _compute_triton(self, layer: int, h: torch.Tensor, weights: torch.Tensor, slots: np.ndarray) -> torch.Tensor:
+        from edge_moe.quant_ops import glu_pairs, matvec_pairs, scatter_pairs
+
+        gate, up, down = self._layouts[layer]
+        n_tok, k = slots.shape
+        y = torch.zeros((n_tok, self.cfg.n_embd), dtype=torch.float32, device=h.device)  # [T, E]
+        tok, j = np.nonzero(slots >= 0)
+        slot = slots[tok, j]
+        uses = np.bincount(slot, minlength=self.store.n_slots) if slot.size else np.zeros(0, np.int64)
+        big = uses[slot] >= DEQUANT_MIN_TOKENS if slot.size else np.zeros(0, bool)
+        if (~big).any():  # pairs of rarely used slots: matvec kernels, two launches for all
+            t, jj, s = tok[~big], j[~big], slot[~big]
+            # one host->device copy: byte offsets of gate/up/down [3, P], token [P], weight index [P]
+            host = np.concatenate([s[None] * self._stride + self._part_offsets, t[None], (t * k + jj)[None]])
+            dev = torch.from_numpy(host.astype(np.int64)).to(h.device, non_blocking=False)
+            w_flat = weights.reshape(-1)
+            if gate == up:
+                act = glu_pairs(self._buf, gate, up, dev[0], dev[1], h, dev[3], down)
+            else:  # gate and up in different types: two plain launches
+                from edge_moe.quant_ops import kernel_input
+
+                g = matvec_pairs(self._buf, gate, dev[0], h, dev[3])
+                act = kernel_input(F.silu(g) * matvec_pairs(self._buf, up, dev[1], h, dev[3]), down).contiguous()
+            scatter_pairs(self._buf, down, dev[2], act, w_flat, dev[4], dev[3], y)
+        for s in np.unique(slot[big]):  # slots used by many tokens: dequantize once, matmul
+            rows_np, jj = np.nonzero(slots == s)
+            rows = torch.as_tensor(rows_np, device=h.device)
+            hs = h[rows]  # [n, E]
+            base = int(s) * self._stride
+            a = F.linear(hs, self._dequantized(gate, base + int(self._part_offsets[0, 0])))
+            b = F.linear(hs, self._dequantized(up, base + int(self._part_offsets[1, 0])))
+            out = F.linear(F.silu(a) * b, self._dequantized(down, base + int(self._part_offsets[2, 0])))  # [n, E]
+            w = weights[rows, torch.as_tensor(jj, device=h.device)].float()[:, None]
+            y.index_add_(0, rows, out.float() * w)
+        return y.to(h.dtype)
+
+    def _dequantized(self, m: "object", byte_offset: int) -> torch.Tensor:
+        """The matrix at `byte_offset` dequantized into the scratch buffer (valid until the next call)."""
+        from edge_moe.quant_ops import dequantize
+
+        n = m.n_rows * m.n_cols  # type: ignore[attr-defined]
+        if self._scratch is None or self._scratch.numel() < n:
+            self._scratch = torch.empty(self.cfg.n_embd * self.cfg.n_ff_expert, dtype=self.dtype, device=self.device)
+        return dequantize(self._buf, m, byte_offset, self._scratch[:n].view(m.n_rows, m.n_cols))  # type: ignore
+
+    def _compute_reference(self, layer: int, h: torch.Tensor, weights: torch.Tensor, slots: np.ndarray) -> torch.Tensor:
+        """Dequantize each used slot's bytes on the host with gguf.quants, then torch."""
+        assert self.store is not None
         y = torch.zeros_like(h)
+        e, f = self.cfg.n_embd, self.cfg.n_ff_expert
         for slot in np.unique(slots[slots >= 0]):
-            slot = int(slot)
             tok, j = np.nonzero(slots == slot)
             rows = torch.as_tensor(tok, device=h.device)
-            self.store.wait_filled(slot)  # the compute stream waits for the slot's fill, if any
-            gate, up, down = self._slot_views[slot]
+            mats = []
+            for t, part, shape in zip(self._tensors[layer], self.store.parts(int(slot)), ((f, e), (f, e), (e, f))):
+                raw = part[:t.nbytes // self.cfg.n_expert].cpu().numpy()
+                one = GGUFTensor(t.name, t.ggml_type, (shape[1], shape[0]), 0, raw.size, raw)
+                mats.append(torch.from_numpy(tensor_to_numpy(one)).to(h.device, h.dtype))
+            gate, up, down = mats
             hs = h[rows]  # [n, E]
             out = F.linear(F.silu(F.linear(hs, gate)) * F.linear(hs, up), down)  # [n, E]
             w = weights[rows, torch.as_tensor(j, device=h.device)].to(h.dtype)[:, None]
             y.index_add_(0, rows, out * w)
-            self.store.mark_read(slot)  # a later refill of this slot waits for these kernels
         return y
 
     def after_layer(self, layer: int, ids: np.ndarray, slots: np.ndarray) -> None:
@@ -161,4 +274,3 @@ class GpuExperts:
         if self.store is not None:
             self.store.synchronize()
         self.store = None
-        self._slot_views = []

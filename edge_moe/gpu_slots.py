@@ -89,7 +89,8 @@ class SlotStore:
         return self._parts[slot]
 
     def fill(self, slot: int, host_parts: Sequence[HostBytes]) -> None:
-        """Copy one expert's parts (host bytes, in `part_nbytes` order) into `slot`.
+        """Copy one expert's parts (host bytes, in `part_nbytes` order) into `slot`. A part may
+        be shorter than the slot's (layers whose experts use a smaller type); it fills the start.
 
         On CUDA the copy is asynchronous on the side stream and waits for the last read
         the executor marked on this slot; readers must `wait_filled` before using it.
@@ -100,11 +101,12 @@ class SlotStore:
             raise ValueError(f"expected {len(self.part_nbytes)} parts, got {len(host_parts)}")
         for i, (src, n) in enumerate(zip(host_parts, self.part_nbytes)):
             got = src.nbytes if isinstance(src, np.ndarray) else src.numel() * src.element_size()
-            if got != n:
+            if got > n:
                 raise ValueError(f"part {i} has {got} bytes, the slot holds {n}")
         if not self.is_cuda:
             for dst, src in zip(self._host_parts[slot], host_parts):
-                np.copyto(dst, _host_bytes(src))
+                src = _host_bytes(src)
+                np.copyto(dst[:src.size], src)
             return
         if all(isinstance(src, torch.Tensor) and src.is_pinned() for src in host_parts):
             self._fill_from_pinned(slot, host_parts)  # type: ignore[arg-type]
@@ -131,7 +133,8 @@ class SlotStore:
         self._next_staging = (i + 1) % len(self._staging)
         self._staging_free[i].synchronize()  # the DMA that last read this buffer has finished
         for dst, src in zip(self._staging_parts[i], host_parts):
-            np.copyto(dst, _host_bytes(src))
+            src = _host_bytes(src)
+            np.copyto(dst[:src.size], src)
         side = self._side_stream
         side.wait_event(self._last_read[slot])
         with torch.cuda.stream(side):
@@ -144,7 +147,8 @@ class SlotStore:
         side.wait_event(self._last_read[slot])
         with torch.cuda.stream(side):
             for dst, src in zip(self._parts[slot], host_parts):
-                dst.copy_(_flat_bytes(src), non_blocking=True)
+                src = _flat_bytes(src)
+                dst[:src.numel()].copy_(src, non_blocking=True)
         self._filled[slot].record(side)
 
 

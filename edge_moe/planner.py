@@ -7,7 +7,7 @@ Reads GGUF metadata and tensor sizes only, never the weights. Choices, each expl
   prefill chunk's workspace fit in free VRAM minus the profile's margin; else cpu.
 - context: the user's, else the profile's default, capped at the training context, reduced
   (in steps of 256) until dense + KV + workspace fit.
-- expert-slot budget: the VRAM that remains; slots hold experts dequantized to fp16
+- expert-slot budget: the VRAM that remains; slots hold experts in their GGUF block format
   (gpu_experts.slot_nbytes), so the geometry is CacheConfig.from_budget on those bytes.
 - admission: the cache is simulated (edge_moe/simulator.py) with admission "all" and
   "reuse" on the routing trace (given, else uniform random routing, which is pessimistic:
@@ -86,7 +86,7 @@ class Plan:
     n_ctx: int
     cache: CacheConfig | None
     expert_budget_bytes: int  # VRAM the slots use (n_slots x slot_bytes); 0 without cache
-    slot_bytes: int  # one cached expert (fp16)
+    slot_bytes: int  # one cached expert (its GGUF bytes, parts aligned)
     expert_bytes: int  # one expert as stored in the GGUF: what a CPU miss reads
     dense_bytes: int  # non-expert weights at the compute dtype
     kv_bytes: int
@@ -146,7 +146,7 @@ class _ModelSizes:
     n_vocab: int
     n_ctx_train: int
     kv_bytes_per_token: int  # fp16 K and V of every layer
-    slot_bytes: int  # one fp16 cache slot
+    slot_bytes: int  # one cache slot (quantized)
 
 
 def _model_sizes(model_path: str | Path) -> _ModelSizes:
@@ -159,9 +159,10 @@ def _model_sizes(model_path: str | Path) -> _ModelSizes:
         cfg = read_config(gguf)
         dense = sum(t.n_elements for name, t in gguf.tensors.items() if "_exps." not in name)
         q_bytes = quantized_expert_bytes(gguf, cfg)
+        slot = slot_nbytes(gguf, cfg)
     return _ModelSizes(dense, q_bytes, cfg.n_layer, cfg.n_expert, cfg.n_expert_used, cfg.n_embd,
                        cfg.n_ff_expert, cfg.n_head, cfg.n_vocab, cfg.n_ctx_train,
-                       2 * cfg.n_layer * cfg.n_head_kv * cfg.head_dim * 2, slot_nbytes(cfg, "float16"))
+                       2 * cfg.n_layer * cfg.n_head_kv * cfg.head_dim * 2, slot)
 
 
 def synthetic_routing(n_tokens: int, n_layers: int, n_experts: int, k: int, seed: int = 0) -> np.ndarray:
@@ -301,7 +302,7 @@ def make_plan(model_path: str | Path, hw: HardwareInfo, profile: HardwareProfile
     if device == "cuda" and pcie:
         stream = d.prefill_chunk / (dense_s + m.n_layer * m.n_expert * m.expert_bytes / (pcie * 1e9))
         notes.append(f"streaming all experts over PCIe per chunk would give ~{stream:.0f} tok/s "
-                     "(needs quantized GPU kernels: not implemented)")
+                     "(not implemented: prefill computes misses on the CPU)")
     return Plan(model=str(model_path), device=device, threads=threads, n_ctx=int(ctx), cache=cache,
                 expert_budget_bytes=0 if cache is None else cache.n_slots * slot, slot_bytes=slot,
                 expert_bytes=m.expert_bytes, dense_bytes=dense, kv_bytes=kv, workspace_bytes=workspace,
@@ -320,11 +321,11 @@ def _geometry(o: PlanOverrides, budget: int, slot: int, m: _ModelSizes, notes: l
         return sets, ways
     if budget < slot:
         notes.append(f"no cache: {budget / GIB:.2f} GiB left for expert slots holds no "
-                     f"{slot / 2**20:.1f} MiB fp16 expert")
+                     f"{slot / 2**20:.1f} MiB expert slot")
         return None
     c = CacheConfig.from_budget(budget, slot, m.n_layer, m.n_expert)
     full = " (every expert: nothing is ever evicted)" if c.n_ways == m.n_expert else ""
-    notes.append(f"cache {c.n_sets} sets x {c.n_ways} ways{full}: {c.n_slots} fp16 slots of "
+    notes.append(f"cache {c.n_sets} sets x {c.n_ways} ways{full}: {c.n_slots} slots of "
                  f"{slot / 2**20:.1f} MiB in {budget / GIB:.2f} GiB left after dense weights, KV and margin")
     return c.n_sets, c.n_ways
 
@@ -376,7 +377,7 @@ def format_plan(plan: Plan) -> str:
         ("VRAM", vram),
         ("memory", f"dense {p.dense_bytes / gib:.2f} GiB, KV {p.kv_bytes / gib:.2f} GiB, "
                    f"workspace {p.workspace_bytes / gib:.2f} GiB"),
-        ("expert", f"{p.expert_bytes / 2**20:.2f} MiB in the GGUF, {p.slot_bytes / 2**20:.2f} MiB per fp16 slot"),
+        ("expert", f"{p.expert_bytes / 2**20:.2f} MiB in the GGUF, {p.slot_bytes / 2**20:.2f} MiB per slot"),
         ("cache", cache),
         ("figures", f"{p.figures_source}: DRAM {p.dram_gbps:.1f} GB/s, PCIe "
                     f"{'-' if p.pcie_gbps is None else f'{p.pcie_gbps:.1f}'} GB/s, GPU "

@@ -23,7 +23,7 @@ SUPPORTED_TYPES = frozenset(BLOCKS)
 # EDGE_MOE_QROWS / EDGE_MOE_QWARPS override them for tuning runs.
 MATVEC_ROWS = int(os.environ.get("EDGE_MOE_QROWS", "16"))
 MATVEC_WARPS = int(os.environ.get("EDGE_MOE_QWARPS", "4"))
-DEQUANT_ROWS = 8
+DEQUANT_ROWS = int(os.environ.get("EDGE_MOE_QROWS_DEQUANT", "8"))
 
 
 @dataclass(frozen=True)

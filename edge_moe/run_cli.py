@@ -53,6 +53,7 @@ def _cache_config(args: argparse.Namespace, model_path: str) -> Any:
     with GGUFFile(model_path) as gguf:
         cfg = read_config(gguf)
         q_bytes = quantized_expert_bytes(gguf, cfg)
+        slot = slot_nbytes(gguf, cfg)
     cost = CostModel(expert_bytes=q_bytes, dram_bandwidth=50e9, pcie_bandwidth=25e9,
                      gpu_seconds_per_expert=q_bytes / 1e12)  # defaults until the planner measures
     rule = args.cache_admission or "all"
@@ -60,8 +61,6 @@ def _cache_config(args: argparse.Namespace, model_path: str) -> Any:
                                 cost=cost if rule == "reuse" else None)
     replace = parse_replace_policy(args.cache_replace_policy or "LRU")
     if args.gpu_budget is not None:
-        device_is_cuda = args.device.startswith("cuda") or (args.device == "auto" and _has_cuda())
-        slot = slot_nbytes(cfg, "float16" if device_is_cuda else "float32")
         cache = CacheConfig.from_budget(int(args.gpu_budget * 2**30), slot, cfg.n_layer, cfg.n_expert,
                                         replace=replace, admission=admission)
     else:

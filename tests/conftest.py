@@ -13,6 +13,7 @@ import torch
 # before Triton is first imported.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    os.environ.setdefault("EDGE_MOE_QROWS", "64")  # fewer, larger programs: the interpreter pays per program
 
 from edge_moe.converters.tiny_checkpoints import TINY_ARCHS, make_tiny_checkpoint
 

@@ -139,3 +139,30 @@ def test_routing_does_not_depend_on_the_cache(tiny_gguf: Callable[[str, str], Pa
     same = [np.array_equal(a, b) for a, b in zip(chosen["no-cache"], chosen["all-cached"])]
     assert np.mean(same) > 0.9  # identical except where float rounding flips a near-tie
     assert all(np.array_equal(a, b) for a, b in zip(chosen["no-cache"][:2], chosen["partial-LRU"][:2]))
+
+
+KERNEL_ARCHS = ["mixtral", "qwen3moe"]
+
+
+@pytest.mark.parametrize("hit_path", ["matvec", "dequant"])
+@pytest.mark.parametrize("outtype", list(BOUNDS))
+@pytest.mark.parametrize("arch", KERNEL_ARCHS)
+def test_triton_kernels_match_llama_cpp(arch: str, outtype: str, hit_path: str, monkeypatch: pytest.MonkeyPatch,
+                                        tiny_gguf: Callable[[str, str], Path]) -> None:
+    """Cached experts computed from their GGUF blocks by the Triton kernels (interpreted on a
+    CPU-only machine, compiled on CUDA): matvec pairs for few tokens, dequantize + matmul for many."""
+    pytest.importorskip("triton")
+    import edge_moe.gpu_experts as ge
+
+    monkeypatch.setattr(ge, "DEQUANT_MIN_TOKENS", 10**9 if hit_path == "matvec" else 1)
+    path = tiny_gguf(arch, outtype)
+    tokens = _tokens(arch, outtype, tiny_gguf)
+    if (arch, outtype) not in _LLAMA:
+        _LLAMA[(arch, outtype)] = llama_cpp_logits(path, tokens)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    cache = GpuExpertsConfig(CacheConfig(2, 8), preload="all", kernels="triton")
+    ours, margins, model = run_edge_moe(path, tokens, cache, device)
+    assert model.gpu.use_triton and model.gpu.cache.stats.misses == 0
+    model.close()
+    tau, bound = BOUNDS[outtype]
+    _compare(ours, _LLAMA[(arch, outtype)], margins, tau, bound, f"{arch} {outtype} triton-{hit_path} {device}")

@@ -89,11 +89,20 @@ def test_fill_rejects_bad_input() -> None:
         store.fill(2, good)
     with pytest.raises(ValueError, match="expected 3 parts"):
         store.fill(0, good[:2])
-    with pytest.raises(ValueError, match="part 1 has 2999 bytes"):
-        store.fill(0, [good[0], good[1][:2999], good[2]])
+    too_long = np.zeros(PARTS[1] + 1, dtype=np.uint8)
+    with pytest.raises(ValueError, match=f"part 1 has {PARTS[1] + 1} bytes"):
+        store.fill(0, [good[0], too_long, good[2]])
     strided = np.zeros(2 * PARTS[0], dtype=np.uint8)[::2]
     with pytest.raises(ValueError, match="contiguous"):
         store.fill(0, [strided, good[1], good[2]])
+
+
+def test_shorter_part_fills_the_start_of_its_slot_part() -> None:
+    """Layers whose experts use a smaller type fill only the start of a part."""
+    store = SlotStore(1, PARTS, "cpu")
+    good = expert_bytes(0)
+    store.fill(0, [good[0], good[1][:100], good[2]])
+    assert np.array_equal(store.parts(0)[1][:100].numpy(), good[1][:100])
 
 
 def test_construction_validates() -> None:

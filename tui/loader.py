@@ -48,10 +48,9 @@ def _cache_config(path: Path, opts: LoadOptions, demo: bool):  # -> GpuExpertsCo
 
     with GGUFFile(path) as gguf:
         cfg = read_config(gguf)
-    dtype = "float16" if torch.cuda.is_available() else "float32"
+        slot = slot_nbytes(gguf, cfg)
     try:
-        cache = CacheConfig.from_budget(int(opts.gpu_budget_gib * 2**30), slot_nbytes(cfg, dtype),
-                                        cfg.n_layer, cfg.n_expert)
+        cache = CacheConfig.from_budget(int(opts.gpu_budget_gib * 2**30), slot, cfg.n_layer, cfg.n_expert)
     except ValueError as e:
         raise EdgeMoeError(f"--gpu-budget: {e}") from None
     return GpuExpertsConfig(cache)
