@@ -14,6 +14,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
     os.environ.setdefault("EDGE_MOE_QROWS", "64")  # fewer, larger programs: the interpreter pays per program
+    os.environ.setdefault("EDGE_MOE_QROWS_DEQUANT", "32")
 
 from edge_moe.converters.tiny_checkpoints import TINY_ARCHS, make_tiny_checkpoint
 
