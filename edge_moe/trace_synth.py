@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", type=int, default=1024)
     ap.add_argument("--zipf", type=float, default=None, help="per-layer popularity skew (default: the shape's)")
     ap.add_argument("--reuse", type=float, default=None, help="temporal reuse probability (default: the shape's)")
+    ap.add_argument("--layers", type=int, default=None, help="fewer layers (for test models)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, help="the .npz to write")
     ap.add_argument("--calibrate", action="store_true", help="print LRU hit rates of these parameters")
@@ -161,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     zipf = d["zipf"] if args.zipf is None else args.zipf
     reuse = d["reuse"] if args.reuse is None else args.reuse
     layers, n_exp, k = SHAPES[args.shape]
+    layers = layers if args.layers is None else args.layers
     try:
         params = TraceParams(args.tokens, layers, n_exp, k, zipf, reuse, args.seed)
     except ValueError as e:
