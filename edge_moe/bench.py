@@ -4,8 +4,9 @@ One bench = one model, one routing mode, one VRAM budget:
 
 1. plan as `edge-moe run` would (`plan_for_machine`, zero tuning): with `vram_budget_gib` the
    planner keeps dense weights, KV cache, workspace, expert slots and the CUDA context within
-   it; with `gpu_budget_gib` the cache is sized from that expert-slot budget (LRU, admit-all
-   unless `admission` says otherwise, as `run --gpu-budget` does).
+   it; with `gpu_budget_gib` the planner sizes the cache from that expert-slot budget. On a
+   CPU device (tests) the planner plans no cache; `gpu_budget_gib` then builds one (LRU,
+   admit-all unless `admission` says otherwise), with slots in host memory.
 2. load the model, warm up (a short prompt and a few tokens: kernels, cuBLAS, the cache).
 3. `repeats` runs of: reset the context, prefill a `prompt_tokens` prompt of random token ids
    (time to first token = prefill + the first greedy pick), then exactly `gen_tokens` decode
