@@ -79,10 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
     c.set_defaults(func=_cmd_convert)
 
+    from edge_moe.bench_cli import add_bench_parser
     from edge_moe.run_cli import add_run_parser
     from edge_moe.simulate_cli import add_simulate_parser
 
     add_run_parser(sub)
+    add_bench_parser(sub)
     add_simulate_parser(sub)
 
     pr = sub.add_parser("profile", help="detected hardware and the matching hardware profile")

@@ -29,6 +29,7 @@ from edge_moe.expert_weights import ExpertWeights, WeightTensor
 from edge_moe.gguf_file import GGUFFile
 from edge_moe.gpu_experts import GpuExperts, GpuExpertsConfig
 from edge_moe.kv_cache import KVCache
+from edge_moe.layer_profile import LayerProfiler
 from edge_moe.model_config import MoEConfig, read_config
 
 
@@ -39,6 +40,7 @@ class ExecutorConfig:
     n_ctx: int = 2048
     n_threads: int | None = None  # CPU expert threads; None: physical cores
     cache: GpuExpertsConfig | None = None  # None: every expert on the CPU
+    profile_layers: bool = False  # per-layer phase times, device synchronized (edge_moe/layer_profile.py)
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -91,6 +93,8 @@ class HybridModel:
                                                for i in range(self.cfg.n_layer)]
         self.gpu = GpuExperts(self.gguf, self.cfg, self.device, self.dtype, self.config.cache)
         self.timings = StepTimings()
+        # None: no profiling and no extra syncs; attach one to profile the next forwards
+        self.profiler = LayerProfiler(self.device, self.cfg.n_layer) if self.config.profile_layers else None
         # callbacks (layer, router logits [T, n_expert] float32 host, ids [T, k], hit mask [T, k]): tracing
         self.on_route: list[Callable[[int, np.ndarray, np.ndarray, np.ndarray], None]] = []
 
@@ -123,13 +127,20 @@ class HybridModel:
         cos, sin = rope_tables(cfg, positions)  # [T, rope_dim/2]
         x = self.dense.tok_embd[toks]  # [T, E]
         self.gpu.begin_step()
+        prof = self.profiler
         for il, lw in enumerate(self.dense.layers):
+            if prof is not None:
+                prof.start_layer()
             t0 = time.perf_counter()
             x = x + self._attention(il, lw, ops.norm(x, lw.attn_norm, lw.attn_norm_b, cfg.norm_eps), cos, sin, pos)
             h = ops.norm(x, lw.ffn_norm, lw.ffn_norm_b, cfg.norm_eps)  # [T, E]
             self.timings.attention += time.perf_counter() - t0
+            if prof is not None:
+                prof.lap(il, "attention")
             x = x + self._moe(il, lw, h, None if force_ids is None else force_ids[il])
         self.gpu.end_step()
+        if prof is not None:
+            prof.end_token()
         self.kv.advance(n)
         x = ops.norm(x, self.dense.output_norm, self.dense.output_norm_b, cfg.norm_eps)
         return F.linear(x, self.dense.output, self.dense.output_b).float()  # [T, V]
@@ -152,7 +163,7 @@ class HybridModel:
         return F.linear(out.transpose(0, 1).reshape(n, cfg.n_head * d), lw.wo, lw.bo)  # [T, E]
 
     def _moe(self, il: int, lw: LayerWeights, h: torch.Tensor, forced: np.ndarray | None) -> torch.Tensor:
-        cfg, tm = self.cfg, self.timings
+        cfg, tm, prof = self.cfg, self.timings, self.profiler
         t0 = time.perf_counter()
         logits = F.linear(h, lw.router)  # [T, n_expert]
         weights, ids = self.ops.route(logits, cfg)  # [T, k]
@@ -164,6 +175,8 @@ class HybridModel:
         w_host = weights.float().cpu().numpy()  # [T, k]; the queue is already drained
         t1 = time.perf_counter()
         tm.router_sync += t1 - t0
+        if prof is not None:
+            prof.lap(il, "router_sync")
 
         slots = self.gpu.lookup(il, ids_host)  # [T, k], -1 where the expert is not cached
         hit = slots >= 0
@@ -172,9 +185,15 @@ class HybridModel:
         # The queue is empty here (the router sync just drained it), so copying h to the host
         # costs only the copy; then the hits are enqueued and run while the CPU does the misses.
         h_host = h.float().cpu().numpy() if not hit.all() else None  # [T, E]
+        if prof is not None and hit.any():
+            prof.gpu_begin()
         y = self.gpu.compute(il, h, weights, slots) if hit.any() else None
+        if prof is not None and y is not None:
+            prof.gpu_end(il)
         t2 = time.perf_counter()
         tm.gpu_experts_enqueue += t2 - t1
+        if prof is not None:
+            prof.lap(il, "gpu_enqueue", sync=False)
         if h_host is not None:
             w_host[hit] = 0.0  # hits are the GPU's; a zero weight drops them from the CPU sum
             miss_ids, miss_w = _misses_only(ids_host, w_host, hit)
@@ -183,9 +202,16 @@ class HybridModel:
             y = y_cpu if y is None else y + y_cpu
         t3 = time.perf_counter()
         tm.cpu_experts += t3 - t2
+        if prof is not None:
+            prof.lap(il, "cpu_experts", sync=False)
+            prof.lap(il, "wait_gpu")
         self.gpu.after_layer(il, ids_host, slots)
+        if prof is not None:
+            prof.lap(il, "fills")
         if lw.shexp_gate is not None:
             y = y + self._shared_expert(lw, h)
+            if prof is not None:
+                prof.lap(il, "shared_expert")
         return y
 
     @staticmethod

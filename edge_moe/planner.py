@@ -5,6 +5,9 @@ Reads GGUF metadata and tensor sizes only, never the weights. Choices, each expl
 
 - device: cuda when there is a GPU and the non-expert ("dense") weights, the KV cache and a
   prefill chunk's workspace fit in free VRAM minus the profile's margin; else cpu.
+- total VRAM budget (`--vram-budget`, optional): the same arithmetic within
+  min(free - margin, budget - CUDA_CONTEXT_BYTES), so dense + KV + workspace + slots + the
+  CUDA context stay within the budget (what "the same VRAM budget as llama.cpp" means).
 - context: the user's, else the profile's default, capped at the training context, reduced
   (in steps of 256) until dense + KV + workspace fit.
 - expert-slot budget: the VRAM that remains; slots hold experts in their GGUF block format
@@ -36,6 +39,10 @@ from edge_moe.simulator import MachineFigures, admission_config, simulate
 CTX_STEP = 256  # context is reduced in these steps
 MIN_CTX = 512  # below this the dense part rather goes to the CPU than cripple the context
 SYNTHETIC_TOKENS = 256
+# With --vram-budget (a total for the process), the CUDA context and the allocator's slack are
+# part of the budget but of no tensor: set aside this much for them. A first estimate; `edge-moe
+# bench` reports the measured overhead (NVML process usage minus torch's reserved memory).
+CUDA_CONTEXT_BYTES = 640 << 20
 # Per layer and token: kernel launches, the GPU->host round trip of a miss (~13 us on the
 # H100 box) and the ggml call. A first estimate, to calibrate against `edge-moe run`.
 LAYER_OVERHEAD_S = 40e-6
@@ -50,7 +57,8 @@ class PlanOverrides:
     device: str | None = None  # "cpu" | "cuda"
     threads: int | None = None
     n_ctx: int | None = None
-    gpu_budget_gib: float | None = None
+    gpu_budget_gib: float | None = None  # expert slots only
+    vram_budget_gib: float | None = None  # everything on the GPU: dense, KV, workspace, slots, CUDA context
     n_sets: int | None = None
     n_ways: int | None = None
     policy: str | None = None  # replacement: LRU | FIFO | LFU | random
@@ -68,6 +76,14 @@ class PlanOverrides:
             raise ValueError(f"quota must be >= 0, got {self.quota}")
         if self.gpu_budget_gib is not None and not (self.gpu_budget_gib >= 0 and math.isfinite(self.gpu_budget_gib)):
             raise ValueError(f"gpu_budget_gib must be >= 0, got {self.gpu_budget_gib}")
+        if self.vram_budget_gib is not None:
+            if not (self.vram_budget_gib > 0 and math.isfinite(self.vram_budget_gib)):
+                raise ValueError(f"vram_budget_gib must be > 0, got {self.vram_budget_gib}")
+            if self.gpu_budget_gib is not None:
+                raise ValueError("give either a total VRAM budget (--vram-budget) or an expert-slot budget "
+                                 "(--gpu-budget), not both")
+            if self.device == "cpu":
+                raise ValueError("a VRAM budget needs device cuda, not cpu")
         if self.policy is not None:
             parse_replace_policy(self.policy)
         if self.admission is not None and self.admission not in ("all", "reuse"):
@@ -103,6 +119,7 @@ class Plan:
     predicted_prefill_tps: float
     no_cache_decode_tps: float
     notes: list[str] = field(default_factory=list)
+    vram_budget_bytes: int | None = None  # --vram-budget: the total the plan keeps within
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda"):
@@ -123,6 +140,13 @@ class Plan:
     @property
     def quota(self) -> int | None:
         return None if self.cache is None else self.cache.admission.max_fills_per_token
+
+    @property
+    def planned_vram_bytes(self) -> int:
+        """What the plan puts on the GPU, the CUDA context's estimate included (0 on the CPU)."""
+        if self.device != "cuda":
+            return 0
+        return self.dense_bytes + self.kv_bytes + self.workspace_bytes + self.expert_budget_bytes + CUDA_CONTEXT_BYTES
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "cache"}
@@ -227,6 +251,12 @@ def make_plan(model_path: str | Path, hw: HardwareInfo, profile: HardwareProfile
     per_ctx = m.kv_bytes_per_token + d.prefill_chunk * m.n_head * 2  # KV + a chunk's attention scores
 
     avail = None if free is None else free - margin
+    if o.vram_budget_gib is not None and free is not None:
+        cap = int(o.vram_budget_gib * GIB) - CUDA_CONTEXT_BYTES
+        notes.append(f"VRAM budget {o.vram_budget_gib:g} GiB in all: your flag ({CUDA_CONTEXT_BYTES / GIB:.2f} GiB "
+                     "of it set aside for the CUDA context)" + (f"; capped by free VRAM minus the margin, "
+                                                               f"{avail / GIB:.2f} GiB" if avail < cap else ""))
+        avail = min(avail, cap)
     if device == "cuda" and avail is not None and o.n_ctx is None and fixed + per_ctx * ctx > avail:
         fit = (avail - fixed) // per_ctx // CTX_STEP * CTX_STEP
         if fit >= min(MIN_CTX, ctx):
@@ -252,8 +282,9 @@ def make_plan(model_path: str | Path, hw: HardwareInfo, profile: HardwareProfile
                          + (f" (more than the {max(left, 0) / GIB:.2f} GiB free VRAM allows)" if budget > left else ""))
         else:
             budget = max(left, 0)
-        if left < 0 and o.n_ctx is not None:
-            notes.append(f"warning: context {ctx} with the dense weights exceeds free VRAM minus the margin")
+        if left < 0 and (o.n_ctx is not None or o.device == "cuda"):
+            what = "the VRAM budget" if o.vram_budget_gib is not None else "free VRAM minus the margin"
+            notes.append(f"warning: context {ctx} with the dense weights exceeds {what}")
 
     figures = None
     dense_s = dense / ((gpu_bw or FALLBACK_GPU_GBPS) * 1e9 if device == "cuda" else dram * 1e9)
@@ -309,7 +340,8 @@ def make_plan(model_path: str | Path, hw: HardwareInfo, profile: HardwareProfile
                 vram_free_bytes=free, margin_bytes=margin, dram_gbps=dram, pcie_gbps=pcie, gpu_gbps=gpu_bw,
                 figures_source=src, hit_rate=hit_rate, routing_source=routing_source,
                 predicted_decode_tps=decode_tps, predicted_prefill_tps=prefill,
-                no_cache_decode_tps=no_cache_tps, notes=notes)
+                no_cache_decode_tps=no_cache_tps, notes=notes,
+                vram_budget_bytes=None if o.vram_budget_gib is None else int(o.vram_budget_gib * GIB))
 
 
 def _geometry(o: PlanOverrides, budget: int, slot: int, m: _ModelSizes, notes: list[str]) -> tuple[int, int] | None:
@@ -341,7 +373,7 @@ def _routing(routing: np.ndarray | None, m: _ModelSizes) -> tuple[np.ndarray, st
 
 
 def plan_for_machine(model_path: str | Path, overrides: PlanOverrides | None = None,
-                     figures: str = "measure") -> Plan:
+                     figures: str = "measure", routing: np.ndarray | None = None) -> Plan:
     """Plan for the machine we run on: detect it, match a profile, and take its figures from
     the micro-benchmarks ("measure": cached, measured once if absent; "cached": only if
     already cached, else the profile's; "profile": the profile's)."""
@@ -360,7 +392,7 @@ def plan_for_machine(model_path: str | Path, overrides: PlanOverrides | None = N
         measured = load_or_measure(threads, hw=hw)
     elif figures == "cached":
         measured = load_cached(threads, hw)
-    return make_plan(model_path, hw, profile, measured, overrides=overrides)
+    return make_plan(model_path, hw, profile, measured, routing=routing, overrides=overrides)
 
 
 def format_plan(plan: Plan) -> str:
@@ -376,7 +408,9 @@ def format_plan(plan: Plan) -> str:
         ("context", str(p.n_ctx)),
         ("VRAM", vram),
         ("memory", f"dense {p.dense_bytes / gib:.2f} GiB, KV {p.kv_bytes / gib:.2f} GiB, "
-                   f"workspace {p.workspace_bytes / gib:.2f} GiB"),
+                   f"workspace {p.workspace_bytes / gib:.2f} GiB"
+                   + ("" if p.vram_budget_bytes is None else
+                      f"; {p.planned_vram_bytes / gib:.2f} of the {p.vram_budget_bytes / gib:g} GiB VRAM budget")),
         ("expert", f"{p.expert_bytes / 2**20:.2f} MiB in the GGUF, {p.slot_bytes / 2**20:.2f} MiB per slot"),
         ("cache", cache),
         ("figures", f"{p.figures_source}: DRAM {p.dram_gbps:.1f} GB/s, PCIe "

@@ -27,6 +27,9 @@ def add_run_parser(sub: Any) -> None:
     r.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] for the dense parts and the cache")
     r.add_argument("--gpu-budget", type=float, default=None, metavar="GiB",
                    help="memory for cached experts; sizes the cache (one set per layer)")
+    r.add_argument("--vram-budget", type=float, default=None, metavar="GiB",
+                   help="everything on the GPU (dense weights, KV cache, workspace, expert slots, CUDA context) "
+                        "stays within this; the planner sizes the expert cache from what is left")
     r.add_argument("--cache-nblocks", type=int, default=None, help="cache sets (the paper's N)")
     r.add_argument("--cache-nways", type=int, default=None, help="ways per set (the paper's M)")
     r.add_argument("--cache-replace-policy", default=None, help="LRU (default) | FIFO | LFU | random")
@@ -82,6 +85,7 @@ def _plan(args: argparse.Namespace, model_path: str) -> Any:
     if device is None and detect_hardware().gpus and not _has_cuda():
         device = "cpu"  # an NVIDIA GPU, but torch was built without CUDA
     overrides = PlanOverrides(device=device, threads=args.threads, n_ctx=args.ctx_size, gpu_budget_gib=args.gpu_budget,
+                              vram_budget_gib=args.vram_budget,
                               n_sets=args.cache_nblocks, n_ways=args.cache_nways, policy=args.cache_replace_policy,
                               quota=args.cache_quota, admission=args.cache_admission)
     figures = "cached" if args.dry_run else ("profile" if device == "cpu" else "measure")
@@ -120,7 +124,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             from edge_moe.gpu_experts import GpuExpertsConfig
 
             cache = GpuExpertsConfig(plan.cache)
-        config = ExecutorConfig(device=args.device, n_ctx=args.ctx_size or plan.n_ctx,
+        # with a VRAM budget the plan decides where the dense part goes (cpu when it does not fit)
+        exec_device = plan.device if args.vram_budget is not None and args.device == "auto" else args.device
+        config = ExecutorConfig(device=exec_device, n_ctx=args.ctx_size or plan.n_ctx,
                                 n_threads=args.threads or plan.threads, cache=cache)
     except ValueError as e:
         raise EdgeMoeError(f"invalid option: {e}") from None

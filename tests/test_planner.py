@@ -154,3 +154,57 @@ def test_synthetic_routing_is_distinct_and_seeded() -> None:
     r = synthetic_routing(16, 3, 8, 2)
     assert r.shape == (16, 3, 2) and (r[..., 0] != r[..., 1]).all()
     assert (r == synthetic_routing(16, 3, 8, 2)).all()
+
+
+# ---- --vram-budget: one total for everything edge-moe puts on the GPU ---------------------------
+
+
+def test_vram_budget_bounds_everything(model: Path, tmp_path: Path) -> None:
+    from edge_moe.planner import CUDA_CONTEXT_BYTES
+
+    hw, profile = machine("h100_box", tmp_path)
+    ref = make_plan(model, hw, profile, overrides=PlanOverrides(n_ctx=640, admission="all"))
+    fixed = ref.dense_bytes + ref.kv_bytes + ref.workspace_bytes + CUDA_CONTEXT_BYTES
+    budget = fixed + int(4.5 * ref.slot_bytes)  # room for 4 slots: 2 layers x 2 ways
+    p = make_plan(model, hw, profile,
+                  overrides=PlanOverrides(n_ctx=640, admission="all", vram_budget_gib=budget / GIB))
+    assert p.device == "cuda" and (p.cache.n_sets, p.cache.n_ways) == (2, 2)
+    assert p.planned_vram_bytes <= budget < p.planned_vram_bytes + p.slot_bytes
+    assert p.vram_budget_bytes == int(budget / GIB * GIB)
+    assert any("VRAM budget" in n for n in p.notes)
+    assert "VRAM budget" in format_plan(p)
+    # without the budget the same machine caches every expert
+    assert ref.cache.n_ways == 8 and ref.planned_vram_bytes > budget
+
+
+def test_vram_budget_without_room_for_slots_has_no_cache(model: Path, tmp_path: Path) -> None:
+    from edge_moe.planner import CUDA_CONTEXT_BYTES
+
+    hw, profile = machine("h100_box", tmp_path)
+    ref = make_plan(model, hw, profile, overrides=PlanOverrides(n_ctx=640))
+    budget = ref.dense_bytes + ref.kv_bytes + ref.workspace_bytes + CUDA_CONTEXT_BYTES + ref.slot_bytes // 2
+    p = make_plan(model, hw, profile, overrides=PlanOverrides(n_ctx=640, vram_budget_gib=budget / GIB))
+    assert p.device == "cuda" and p.cache is None and p.planned_vram_bytes <= budget
+
+
+def test_vram_budget_smaller_than_dense_puts_everything_on_cpu(model: Path, tmp_path: Path) -> None:
+    hw, profile = machine("h100_box", tmp_path)
+    p = make_plan(model, hw, profile, overrides=PlanOverrides(vram_budget_gib=0.01))
+    assert p.device == "cpu" and p.cache is None and p.planned_vram_bytes == 0
+
+
+def test_vram_budget_is_capped_by_free_vram(model: Path, tmp_path: Path) -> None:
+    hw, profile = machine("laptop_4060", tmp_path)
+    free = make_plan(model, hw, profile, overrides=PlanOverrides(n_ctx=640, admission="all"))
+    huge = make_plan(model, hw, profile, overrides=PlanOverrides(n_ctx=640, admission="all", vram_budget_gib=512))
+    assert huge.expert_budget_bytes == free.expert_budget_bytes
+    assert any("capped by free VRAM" in n for n in huge.notes)
+
+
+@pytest.mark.parametrize("bad", [{"vram_budget_gib": 0}, {"vram_budget_gib": -1.0},
+                                 {"vram_budget_gib": float("nan")},
+                                 {"vram_budget_gib": 6.0, "gpu_budget_gib": 2.0},
+                                 {"vram_budget_gib": 6.0, "device": "cpu"}])
+def test_vram_budget_validated(bad: dict) -> None:
+    with pytest.raises(ValueError):
+        PlanOverrides(**bad)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Run HERE (not on the GPU machine): copy the parts of llama-cpp-python 0.3.36's vendored llama.cpp
-# that a CPU-only `llama-bench` build needs into a git-ignored folder that the device tool can carry
-# (the whole sdist is 76 MB, over the 64 MiB a call may carry; the slim tree is ~12 MB).
+# that a `llama-bench` build needs into a git-ignored folder that the device tool can carry
+# (the whole sdist is 76 MB, over the 64 MiB a call may carry; the slim tree is ~25 MB).
+# ggml's CPU and CUDA backends are kept (ggml-cuda is 3 MB): the same tree builds the CPU-only
+# llama-bench (cpu_path_vs_llamacpp.sh) and the CUDA one (build_llama_cuda.sh).
 #
 #   benchmarks/gpu_machine/make_llama_src.sh [SDIST_DIR] [DEST]
 #   (defaults: /work/dl/llama_cpp_python-0.3.36, .carry/llama_src; DEST is added to .git/info/exclude)
@@ -15,7 +17,9 @@ SRC=$SDIST/vendor/llama.cpp
 ROOT=$(git rev-parse --show-toplevel)
 cd "$ROOT"
 top=$(echo "$DEST" | cut -d/ -f1)
-grep -qxF "/$top/" .git/info/exclude || echo "/$top/" >> .git/info/exclude
+EXCLUDE=$(git rev-parse --git-path info/exclude)  # the shared one, also from a worktree
+mkdir -p "$(dirname "$EXCLUDE")"
+grep -qxF "/$top/" "$EXCLUDE" 2>/dev/null || echo "/$top/" >> "$EXCLUDE"
 
 rm -rf "$DEST" && mkdir -p "$DEST"
 cp -p "$SRC"/CMakeLists.txt "$SRC"/LICENSE "$DEST"/
@@ -23,14 +27,14 @@ cp -a "$SRC"/cmake "$SRC"/include "$SRC"/src "$SRC"/common "$DEST"/
 [ -d "$SRC"/licenses ] && cp -a "$SRC"/licenses "$DEST"/
 # vendor/: everything its CMakeLists adds (miniaudio is 4 MB but vendor/CMakeLists adds it unconditionally)
 cp -a "$SRC"/vendor "$DEST"/
-# ggml: the CPU backend only
+# ggml: the CPU and CUDA backends
 mkdir -p "$DEST"/ggml/src
 cp -p "$SRC"/ggml/CMakeLists.txt "$DEST"/ggml/
 cp -a "$SRC"/ggml/cmake "$SRC"/ggml/include "$DEST"/ggml/
 for f in "$SRC"/ggml/src/*; do
   case "$(basename "$f")" in
-    ggml-cpu) cp -a "$f" "$DEST"/ggml/src/ ;;
-    ggml-*) [ -d "$f" ] || cp -p "$f" "$DEST"/ggml/src/ ;;  # backend folders other than CPU stay behind
+    ggml-cpu|ggml-cuda) cp -a "$f" "$DEST"/ggml/src/ ;;
+    ggml-*) [ -d "$f" ] || cp -p "$f" "$DEST"/ggml/src/ ;;  # other backend folders stay behind
     *) cp -a "$f" "$DEST"/ggml/src/ ;;
   esac
 done

@@ -1,0 +1,130 @@
+"""`edge-moe bench` on the tiny Mixtral GGUF, on the CPU: protocol, counters, replay, errors, profiler."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edge_moe.bench import BenchConfig, mean_std, run_bench
+from edge_moe.cli import main
+from edge_moe.trace_synth import TraceParams, save_trace
+
+
+@pytest.fixture(scope="module")
+def model(tiny_gguf: Callable[[str, str], Path]) -> Path:
+    return tiny_gguf("mixtral", "q8_0")
+
+
+def _slot_gib(model: Path) -> float:
+    from edge_moe.gguf_file import GGUFFile
+    from edge_moe.gpu_experts import slot_nbytes
+    from edge_moe.model_config import read_config
+
+    with GGUFFile(model) as g:
+        return slot_nbytes(read_config(g), "float32") / 2**30
+
+
+def small(model: Path, **kw: object) -> BenchConfig:
+    args: dict = dict(model=model, prompt_tokens=8, gen_tokens=5, repeats=3, threads=2, device="cpu")
+    return BenchConfig(**(args | kw))
+
+
+def test_no_cache_runs_the_protocol(model: Path) -> None:
+    r = run_bench(small(model))
+    json.dumps(r)
+    assert r["complete"] and len(r["runs"]) == 3 and r["cache"] is None
+    assert all(run["decode_tokens"] == 5 and run["decode_tps"] > 0 and run["prefill_tps"] > 0 for run in r["runs"])
+    assert all(run["ttft_seconds"] >= run["prefill_seconds"] for run in r["runs"])
+    m = r["model"]
+    per_token = m["n_layer"] * m["k"] * m["expert_bytes"]  # every routed expert read by the CPU
+    assert r["summary"]["dram_bytes_per_token"]["mean"] == per_token
+    assert r["summary"]["pcie_bytes_per_token"]["mean"] == 0 and r["summary"]["hit_rate"]["mean"] == 0
+    assert r["summary"]["decode_tps"]["n"] == 3
+    b = r["breakdown"]
+    assert b["tokens"] == 1 and len(b["per_layer_ms"]["attention"]) == m["n_layer"]
+    assert b["total_ms"]["attention"] > 0 and b["total_ms"]["cpu_experts"] > 0
+    assert b["total_ms"]["gpu_experts"] == 0  # nothing cached
+    assert r["memory"]["host"]["peak_rss_bytes"] > 0 and r["memory"]["gpu"] == {}
+
+
+def test_replay_of_a_fixed_set_hits_every_time(model: Path, tmp_path: Path) -> None:
+    """reuse 1: every token routes to the same 2 experts per layer; a 2-way cache filled during
+    the warmup then hits on every decode lookup and never fills (counters and replay are wired)."""
+    trace = save_trace(tmp_path / "fixed.npz", TraceParams(64, 2, 8, 2, zipf=0.0, reuse=1.0, seed=3))
+    r = run_bench(small(model, routing="replay", trace=trace, gpu_budget_gib=2.5 * 2 * _slot_gib(model)))
+    assert r["cache"]["n_ways"] == 2
+    s = r["summary"]
+    assert s["hit_rate"]["mean"] == 1.0 and s["fills_per_token"]["mean"] == 0.0
+    assert s["dram_bytes_per_token"]["mean"] == 0.0
+    assert r["breakdown"]["total_ms"]["gpu_experts"] > 0
+    # natural routing through the same cache misses some of the time
+    nat = run_bench(small(model, gpu_budget_gib=2.5 * _slot_gib(model)))
+    assert nat["cache"]["n_ways"] == 1 and nat["summary"]["hit_rate"]["mean"] < 1.0
+    h, mi, f = np.array([run["decode_hits_misses_fills"] for run in nat["runs"]]).sum(0)
+    expert_bytes = nat["model"]["expert_bytes"]
+    assert nat["summary"]["dram_bytes_per_token"]["mean"] == pytest.approx((mi + f) * expert_bytes / 15)
+
+
+def test_deadline_marks_the_result_incomplete(model: Path) -> None:
+    r = run_bench(small(model, gen_tokens=50, max_seconds=1e-3, profile_tokens=0))
+    assert not r["complete"] and len(r["runs"]) == 1 and r["runs"][0]["decode_tokens"] < 50
+    assert r["breakdown"] is None
+
+
+@pytest.mark.parametrize("bad,msg", [
+    (dict(model=Path("/nonexistent.gguf")), "no such model file"),
+    (dict(routing="oracle"), "routing"),
+    (dict(routing="replay"), "needs a trace"),
+    (dict(routing="replay", trace=Path("/nonexistent.npz")), "no such trace"),
+    (dict(repeats=0), "repeats"),
+    (dict(vram_budget_gib=-6.0), "vram_budget_gib"),
+    (dict(vram_budget_gib=6.0, gpu_budget_gib=1.0), "either"),
+])
+def test_config_validated(model: Path, bad: dict, msg: str) -> None:
+    with pytest.raises(ValueError, match=msg):
+        small(bad.get("model", model), **{k: v for k, v in bad.items() if k != "model"})
+
+
+def test_cli_one_line_errors_and_json(model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "-m", str(tmp_path / "absent.gguf")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no such model file" in err
+    assert main(["bench", "-m", str(model), "--vram-budget", "0"]) == 2
+    assert "vram_budget_gib" in capsys.readouterr().err
+    out = tmp_path / "r.json"
+    assert main(["bench", "-m", str(model), "-p", "4", "-n", "2", "-r", "1", "-t", "2", "--device", "cpu",
+                 "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "decode" in text and "| **all** |" in text
+    assert json.loads(out.read_text())["summary"]["decode_tps"]["n"] == 1
+
+
+def test_profiler_changes_no_numbers_and_is_off_by_default(model: Path) -> None:
+    from edge_moe.executor import ExecutorConfig, HybridModel
+    from edge_moe.layer_profile import PHASES, LayerProfiler
+
+    m = HybridModel(model, ExecutorConfig(device="cpu", n_threads=2))
+    try:
+        assert m.profiler is None
+        ref = m.forward([1, 2, 3])
+        m.reset(0)
+        m.profiler = LayerProfiler(m.device, m.cfg.n_layer)
+        out = m.forward([1, 2, 3])
+        torch.testing.assert_close(out, ref)
+        d = m.profiler.to_dict()
+        assert d["tokens"] == 1 and set(PHASES) <= set(d["total_ms"])
+    finally:
+        m.close()
+    with_flag = HybridModel(model, ExecutorConfig(device="cpu", n_threads=2, profile_layers=True))
+    assert isinstance(with_flag.profiler, LayerProfiler)
+    with_flag.close()
+
+
+def test_mean_std() -> None:
+    assert mean_std([1.0, 3.0]) == {"mean": 2.0, "std": pytest.approx(2**0.5), "n": 2}
+    assert mean_std([5.0])["std"] == 0.0 and mean_std([])["n"] == 0
