@@ -123,9 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     for shape in SHAPES:
         for qname in args.types.split(","):
             r = bench_layer(shape, qname, rng)
-            rows.append({"shape": shape, "type": qname, "k": SHAPES[shape][3], "rows": qo.MATVEC_ROWS, "warps": qo.MATVEC_WARPS,
+            rows.append({"shape": shape, "type": qname, "k": SHAPES[shape][3], "rows": qo.MATVEC_ROWS, "warps": qo.MATVEC_WARPS, "blocks": qo.MATVEC_BLOCKS,
                          "fp16_gemv_gbps": ref, **r, "fraction_of_fp16": r["gbps"] / ref})
-            print(f"{shape:8s} {qname:5s} rows {qo.MATVEC_ROWS:3d} warps {qo.MATVEC_WARPS}: layer GPU {r['ms'] * 1e3:7.1f} us "
+            print(f"{shape:8s} {qname:5s} rows {qo.MATVEC_ROWS:3d} warps {qo.MATVEC_WARPS} blocks {qo.MATVEC_BLOCKS:2d}: layer GPU {r['ms'] * 1e3:7.1f} us "
                   f"(eager {r['eager_ms'] * 1e3:7.1f} us) {r['gbps']:6.0f} GB/s  fp16 GEMV {ref:6.0f} GB/s "
                   f"-> {r['gbps'] / ref:5.2f}", flush=True)
     if args.json:

@@ -212,9 +212,10 @@ def _cache(cfg: BenchConfig, plan: Any, device: torch.device) -> Any:
 
     with GGUFFile(cfg.model) as g:
         mcfg = read_config(g)
+        slot = slot_nbytes(g, mcfg)
     rule = cfg.admission or "all"
     cost = CostModel(plan.expert_bytes, plan.dram_gbps * 1e9, 25e9, 1e-6) if rule == "reuse" else None
-    cache = CacheConfig.from_budget(int(cfg.gpu_budget_gib * 2**30), slot_nbytes(mcfg, "float32"), mcfg.n_layer,
+    cache = CacheConfig.from_budget(int(cfg.gpu_budget_gib * 2**30), slot, mcfg.n_layer,
                                     mcfg.n_expert, admission=AdmissionConfig(rule=rule, cost=cost))
     return GpuExpertsConfig(cache)
 

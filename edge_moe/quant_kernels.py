@@ -12,10 +12,11 @@ Kernels (one launch each, over every (token, expert) pair of a layer):
     _matvec_kernel, MODE_STORE:   out[p] = A_p @ x[tok_p]                             plain     [P, N]
     _dequant_kernel:              W fp16 [N, K] from its blocks (prefill: then torch matmul)
 
-Each program takes ROWS rows of one pair and walks K in chunks of 256 weights. Q4_0 and
-Q8_0 chunks are read as 16-bit words (4 or 2 weights per load) and dotted with x gathered
+Each program takes ROWS rows of one pair and walks K in chunks (NBLK blocks of 32 for
+Q4_0/Q8_0, 256 weights otherwise), accumulating weight * x elementwise in fp32 and reducing
+once at the end. Q4_0 and Q8_0 are read as 16-bit words (4 or 2 weights per load) against x
 in the same interleaved order; the other formats are dequantized in natural order by byte
-gathers, then dotted. Accumulation is fp32.
+gathers. Integers become floats by the 2**23 mantissa trick, not the (slow) convert unit.
 """
 
 from __future__ import annotations
@@ -163,59 +164,69 @@ def _u2f(q):
 
 
 @triton.jit
-def _dot_q4_0(ww, row, xp, c, K):
-    """Dot of 8 Q4_0 blocks per row with x. Word w of a block (bytes 2w, 2w+1) holds 4 weights
-    at bits 4n (n = 0..3); x must come permuted (`permute_for_q4_0`) so that those 4 weights'
-    inputs are x[32b + 4w + n]: contiguous, loaded as a vector."""
-    j = c * 8 + tl.arange(0, 8)
+def _terms_q4_0(ww, row, xp, c, K, NBLK: tl.constexpr):
+    """weight * x for NBLK Q4_0 blocks per row -> [ROWS, NBLK, 8, 4], summed by the caller once
+    after its loop (no reduction inside the loop). Word w of a block (bytes 2w, 2w+1) holds 4
+    weights at bits 4n (n = 0..3); x must come permuted (`kernel_input`) so that their inputs
+    are x[32b + 4w + n]: contiguous, loaded as a vector."""
+    j = c * NBLK + tl.arange(0, NBLK)
     w = tl.arange(0, 8)
     n = tl.arange(0, 4)
-    base = row[:, None] // 2 + tl.minimum(j, K // 32 - 1)[None, :] * 9  # word index [ROWS, 8]
+    base = row[:, None] // 2 + tl.minimum(j, K // 32 - 1)[None, :] * 9  # word index [ROWS, NBLK]
     d = _fp16_bits(tl.load(ww + base))
-    q = tl.load(ww + base[:, :, None] + 1 + w[None, None, :]).to(tl.int32)  # [ROWS, 8, 8]
-    q = (q[:, :, :, None] >> (n * 4)[None, None, None, :]) & 15  # [ROWS, 8, 8, 4]
-    xo = j[:, None, None] * 32 + w[None, :, None] * 4 + n[None, None, :]  # [8, 8, 4]
+    q = tl.load(ww + base[:, :, None] + 1 + w[None, None, :]).to(tl.int32)  # [ROWS, NBLK, 8]
+    q = (q[:, :, :, None] >> (n * 4)[None, None, None, :]) & 15  # [ROWS, NBLK, 8, 4]
+    xo = j[:, None, None] * 32 + w[None, :, None] * 4 + n[None, None, :]  # [NBLK, 8, 4]
     x = tl.load(xp + xo, mask=(j < K // 32)[:, None, None], other=0.0).to(tl.float32)
-    dot = tl.sum(tl.sum(_u2f(q) * x[None], axis=3), axis=2)  # [ROWS, 8]
-    xsum = tl.sum(tl.sum(x, axis=2), axis=1)  # [8]
-    return tl.sum(d * (dot - 8.0 * xsum[None, :]), axis=1)
+    qf = (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388616.0  # nibble - 8, no int->float convert
+    return qf * (d[:, :, None, None] * x[None])
 
 
 @triton.jit
-def _dot_q8_0(ww, row, xp, c, K):
-    """Dot of 8 Q8_0 blocks per row with x; word w holds the int8 weights 2w and 2w+1."""
-    j = c * 8 + tl.arange(0, 8)
+def _terms_q8_0(ww, row, xp, c, K, NBLK: tl.constexpr):
+    """weight * x for NBLK Q8_0 blocks per row -> [ROWS, NBLK, 16, 2]; word w holds the int8
+    weights 2w and 2w+1."""
+    j = c * NBLK + tl.arange(0, NBLK)
     w = tl.arange(0, 16)
     p = tl.arange(0, 2)
     base = row[:, None] // 2 + tl.minimum(j, K // 32 - 1)[None, :] * 17
     d = _fp16_bits(tl.load(ww + base))
-    q = tl.load(ww + base[:, :, None] + 1 + w[None, None, :]).to(tl.int32)  # [ROWS, 8, 16]
-    # byte p of each word, offset to unsigned (x ^ 0x80 = int8 + 128)
-    q = ((q[:, :, :, None] >> (p * 8)[None, None, None, :]) & 255) ^ 128  # [ROWS, 8, 16, 2]
-    xo = j[:, None, None] * 32 + w[None, :, None] * 2 + p[None, None, :]  # [8, 16, 2]
+    q = tl.load(ww + base[:, :, None] + 1 + w[None, None, :]).to(tl.int32)  # [ROWS, NBLK, 16]
+    q = ((q[:, :, :, None] >> (p * 8)[None, None, None, :]) & 255) ^ 128  # int8 + 128 [ROWS, NBLK, 16, 2]
+    xo = j[:, None, None] * 32 + w[None, :, None] * 2 + p[None, None, :]  # [NBLK, 16, 2]
     x = tl.load(xp + xo, mask=(j < K // 32)[:, None, None], other=0.0).to(tl.float32)
-    dot = tl.sum(tl.sum(_u2f(q) * x[None], axis=3), axis=2)  # [ROWS, 8]
-    xsum = tl.sum(tl.sum(x, axis=2), axis=1)
-    return tl.sum(d * (dot - 128.0 * xsum[None, :]), axis=1)
+    qf = (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388736.0  # the int8 value
+    return qf * (d[:, :, None, None] * x[None])
 
 
 @triton.jit
 def _q4_0_position(r):
-    """Where input r of a Q4_0 row sits in the permuted order of `_dot_q4_0`."""
+    """Where input r of a Q4_0 row sits in the permuted order of `_terms_q4_0`."""
     return (r // 32) * 32 + ((r % 16) // 2) * 4 + (r % 2) * 2 + (r % 32) // 16
 
 
 @triton.jit
-def _chunk_dot(wb, ww, row, xp, c, K, QTYPE: tl.constexpr):
+def _chunk_terms(wb, ww, row, xp, c, K, QTYPE: tl.constexpr, NBLK: tl.constexpr):
+    """weight * x of chunk c of the rows (NBLK blocks of 32 for Q4_0/Q8_0, 256 weights otherwise)."""
     if QTYPE == 2:
-        r = _dot_q4_0(ww, row, xp, c, K)
+        t = _terms_q4_0(ww, row, xp, c, K, NBLK)
     elif QTYPE == 8:
-        r = _dot_q8_0(ww, row, xp, c, K)
+        t = _terms_q8_0(ww, row, xp, c, K, NBLK)
     else:
         v, col = _chunk_vals(wb, ww, row, c, K, QTYPE)
-        x = tl.load(xp + col, mask=col < K, other=0.0).to(tl.float32)
-        r = tl.sum(tl.sum(v * x[None], axis=2), axis=1)
-    return r
+        t = v * tl.load(xp + col, mask=col < K, other=0.0).to(tl.float32)[None]
+    return t
+
+
+@triton.jit
+def _row_dots(wb, ww, row, xp, K: tl.constexpr, QTYPE: tl.constexpr, NBLK: tl.constexpr, ROWS: tl.constexpr,
+              CHUNK: tl.constexpr):
+    """Dot of each row [ROWS] with x: terms accumulate in their own shape over the chunks and
+    are reduced once at the end (reducing every chunk cost more than the dequantization)."""
+    acc = _chunk_terms(wb, ww, row, xp, 0, K, QTYPE, NBLK)
+    for c in range(1, (K + CHUNK - 1) // CHUNK):
+        acc += _chunk_terms(wb, ww, row, xp, c, K, QTYPE, NBLK)
+    return tl.sum(tl.reshape(acc, [ROWS, CHUNK]), axis=1)
 
 
 # ---- kernels ---------------------------------------------------------------------------
@@ -223,21 +234,18 @@ def _chunk_dot(wb, ww, row, xp, c, K, QTYPE: tl.constexpr):
 @triton.jit
 def _matvec_kernel(wb, ww, a_off, b_off, x_ptr, x_row, scale_ptr, scale_idx, out_ptr, out_row,
                    N, K: tl.constexpr, row_bytes, x_stride, out_stride,
-                   QTYPE: tl.constexpr, MODE: tl.constexpr, ROWS: tl.constexpr, PERM_OUT: tl.constexpr):
+                   QTYPE: tl.constexpr, MODE: tl.constexpr, ROWS: tl.constexpr, PERM_OUT: tl.constexpr,
+                   NBLK: tl.constexpr, CHUNK: tl.constexpr):
     p = tl.program_id(0)
     rows = tl.program_id(1) * ROWS + tl.arange(0, ROWS)
     rmask = rows < N
     rows_c = tl.minimum(rows, N - 1).to(tl.int64)  # rows past N read row N-1; never stored
     xp = x_ptr + tl.load(x_row + p).to(tl.int64) * x_stride
     a_row = tl.load(a_off + p) + rows_c * row_bytes
-    acc = tl.zeros([ROWS], dtype=tl.float32)
+    acc = _row_dots(wb, ww, a_row, xp, K, QTYPE, NBLK, ROWS, CHUNK)
     if MODE == 1:
         b_row = tl.load(b_off + p) + rows_c * row_bytes
-        acc_b = tl.zeros([ROWS], dtype=tl.float32)
-    for c in range(0, (K + 255) // 256):
-        acc += _chunk_dot(wb, ww, a_row, xp, c, K, QTYPE)
-        if MODE == 1:
-            acc_b += _chunk_dot(wb, ww, b_row, xp, c, K, QTYPE)
+        acc_b = _row_dots(wb, ww, b_row, xp, K, QTYPE, NBLK, ROWS, CHUNK)
     if MODE == 1:
         act = acc / (1.0 + tl.exp(-acc)) * acc_b  # silu(gate) * up
         if PERM_OUT:  # the down matrix is Q4_0: write act in its input order

@@ -16,13 +16,14 @@ from dataclasses import dataclass
 
 import torch
 
-from edge_moe.quant_kernels import BLOCKS, MODE_GLU, MODE_SCATTER, MODE_STORE, Q4_0, _dequant_kernel, _matvec_kernel
+from edge_moe.quant_kernels import BLOCKS, MODE_GLU, MODE_SCATTER, MODE_STORE, Q4_0, Q8_0, _dequant_kernel, _matvec_kernel
 
 SUPPORTED_TYPES = frozenset(BLOCKS)
 # Rows per program and warps, chosen on the H100 (benchmarks/quant_kernels_bench.py);
 # EDGE_MOE_QROWS / EDGE_MOE_QWARPS override them for tuning runs.
 MATVEC_ROWS = int(os.environ.get("EDGE_MOE_QROWS", "16"))
 MATVEC_WARPS = int(os.environ.get("EDGE_MOE_QWARPS", "4"))
+MATVEC_BLOCKS = int(os.environ.get("EDGE_MOE_QBLOCKS", "8"))  # Q4_0/Q8_0 blocks per row per loop step
 DEQUANT_ROWS = int(os.environ.get("EDGE_MOE_QROWS_DEQUANT", "8"))
 
 
@@ -66,6 +67,11 @@ class QuantBuffer:
         return self.bytes.device
 
 
+def _chunk(ggml_type: int) -> int:
+    """Weights per row per loop step of the matvec kernel."""
+    return MATVEC_BLOCKS * 32 if ggml_type in (Q4_0, Q8_0) else 256
+
+
 def _grid(n_pairs: int, n_rows: int) -> tuple[int, int]:
     return (n_pairs, triton_cdiv(n_rows, MATVEC_ROWS))
 
@@ -76,7 +82,7 @@ def triton_cdiv(a: int, b: int) -> int:
 
 def kernel_input(x: torch.Tensor, m: QuantMatrix) -> torch.Tensor:
     """x [T, n_cols] in the order the kernel for `m` reads it: Q4_0 reads each 32-block as
-    (word w, nibble n) -> input 16 * (n % 2) + 2 * w + n // 2 (quant_kernels._dot_q4_0)."""
+    (word w, nibble n) -> input 16 * (n % 2) + 2 * w + n // 2 (quant_kernels._terms_q4_0)."""
     if m.ggml_type != Q4_0:
         return x
     t = x.shape[0]
@@ -100,7 +106,7 @@ def glu_pairs(buf: QuantBuffer, gate: QuantMatrix, up: QuantMatrix, gate_off: to
         buf.bytes, buf.words, gate_off, up_off, x, x_row, act, x_row, act, x_row,
         gate.n_rows, gate.n_cols, gate.row_bytes, x.stride(0), act.stride(0),
         QTYPE=gate.ggml_type, MODE=MODE_GLU, ROWS=MATVEC_ROWS,
-        PERM_OUT=down is not None and down.ggml_type == Q4_0, num_warps=MATVEC_WARPS)
+        PERM_OUT=down is not None and down.ggml_type == Q4_0, NBLK=MATVEC_BLOCKS, CHUNK=_chunk(gate.ggml_type), num_warps=MATVEC_WARPS)
     return act
 
 
@@ -117,7 +123,8 @@ def scatter_pairs(buf: QuantBuffer, down: QuantMatrix, down_off: torch.Tensor, a
     _matvec_kernel[_grid(p, down.n_rows)](
         buf.bytes, buf.words, down_off, down_off, act, pair_rows, scales, scale_idx, y, out_row,
         down.n_rows, down.n_cols, down.row_bytes, act.stride(0), y.stride(0),
-        QTYPE=down.ggml_type, MODE=MODE_SCATTER, ROWS=MATVEC_ROWS, PERM_OUT=False, num_warps=MATVEC_WARPS)
+        QTYPE=down.ggml_type, MODE=MODE_SCATTER, ROWS=MATVEC_ROWS, PERM_OUT=False, NBLK=MATVEC_BLOCKS,
+        CHUNK=_chunk(down.ggml_type), num_warps=MATVEC_WARPS)
 
 
 def matvec_pairs(buf: QuantBuffer, m: QuantMatrix, off: torch.Tensor, x: torch.Tensor,
@@ -129,7 +136,8 @@ def matvec_pairs(buf: QuantBuffer, m: QuantMatrix, off: torch.Tensor, x: torch.T
     _matvec_kernel[_grid(p, m.n_rows)](
         buf.bytes, buf.words, off, off, x, x_row, out, x_row, out, x_row,
         m.n_rows, m.n_cols, m.row_bytes, x.stride(0), out.stride(0),
-        QTYPE=m.ggml_type, MODE=MODE_STORE, ROWS=MATVEC_ROWS, PERM_OUT=False, num_warps=MATVEC_WARPS)
+        QTYPE=m.ggml_type, MODE=MODE_STORE, ROWS=MATVEC_ROWS, PERM_OUT=False, NBLK=MATVEC_BLOCKS,
+        CHUNK=_chunk(m.ggml_type), num_warps=MATVEC_WARPS)
     return out
 
 

@@ -83,6 +83,18 @@ def run_edge_moe(path: Path, tokens: list[int], cache: GpuExpertsConfig | None, 
     return logits, per_pos, model
 
 
+def _reference(arch: str, outtype: str, path: Path, tokens: list[int]) -> None:
+    if (arch, outtype) not in _LLAMA:
+        if os.environ.get("EDGE_MOE_REFERENCE") == "cpu":
+            # On the GPU machine, llama-cpp-python 0.3.36 built there crashes (SIGSEGV) loading these
+            # models; the reference is then edge-moe on the CPU, which CI checks against llama.cpp.
+            ref, _, ref_model = run_edge_moe(path, tokens, None, "cpu")
+            ref_model.close()
+            _LLAMA[(arch, outtype)] = ref
+        else:
+            _LLAMA[(arch, outtype)] = llama_cpp_logits(path, tokens)
+
+
 def _compare(ours: np.ndarray, ref: np.ndarray, margins: np.ndarray, tau: float, bound: float, label: str) -> None:
     ties = np.nonzero(margins < tau)[0]
     n = int(ties[0]) if len(ties) else len(margins)
@@ -100,15 +112,7 @@ def test_logits_match_llama_cpp(arch: str, outtype: str, cache: str, device: str
                                 tiny_gguf: Callable[[str, str], Path]) -> None:
     path = tiny_gguf(arch, outtype)
     tokens = _tokens(arch, outtype, tiny_gguf)
-    if (arch, outtype) not in _LLAMA:
-        if os.environ.get("EDGE_MOE_REFERENCE") == "cpu":
-            # On the GPU machine, llama-cpp-python 0.3.36 built there crashes (SIGSEGV) loading these
-            # models; the reference is then edge-moe on the CPU, which CI checks against llama.cpp.
-            ref, _, ref_model = run_edge_moe(path, tokens, None, "cpu")
-            ref_model.close()
-            _LLAMA[(arch, outtype)] = ref
-        else:
-            _LLAMA[(arch, outtype)] = llama_cpp_logits(path, tokens)
+    _reference(arch, outtype, path, tokens)
     ours, margins, model = run_edge_moe(path, tokens, CACHES[cache], device)
     tau, bound = BOUNDS[outtype]
     _compare(ours, _LLAMA[(arch, outtype)], margins, tau, bound, f"{arch} {outtype} {cache} {device}")
@@ -157,8 +161,7 @@ def test_triton_kernels_match_llama_cpp(arch: str, outtype: str, hit_path: str, 
     monkeypatch.setattr(ge, "DEQUANT_MIN_TOKENS", 10**9 if hit_path == "matvec" else 1)
     path = tiny_gguf(arch, outtype)
     tokens = _tokens(arch, outtype, tiny_gguf)
-    if (arch, outtype) not in _LLAMA:
-        _LLAMA[(arch, outtype)] = llama_cpp_logits(path, tokens)
+    _reference(arch, outtype, path, tokens)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     cache = GpuExpertsConfig(CacheConfig(2, 8), preload="all", kernels="triton")
     ours, margins, model = run_edge_moe(path, tokens, cache, device)
