@@ -21,9 +21,9 @@ from edge_moe.quant_kernels import BLOCKS, MODE_GLU, MODE_SCATTER, MODE_STORE, Q
 SUPPORTED_TYPES = frozenset(BLOCKS)
 # Rows per program and warps, chosen on the H100 (benchmarks/quant_kernels_bench.py);
 # EDGE_MOE_QROWS / EDGE_MOE_QWARPS override them for tuning runs.
-MATVEC_ROWS = int(os.environ.get("EDGE_MOE_QROWS", "16"))
+MATVEC_ROWS = int(os.environ.get("EDGE_MOE_QROWS", "8"))
 MATVEC_WARPS = int(os.environ.get("EDGE_MOE_QWARPS", "4"))
-MATVEC_BLOCKS = int(os.environ.get("EDGE_MOE_QBLOCKS", "8"))  # Q4_0/Q8_0 blocks per row per loop step
+MATVEC_BLOCKS = int(os.environ.get("EDGE_MOE_QBLOCKS", "16"))  # Q4_0/Q8_0 blocks per row per loop step
 DEQUANT_ROWS = int(os.environ.get("EDGE_MOE_QROWS_DEQUANT", "8"))
 
 
