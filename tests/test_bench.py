@@ -26,7 +26,7 @@ def _slot_gib(model: Path) -> float:
     from edge_moe.model_config import read_config
 
     with GGUFFile(model) as g:
-        return slot_nbytes(read_config(g), "float32") / 2**30
+        return slot_nbytes(g, read_config(g)) / 2**30
 
 
 def small(model: Path, **kw: object) -> BenchConfig:
