@@ -75,13 +75,6 @@ def expert_bytes_view(t: GGUFTensor, expert: int) -> np.ndarray:
     return t.data[expert * per:(expert + 1) * per]
 
 
-def expert_matrix(t: GGUFTensor, expert: int) -> np.ndarray:
-    """One expert's matrix of a stacked [n_expert, rows, cols] GGUF tensor, as float32 [rows, cols]."""
-    per = t.nbytes // t.shape[2]
-    one = GGUFTensor(t.name, t.ggml_type, t.shape[:2], t.offset + expert * per, per, expert_bytes_view(t, expert))
-    return tensor_to_numpy(one)
-
-
 def _use_triton(choice: str, device: torch.device, types: set[int]) -> bool:
     if choice == "reference" or (choice == "auto" and device.type != "cuda"):
         return False

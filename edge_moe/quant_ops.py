@@ -89,6 +89,17 @@ def kernel_input(x: torch.Tensor, m: QuantMatrix) -> torch.Tensor:
     return x.view(t, -1, 2, 8, 2).permute(0, 1, 3, 4, 2).reshape(t, -1)  # [T, blocks, w, p, h]
 
 
+def _launch(buf: QuantBuffer, m: QuantMatrix, mode: int, n_pairs: int, a_off: torch.Tensor, b_off: torch.Tensor,
+            x: torch.Tensor, x_row: torch.Tensor, scales: torch.Tensor, scale_idx: torch.Tensor,
+            out: torch.Tensor, out_row: torch.Tensor, perm_out: bool = False) -> None:
+    """One launch of the matvec kernel over n_pairs pairs of `m`-shaped matrices."""
+    _matvec_kernel[_grid(n_pairs, m.n_rows)](
+        buf.bytes, buf.words, a_off, b_off, x, x_row, scales, scale_idx, out, out_row,
+        m.n_rows, m.n_cols, m.row_bytes, x.stride(0), out.stride(0),
+        QTYPE=m.ggml_type, MODE=mode, ROWS=MATVEC_ROWS, PERM_OUT=perm_out, NBLK=MATVEC_BLOCKS,
+        CHUNK=_chunk(m.ggml_type), num_warps=MATVEC_WARPS)
+
+
 def glu_pairs(buf: QuantBuffer, gate: QuantMatrix, up: QuantMatrix, gate_off: torch.Tensor,
               up_off: torch.Tensor, x: torch.Tensor, x_row: torch.Tensor,
               down: QuantMatrix | None = None) -> torch.Tensor:
@@ -102,11 +113,8 @@ def glu_pairs(buf: QuantBuffer, gate: QuantMatrix, up: QuantMatrix, gate_off: to
     p = gate_off.shape[0]
     x = kernel_input(x, gate)
     act = torch.empty((p, gate.n_rows), dtype=torch.float32, device=buf.device)
-    _matvec_kernel[_grid(p, gate.n_rows)](
-        buf.bytes, buf.words, gate_off, up_off, x, x_row, act, x_row, act, x_row,
-        gate.n_rows, gate.n_cols, gate.row_bytes, x.stride(0), act.stride(0),
-        QTYPE=gate.ggml_type, MODE=MODE_GLU, ROWS=MATVEC_ROWS,
-        PERM_OUT=down is not None and down.ggml_type == Q4_0, NBLK=MATVEC_BLOCKS, CHUNK=_chunk(gate.ggml_type), num_warps=MATVEC_WARPS)
+    _launch(buf, gate, MODE_GLU, p, gate_off, up_off, x, x_row, act, x_row, act, x_row,
+            perm_out=down is not None and down.ggml_type == Q4_0)
     return act
 
 
@@ -120,11 +128,7 @@ def scatter_pairs(buf: QuantBuffer, down: QuantMatrix, down_off: torch.Tensor, a
         raise ValueError("scatter_pairs accumulates into a float32 output")
     p = down_off.shape[0]
     pair_rows = torch.arange(p, device=buf.device, dtype=torch.int32) if p else out_row
-    _matvec_kernel[_grid(p, down.n_rows)](
-        buf.bytes, buf.words, down_off, down_off, act, pair_rows, scales, scale_idx, y, out_row,
-        down.n_rows, down.n_cols, down.row_bytes, act.stride(0), y.stride(0),
-        QTYPE=down.ggml_type, MODE=MODE_SCATTER, ROWS=MATVEC_ROWS, PERM_OUT=False, NBLK=MATVEC_BLOCKS,
-        CHUNK=_chunk(down.ggml_type), num_warps=MATVEC_WARPS)
+    _launch(buf, down, MODE_SCATTER, p, down_off, down_off, act, pair_rows, scales, scale_idx, y, out_row)
 
 
 def matvec_pairs(buf: QuantBuffer, m: QuantMatrix, off: torch.Tensor, x: torch.Tensor,
@@ -133,11 +137,7 @@ def matvec_pairs(buf: QuantBuffer, m: QuantMatrix, off: torch.Tensor, x: torch.T
     p = off.shape[0]
     x = kernel_input(x, m)
     out = torch.empty((p, m.n_rows), dtype=torch.float32, device=buf.device)
-    _matvec_kernel[_grid(p, m.n_rows)](
-        buf.bytes, buf.words, off, off, x, x_row, out, x_row, out, x_row,
-        m.n_rows, m.n_cols, m.row_bytes, x.stride(0), out.stride(0),
-        QTYPE=m.ggml_type, MODE=MODE_STORE, ROWS=MATVEC_ROWS, PERM_OUT=False, NBLK=MATVEC_BLOCKS,
-        CHUNK=_chunk(m.ggml_type), num_warps=MATVEC_WARPS)
+    _launch(buf, m, MODE_STORE, p, off, off, x, x_row, out, x_row, out, x_row)
     return out
 
 

@@ -139,7 +139,7 @@ def test_plan_loads_no_weights(model: Path, tmp_path: Path, monkeypatch: pytest.
 
     monkeypatch.setattr(dw, "load_dense_weights", boom)
     monkeypatch.setattr(dw, "tensor_to_numpy", boom)
-    monkeypatch.setattr(ge, "expert_matrix", boom)
+    monkeypatch.setattr(ge, "expert_bytes_view", boom)
     hw, profile = machine("laptop_4060", tmp_path)
     check_predictions(make_plan(model, hw, profile))
 
