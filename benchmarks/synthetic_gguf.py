@@ -9,10 +9,21 @@ quantizer leaves them. The tokenizer is copied from one of llama.cpp's vocab-onl
     python -m benchmarks.synthetic_gguf --shape qwen3 --out /data/qwen3.gguf --layers 4
 
 Q4_0 blocks (fp16 scale + 16 bytes of 4-bit weights per 32 weights) are generated directly as
-bytes, never as floats: a pool of random blocks (~72 MiB) is written over and over from random
-starting blocks, so writing streams at disk speed and holds nothing of the model in RAM. The
-scales are small (weights' std ~0.02) so that activations stay finite through all layers.
-Speed does not depend on the values: this file is for timing, not for text.
+bytes, never as floats: a pool of random blocks (~72 MiB for each of at most 4 weight scales) is
+written over and over from random starting blocks, so writing streams at disk speed and holds
+nothing of the model in RAM. Speed does not depend on the values: this file is for timing, not
+for text. The values are chosen only so that natural routing looks like a real model's at a
+glance: different tokens pick different experts, every expert about equally often (`edge-moe
+bench --routing natural` measures the cache on that):
+
+- zero-mean weights (4-bit values -7..7, `random_q4_0_pool` says why);
+- std 1 / sqrt(row length) (`weight_std`): every matvec keeps its input's scale whatever the
+  dims (activations stay finite through all layers), router logits have std ~1, and a cut-down
+  file (the tests') routes like the full-size one;
+- token embeddings of rms 1 and attention outputs 10x smaller than the rest (`ATTN_OUT_GAIN`):
+  random attention is close to a running mean of the context, a vector shared by every token
+  that feeds back on itself layer after layer; at full gain it drowns the tokens' own states
+  and deep layers route every token to the same few experts again.
 """
 
 from __future__ import annotations
@@ -32,8 +43,10 @@ from edge_moe.converters.gguf_stream import atomic_gguf
 from edge_moe.gguf_file import GGUFFile
 
 Q4_0_BLOCK, Q4_0_BYTES = GGML_QUANT_SIZES[T.Q4_0]  # 32 weights in 18 bytes
-POOL_BLOCKS = 4 << 20  # random Q4_0 blocks kept in memory and tiled over every matrix (~72 MiB)
-WEIGHT_STD = 0.02  # std of the dequantized weights: nibbles (-8..7) have std ~4.6
+POOL_BLOCKS = 4 << 20  # most random Q4_0 blocks kept per pool and tiled over matrices (~72 MiB)
+EMBD_STD = 1.0  # token embeddings: as large as a normed hidden state (rms 1)
+ATTN_OUT_GAIN = 0.1  # attn_output's std, times 1 / sqrt(row length) (the module's docstring says why)
+NIBBLE_STD = (15**2 - 1) ** 0.5 / 12**0.5  # std of q - 8 for q uniform on 1..15 (~4.32)
 FILE_TYPE_MOSTLY_Q4_0 = 2  # enum llama_ftype
 VOCAB_DIRS = (  # where llama.cpp's vocab-only GGUFs are looked for (first hit wins)
     Path(__file__).resolve().parents[1] / ".carry" / "llama_src" / "models",
@@ -179,19 +192,38 @@ def write_metadata(writer: GGUFWriter, s: ModelShape, name: str) -> None:
     w.add_quantization_version(2)
 
 
-def random_q4_0_pool(rng: np.random.Generator, n_blocks: int) -> np.ndarray:
-    """n_blocks random Q4_0 blocks as bytes: fp16 scale (around WEIGHT_STD / 4.6) + 16 random bytes."""
+def weight_std(t: PlannedTensor) -> float:
+    """Std of a tensor's weights (Q4_0 and routers): 1 / sqrt(row length), so that every matvec keeps
+    the rms of its input whatever the dims and a cut-down file (tests) behaves like the full-size
+    one; token embeddings EMBD_STD; attention outputs ATTN_OUT_GAIN times less than the rest."""
+    if t.name == "token_embd.weight":
+        return EMBD_STD
+    gain = ATTN_OUT_GAIN if t.name.endswith("attn_output.weight") else 1.0
+    return gain * t.shape[0] ** -0.5
+
+
+def random_q4_0_pool(rng: np.random.Generator, n_blocks: int, std: float) -> np.ndarray:
+    """n_blocks random Q4_0 blocks as bytes (weights' std ~`std`): fp16 scale + 32 4-bit weights.
+
+    Each nibble q is uniform on 1..15, so a weight d * (q - 8) has mean exactly 0. Uniform random
+    bytes (q on 0..15) would give every weight a mean of -d/2 (mean / std ~ -0.1): each matvec
+    then amplifies the all-ones direction ~0.11 * sqrt(n_embd) times more than any other (7x at
+    4096), every token's hidden state ends up on that one direction, and the router (which sees
+    the RMS-normed state) picks the same experts for every token at every layer.
+    """
     blocks = np.empty((n_blocks, Q4_0_BYTES), np.uint8)
-    scales = (WEIGHT_STD / 4.6 * rng.uniform(0.5, 1.5, n_blocks)).astype(np.float16)
+    scales = (std / NIBBLE_STD * rng.uniform(0.5, 1.5, n_blocks) / (13 / 12) ** 0.5).astype(np.float16)
     blocks[:, :2] = scales.view(np.uint8).reshape(n_blocks, 2)
-    blocks[:, 2:] = rng.integers(0, 256, (n_blocks, Q4_0_BYTES - 2), dtype=np.uint8)
+    quants = rng.integers(1, 16, (n_blocks, Q4_0_BYTES - 2), dtype=np.uint8)  # low nibbles
+    quants |= rng.integers(1, 16, (n_blocks, Q4_0_BYTES - 2), dtype=np.uint8) << 4  # high nibbles
+    blocks[:, 2:] = quants
     return blocks.reshape(-1)
 
 
 def f32_tensor(rng: np.random.Generator, t: PlannedTensor) -> np.ndarray:
     if "norm" in t.name:
         return np.ones(t.shape[::-1], np.float32)
-    return rng.normal(0.0, WEIGHT_STD, t.shape[::-1]).astype(np.float32)  # router logits: small and random
+    return rng.normal(0.0, weight_std(t), t.shape[::-1]).astype(np.float32)  # router logits: std ~1
 
 
 def write_model(s: ModelShape, out: Path, name: str, seed: int = 0, vocab_dir: Path | None = None,
@@ -205,7 +237,7 @@ def write_model(s: ModelShape, out: Path, name: str, seed: int = 0, vocab_dir: P
     for t in plan:
         writer.add_tensor_info(t.name, t.shape[::-1], np.dtype(np.float32), t.nbytes, raw_dtype=t.ggml_type)
 
-    pool = memoryview(random_q4_0_pool(rng, POOL_BLOCKS))
+    pools: dict[float, memoryview] = {}  # one per weight std (at most 4), made on first use
     total = sum(t.nbytes for t in plan)
     written_all = 0
     start = time.perf_counter()
@@ -215,7 +247,12 @@ def write_model(s: ModelShape, out: Path, name: str, seed: int = 0, vocab_dir: P
             if t.ggml_type == T.F32:
                 fout.write(f32_tensor(rng, t).tobytes())
             else:  # tile the pool from a random block: consecutive experts get different bytes
-                left, pos = t.nbytes, int(rng.integers(POOL_BLOCKS)) * Q4_0_BYTES
+                std = weight_std(t)
+                if std not in pools:
+                    n_blocks = max(u.nbytes for u in plan if u.ggml_type == T.Q4_0 and weight_std(u) == std)
+                    pools[std] = memoryview(random_q4_0_pool(rng, min(POOL_BLOCKS, n_blocks // Q4_0_BYTES), std))
+                pool = pools[std]
+                left, pos = t.nbytes, int(rng.integers(len(pool) // Q4_0_BYTES)) * Q4_0_BYTES
                 while left:
                     n = min(left, len(pool) - pos)
                     fout.write(pool[pos:pos + n])
