@@ -380,3 +380,14 @@ def validate_routing(x: np.ndarray, expert_ids: np.ndarray, expert_weights: np.n
     if not finite:
         raise ValueError("expert weights contain NaN or infinity")
     return x, ids, w
+
+
+def misses_only(ids: np.ndarray, weights: np.ndarray, hit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Drop the hit slots from the CPU's work where every token has the same number of misses
+    (always at T = 1); otherwise keep all k slots with zero weights on the hits."""
+    n_miss = (~hit).sum(axis=1)
+    if n_miss.min() != n_miss.max():
+        return ids, weights
+    keep = ~hit
+    return (np.ascontiguousarray(ids[keep].reshape(ids.shape[0], -1)),
+            np.ascontiguousarray(weights[keep].reshape(ids.shape[0], -1)))

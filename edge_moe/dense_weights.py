@@ -14,6 +14,7 @@ import torch
 from gguf.constants import GGMLQuantizationType as T
 from gguf.quants import dequantize
 
+from edge_moe.errors import ModelFormatError
 from edge_moe.gguf_file import GGUFFile, GGUFTensor
 from edge_moe.model_config import MoEConfig
 
@@ -41,6 +42,8 @@ class LayerWeights:
     bk: torch.Tensor | None
     bv: torch.Tensor | None
     bo: torch.Tensor | None
+    wqkv: torch.Tensor  # [(H + 2 KV) * D, E]: wq, wk, wv are views of it (one matmul for all three)
+    bqkv: torch.Tensor | None
     q_norm: torch.Tensor | None  # [D] per head (qwen3moe) or [H*D] (olmoe)
     k_norm: torch.Tensor | None
     ffn_norm: torch.Tensor  # [E]
@@ -77,16 +80,26 @@ def load_dense_weights(gguf: GGUFFile, cfg: MoEConfig, device: torch.device, dty
         assert t is not None
         return t
 
+    def fused(*parts: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+        """The parts concatenated along rows, and each part as a view of the concatenation."""
+        if any(t is None for t in parts):
+            return (None,) * (len(parts) + 1)
+        whole = torch.cat(parts)  # type: ignore[arg-type]
+        return (whole, *torch.split(whole, [t.shape[0] for t in parts]))  # type: ignore[union-attr]
+
     layers = []
     for i in range(cfg.n_layer):
         p = f"blk.{i}."
         gate_inp = get(p + "ffn_gate_inp_shexp.weight", required=False)
+        wqkv, wq, wk, wv = fused(must(p + "attn_q.weight"), must(p + "attn_k.weight"), must(p + "attn_v.weight"))
+        bq, bk, bv = (get(p + f"attn_{x}.bias", False) for x in "qkv")
+        if (bq is None) != (bk is None) or (bq is None) != (bv is None):
+            raise ModelFormatError(gguf.path, f"layer {i} has biases on some of attn_q/k/v but not all")
+        bqkv, bq, bk, bv = fused(bq, bk, bv)
         layers.append(LayerWeights(
             attn_norm=must(p + "attn_norm.weight"), attn_norm_b=get(p + "attn_norm.bias", False),
-            wq=must(p + "attn_q.weight"), wk=must(p + "attn_k.weight"), wv=must(p + "attn_v.weight"),
-            wo=must(p + "attn_output.weight"),
-            bq=get(p + "attn_q.bias", False), bk=get(p + "attn_k.bias", False), bv=get(p + "attn_v.bias", False),
-            bo=get(p + "attn_output.bias", False),
+            wq=wq, wk=wk, wv=wv, wo=must(p + "attn_output.weight"), bq=bq, bk=bk, bv=bv,
+            bo=get(p + "attn_output.bias", False), wqkv=wqkv, bqkv=bqkv,
             q_norm=get(p + "attn_q_norm.weight", False), k_norm=get(p + "attn_k_norm.weight", False),
             ffn_norm=must(p + "ffn_norm.weight"), ffn_norm_b=get(p + "ffn_norm.bias", False),
             router=must(p + "ffn_gate_inp.weight"),

@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from edge_moe.archs import ARCH_OPS
-from edge_moe.archs.common import rope_tables
-from edge_moe.cpu_experts import CpuExpertConfig, CpuExpertEngine, LayerTensors
+from edge_moe.archs.common import RopeTables, rope_tables
+from edge_moe.cpu_experts import CpuExpertConfig, CpuExpertEngine, LayerTensors, misses_only
+from edge_moe.decode_graphs import DecodeGraphs
 from edge_moe.dense_weights import DenseWeights, LayerWeights, load_dense_weights
 from edge_moe.expert_weights import ExpertWeights, WeightTensor
 from edge_moe.gguf_file import GGUFFile
@@ -41,6 +42,10 @@ class ExecutorConfig:
     n_threads: int | None = None  # CPU expert threads; None: physical cores
     cache: GpuExpertsConfig | None = None  # None: every expert on the CPU
     profile_layers: bool = False  # per-layer phase times, device synchronized (edge_moe/layer_profile.py)
+    # one-token decode steps as CUDA graphs (edge_moe/decode_graphs.py): "auto" (on CUDA when
+    # the experts run the Triton kernels), "on", "off", or "uncaptured" (the same loop run
+    # eagerly on the graphs' buffers: how tests exercise it without a GPU)
+    decode_graphs: str = "auto"
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -51,6 +56,8 @@ class ExecutorConfig:
             raise ValueError(f"n_ctx must be positive, got {self.n_ctx}")
         if self.n_threads is not None and self.n_threads <= 0:
             raise ValueError(f"n_threads must be positive, got {self.n_threads}")
+        if self.decode_graphs not in ("auto", "on", "off", "uncaptured"):
+            raise ValueError(f"decode_graphs must be auto, on, off or uncaptured, got {self.decode_graphs!r}")
 
     def torch_device(self) -> torch.device:
         if self.device == "auto":
@@ -97,6 +104,13 @@ class HybridModel:
         self.profiler = LayerProfiler(self.device, self.cfg.n_layer) if self.config.profile_layers else None
         # callbacks (layer, router logits [T, n_expert] float32 host, ids [T, k], hit mask [T, k]): tracing
         self.on_route: list[Callable[[int, np.ndarray, np.ndarray, np.ndarray], None]] = []
+        self.decode_graphs = self._decode_graphs(self.config.decode_graphs)
+
+    def _decode_graphs(self, mode: str) -> DecodeGraphs | None:
+        if mode == "auto":
+            usable = self.device.type == "cuda" and (self.gpu.cache is None or self.gpu.use_triton)
+            mode = "on" if usable else "off"
+        return None if mode == "off" else DecodeGraphs(self, capture=mode == "on")
 
     def _expert_weights(self, layer: int) -> ExpertWeights:
         # routed experts only: the shared expert (qwen2moe) runs on the accelerator
@@ -113,18 +127,21 @@ class HybridModel:
         `force_ids` [n_layer, T, k] replaces the router's choice of experts (trace replay,
         benchmarks only; the weights still come from the router's probabilities of those ids).
         """
-        cfg, ops = self.cfg, self.ops
+        cfg = self.cfg
         host_toks = np.asarray(tokens, dtype=np.int64)  # validated on the host: no device sync
         n = host_toks.shape[0]
         if n == 0:
             raise ValueError("forward needs at least one token")
         if host_toks.min() < 0 or host_toks.max() >= cfg.n_vocab:
             raise ValueError(f"token ids must be in 0..{cfg.n_vocab - 1}")
-        toks = torch.as_tensor(host_toks, device=self.device)  # [T]
         self.kv.check_room(n)
+        if n == 1 and self.decode_graphs is not None:
+            return self.decode_graphs.step(int(host_toks[0]), force_ids)
+        toks = torch.as_tensor(host_toks, device=self.device)  # [T]
         pos = self.kv.pos
-        positions = torch.arange(pos, pos + n, device=self.device)
-        cos, sin = rope_tables(cfg, positions)  # [T, rope_dim/2]
+        positions = torch.arange(pos, pos + n, device=self.device)  # [T]
+        rope = rope_tables(cfg, self.ops.rope, positions, self.dtype)
+        mask = self.attention_mask(positions, pos + n)  # [group * T, S]
         x = self.dense.tok_embd[toks]  # [T, E]
         self.gpu.begin_step()
         prof = self.profiler
@@ -132,8 +149,7 @@ class HybridModel:
             if prof is not None:
                 prof.start_layer()
             t0 = time.perf_counter()
-            x = x + self._attention(il, lw, ops.norm(x, lw.attn_norm, lw.attn_norm_b, cfg.norm_eps), cos, sin, pos)
-            h = ops.norm(x, lw.ffn_norm, lw.ffn_norm_b, cfg.norm_eps)  # [T, E]
+            x, h = self.front(il, x, rope, positions, mask)
             self.timings.attention += time.perf_counter() - t0
             if prof is not None:
                 prof.lap(il, "attention")
@@ -142,35 +158,64 @@ class HybridModel:
         if prof is not None:
             prof.end_token()
         self.kv.advance(n)
-        x = ops.norm(x, self.dense.output_norm, self.dense.output_norm_b, cfg.norm_eps)
-        return F.linear(x, self.dense.output, self.dense.output_b).float()  # [T, V]
+        return self.head(x)
 
-    def _attention(self, il: int, lw: LayerWeights, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                   pos: int) -> torch.Tensor:
+    # ---- pieces shared with the decode graphs (edge_moe/decode_graphs.py) ------------------
+
+    def front(self, il: int, x: torch.Tensor, rope: RopeTables, positions: torch.Tensor, mask: torch.Tensor,
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer il up to its MoE: x + attention(norm(x)) and the FFN norm of that -> ([T, E], [T, E]).
+        mask [group * T, S] (`attention_mask`): S KV positions attended, S >= the context."""
+        lw, cfg, ops = self.dense.layers[il], self.cfg, self.ops
+        x = x + self._attention(il, lw, ops.norm(x, lw.attn_norm, lw.attn_norm_b, cfg.norm_eps), rope, positions,
+                                mask)
+        return x, ops.norm(x, lw.ffn_norm, lw.ffn_norm_b, cfg.norm_eps)
+
+    def attention_mask(self, positions: torch.Tensor, length: int) -> torch.Tensor:
+        """[group * T, length] bool: query row g * T + t sees the keys at positions <= positions[t]."""
+        group = self.cfg.n_head // self.cfg.n_head_kv
+        mask = torch.arange(length, device=positions.device)[None, :] <= positions[:, None]  # [T, S]
+        return mask.repeat(group, 1)
+
+    def route(self, il: int, h: torch.Tensor, forced: torch.Tensor | None,
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Router logits [T, n_expert], weights [T, k] and ids [T, k] (int64) of layer il;
+        `forced` [T, k] (device) replaces the ids, the weights then come from their probabilities."""
+        logits = F.linear(h, self.dense.layers[il].router)  # [T, n_expert]
+        weights, ids = self.ops.route(logits, self.cfg)
+        if forced is not None:
+            ids = forced
+            probs = torch.softmax(logits.float(), dim=-1).gather(1, ids)
+            weights = probs / probs.sum(-1, keepdim=True) if self.cfg.normalize_topk else probs
+        return logits, weights, ids
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Output norm and LM head: x [T, E] -> logits [T, V] float32."""
+        x = self.ops.norm(x, self.dense.output_norm, self.dense.output_norm_b, self.cfg.norm_eps)
+        return F.linear(x, self.dense.output, self.dense.output_b).float()
+
+    def _attention(self, il: int, lw: LayerWeights, h: torch.Tensor, rope: RopeTables, positions: torch.Tensor,
+                   mask: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
-        n, d = h.shape[0], cfg.head_dim
-        q = F.linear(h, lw.wq, lw.bq).view(n, cfg.n_head, d)  # [T, H, D]
-        k = F.linear(h, lw.wk, lw.bk).view(n, cfg.n_head_kv, d)  # [T, KV, D]
-        v = F.linear(h, lw.wv, lw.bv).view(n, cfg.n_head_kv, d)
-        q, k = self.ops.prepare_qk(q, k, lw, cfg, cos, sin)
-        keys, values = self.kv.store(il, k, v)  # [S, KV, D]
-        group = cfg.n_head // cfg.n_head_kv  # query head h reads KV head h // group (llama.cpp's broadcast)
-        keys = keys.repeat_interleave(group, dim=1).transpose(0, 1)  # [H, S, D]
-        values = values.repeat_interleave(group, dim=1).transpose(0, 1)
-        s = keys.shape[1]
-        mask = torch.arange(s, device=h.device)[None, :] <= (pos + torch.arange(n, device=h.device))[:, None]
-        out = F.scaled_dot_product_attention(q.transpose(0, 1), keys, values, attn_mask=mask)  # [H, T, D]
-        return F.linear(out.transpose(0, 1).reshape(n, cfg.n_head * d), lw.wo, lw.bo)  # [T, E]
+        n, d, kv = h.shape[0], cfg.head_dim, cfg.n_head_kv
+        group = cfg.n_head // kv  # query head h reads KV head h // group (llama.cpp's broadcast)
+        qkv = F.linear(h, lw.wqkv, lw.bqkv)  # [T, (H + 2 KV) * D]
+        q, k, v = qkv.split([cfg.n_head * d, kv * d, kv * d], dim=-1)
+        q, k = self.ops.prepare_qk(q.view(n, cfg.n_head, d), k.view(n, kv, d), lw, cfg, rope)  # [T, H|KV, D]
+        keys, values = self.kv.store(il, positions, k, v.view(n, kv, d), mask.shape[1])  # [S, KV, D]
+        # The query heads of one KV head become rows of one attention problem (no repeated K/V):
+        # q [T, H, D] -> [KV, group * T, D], row g * T + t
+        qg = q.reshape(n, kv, group, d).permute(1, 2, 0, 3).reshape(kv, group * n, d)
+        out = F.scaled_dot_product_attention(qg, keys.transpose(0, 1), values.transpose(0, 1),
+                                             attn_mask=mask)  # [KV, group * T, D]
+        out = out.view(kv, group, n, d).permute(2, 0, 1, 3).reshape(n, cfg.n_head * d)  # [T, H * D]
+        return F.linear(out, lw.wo, lw.bo)  # [T, E]
 
     def _moe(self, il: int, lw: LayerWeights, h: torch.Tensor, forced: np.ndarray | None) -> torch.Tensor:
-        cfg, tm, prof = self.cfg, self.timings, self.profiler
+        tm, prof = self.timings, self.profiler
         t0 = time.perf_counter()
-        logits = F.linear(h, lw.router)  # [T, n_expert]
-        weights, ids = self.ops.route(logits, cfg)  # [T, k]
-        if forced is not None:
-            ids = torch.as_tensor(forced, device=h.device, dtype=torch.int64)
-            probs = torch.softmax(logits.float(), dim=-1).gather(1, ids)
-            weights = probs / probs.sum(-1, keepdim=True) if cfg.normalize_topk else probs
+        forced_dev = None if forced is None else torch.as_tensor(forced, device=h.device, dtype=torch.int64)
+        logits, weights, ids = self.route(il, h, forced_dev)  # [T, n_expert], [T, k], [T, k]
         ids_host = ids.to(torch.int32).cpu().numpy()  # the one sync per layer
         w_host = weights.float().cpu().numpy()  # [T, k]; the queue is already drained
         t1 = time.perf_counter()
@@ -196,7 +241,7 @@ class HybridModel:
             prof.lap(il, "gpu_enqueue", sync=False)
         if h_host is not None:
             w_host[hit] = 0.0  # hits are the GPU's; a zero weight drops them from the CPU sum
-            miss_ids, miss_w = _misses_only(ids_host, w_host, hit)
+            miss_ids, miss_w = misses_only(ids_host, w_host, hit)
             y_cpu = torch.from_numpy(self.cpu.forward(self.cpu_layers[il], h_host, miss_ids, miss_w))
             y_cpu = y_cpu.to(device=h.device, dtype=h.dtype, non_blocking=True)
             y = y_cpu if y is None else y + y_cpu
@@ -209,13 +254,13 @@ class HybridModel:
         if prof is not None:
             prof.lap(il, "fills")
         if lw.shexp_gate is not None:
-            y = y + self._shared_expert(lw, h)
+            y = y + self.shared_expert(lw, h)
             if prof is not None:
                 prof.lap(il, "shared_expert")
         return y
 
     @staticmethod
-    def _shared_expert(lw: LayerWeights, h: torch.Tensor) -> torch.Tensor:
+    def shared_expert(lw: LayerWeights, h: torch.Tensor) -> torch.Tensor:
         out = F.linear(F.silu(F.linear(h, lw.shexp_gate)) * F.linear(h, lw.shexp_up), lw.shexp_down)
         if lw.shexp_gate_inp is not None:
             out = out * torch.sigmoid(h @ lw.shexp_gate_inp)[:, None]
@@ -235,13 +280,3 @@ class HybridModel:
         self.cpu.close()
         self.gpu.close()
 
-
-def _misses_only(ids: np.ndarray, weights: np.ndarray, hit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Drop the hit slots from the CPU's work where every token has the same number of misses
-    (always at T = 1); otherwise keep all k slots with zero weights on the hits."""
-    n_miss = (~hit).sum(axis=1)
-    if n_miss.min() != n_miss.max():
-        return ids, weights
-    keep = ~hit
-    return (np.ascontiguousarray(ids[keep].reshape(ids.shape[0], -1)),
-            np.ascontiguousarray(weights[keep].reshape(ids.shape[0], -1)))

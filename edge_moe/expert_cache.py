@@ -251,6 +251,35 @@ class ExpertCache:
         self._uses[slot] += 1
         return slot
 
+    def lookup_and_pin(self, layer: int, experts: Iterable[int]) -> list[int]:
+        """`lookup` of each expert in order, pinning every hit; -1 for a miss. The executor's
+        per-layer call: one Python loop instead of two method calls per routed expert."""
+        if not 0 <= layer < self.n_layers:
+            self._check_key(layer, 0)  # raises, naming the layer
+        observe, slot_of = self.admission.observe, self._slot_of
+        out = []
+        for expert in experts:
+            expert = int(expert)
+            if not 0 <= expert < self.n_experts:
+                self._check_key(layer, expert)
+            self._clock += 1
+            observe(layer, expert)
+            slot = slot_of.get((layer, expert))
+            if slot is None:
+                self.stats.misses_by_layer[layer] += 1
+                out.append(-1)
+                continue
+            self.stats.hits_by_layer[layer] += 1
+            self._last_use[slot] = self._clock
+            self._uses[slot] += 1
+            self._pins[slot] += 1
+            out.append(slot)
+        return out
+
+    def unpin_many(self, slots: Iterable[int]) -> None:
+        for slot in slots:
+            self.unpin(int(slot))
+
     def admit(self, layer: int, expert: int) -> FillDecision | None:
         """Decide whether a missed (layer, expert) is filled; if so, where and what it evicts.
 
@@ -320,6 +349,11 @@ class ExpertCache:
             self.stats.preloads += 1
             decisions.append(FillDecision(slot, layer, expert, None))
         return decisions
+
+    @property
+    def n_cached(self) -> int:
+        """Experts held now."""
+        return len(self._slot_of)
 
     def contents(self) -> dict[int, ExpertKey]:
         """slot -> (layer, expert) for every occupied slot."""

@@ -98,6 +98,7 @@ class GpuExperts:
         self.gguf, self.cfg, self.device, self.dtype, self.config = gguf, cfg, device, dtype, config
         self.cache: "ExpertCache | None" = None
         self.store: "SlotStore | None" = None
+        self._unwaited: set[int] = set()  # slots filled since the compute stream last waited for them
         if config is not None:
             from edge_moe.expert_cache import ExpertCache
             from edge_moe.gpu_slots import SlotStore
@@ -134,6 +135,7 @@ class GpuExperts:
         """Copy the expert's GGUF bytes into `slot` (on the side stream on CUDA)."""
         assert self.store is not None
         self.store.fill(slot, [expert_bytes_view(t, expert) for t in self._tensors[layer]])
+        self._unwaited.add(slot)
 
     def _preload_all(self) -> None:
         """Fill every way: experts in order, layer by layer, as long as their set has room."""
@@ -164,31 +166,83 @@ class GpuExperts:
         until `after_layer`, so this layer's admissions cannot evict them."""
         if self.cache is None:
             return np.full(ids.shape, -1, dtype=np.int64)
-        out = np.empty(ids.shape, dtype=np.int64)
-        for idx, expert in np.ndenumerate(ids):
-            slot = self.cache.lookup(layer, int(expert))
-            out[idx] = -1 if slot is None else slot
-            if slot is not None:
-                self.cache.pin(slot)
-        return out
+        return np.array(self.cache.lookup_and_pin(layer, ids.reshape(-1).tolist()), dtype=np.int64).reshape(ids.shape)
 
     def compute(self, layer: int, h: torch.Tensor, weights: torch.Tensor, slots: np.ndarray) -> torch.Tensor:
         """sum over cached (t, j) of weights[t, j] * FFN_slot(h[t]) -> [T, E] (zeros elsewhere)."""
-        assert self.store is not None
-        used = np.unique(slots[slots >= 0])
-        for slot in used:
-            self.store.wait_filled(int(slot))  # the compute stream waits for the slot's fill, if any
+        used = self.wait_hits(slots)
         if self.use_triton:
             y = self._compute_triton(layer, h, weights, slots)
         else:
             y = self._compute_reference(layer, h, weights, slots)
-        for slot in used:
-            self.store.mark_read(int(slot))  # a later refill of this slot waits for these kernels
+        self.mark_hits_read(used)
         return y
 
-    def _compute_triton(self, layer: int, h: torch.Tensor, weights: torch.Tensor, slots: np.ndarray) -> torch.Tensor:
-        from edge_moe.quant_ops import glu_pairs, matvec_pairs, scatter_pairs
+    def wait_hits(self, slots: np.ndarray) -> np.ndarray:
+        """Make the compute stream wait for the fills of the hit slots; returns them (unique).
+        A slot's fill is waited for once: later readers on the same stream come after that wait."""
+        assert self.store is not None
+        used = np.unique(slots[slots >= 0])
+        if self._unwaited:
+            for slot in used.tolist():
+                if slot in self._unwaited:
+                    self.store.wait_filled(slot)
+                    self._unwaited.discard(slot)
+        return used
 
+    def mark_hits_read(self, used: np.ndarray) -> None:
+        """After the kernels reading `used` were enqueued: a later refill of them waits for these."""
+        assert self.store is not None
+        self.store.mark_read_many(used)
+
+    def all_resident(self) -> bool:
+        """Every expert of every layer is cached (then no lookup can miss, nothing is evicted)."""
+        return (self.cache is not None and self.use_triton
+                and self.cache.n_cached == self.cfg.n_layer * self.cfg.n_expert)
+
+    def resident_pair_bases(self) -> torch.Tensor:
+        """[n_layer, n_expert] int64 device tensor: each expert's slot byte offset, for building
+        pair tables on the device; the compute stream first waits for the fills in flight."""
+        assert self.cache is not None and self.store is not None and self.all_resident()
+        table = np.full((self.cfg.n_layer, self.cfg.n_expert), -1, dtype=np.int64)
+        for slot, (layer, expert) in self.cache.contents().items():
+            table[layer, expert] = slot * self._stride
+        for slot in sorted(self._unwaited):
+            self.store.wait_filled(slot)
+        self._unwaited.clear()
+        return torch.from_numpy(table).to(self.device)
+
+    def count_resident_hits(self) -> None:
+        """Statistics of a token run without lookups (every routed expert hit)."""
+        assert self.cache is not None
+        for layer in range(self.cfg.n_layer):
+            self.cache.stats.hits_by_layer[layer] += self.cfg.n_expert_used
+
+    def pair_table(self, slots: np.ndarray, out: np.ndarray) -> None:
+        """Every (token, j) of slots [T, k] as a column of out [5, T * k] for `pairs_ffn`: byte
+        offsets of gate, up, down (-1 for a miss: the kernels skip that pair), token row, index
+        into the flat weights. A fixed-size table, so a CUDA graph can replay the same launch."""
+        flat = slots.reshape(-1)  # [P]
+        hit = flat >= 0
+        out[:3] = np.where(hit, flat * self._stride + self._part_offsets, -1)
+        out[3] = np.arange(flat.size) // slots.shape[1]
+        out[4] = np.arange(flat.size)
+
+    def pairs_ffn(self, layer: int, h: torch.Tensor, w_flat: torch.Tensor, pairs: torch.Tensor,
+                  y: torch.Tensor) -> None:
+        """y[row_p] += w_flat[idx_p] * FFN_p(h[row_p]) for the pairs p of the table pairs [5, P]
+        (device int64, `pair_table`'s layout); y float32 [T, E]. Two launches for all pairs."""
+        from edge_moe.quant_ops import glu_pairs, kernel_input, matvec_pairs, scatter_pairs
+
+        gate, up, down = self._layouts[layer]
+        if gate == up:
+            act = glu_pairs(self._buf, gate, up, pairs[0], pairs[1], h, pairs[3], down)
+        else:  # gate and up in different types: two plain launches
+            g = matvec_pairs(self._buf, gate, pairs[0], h, pairs[3])
+            act = kernel_input(F.silu(g) * matvec_pairs(self._buf, up, pairs[1], h, pairs[3]), down).contiguous()
+        scatter_pairs(self._buf, down, pairs[2], act, w_flat, pairs[4], pairs[3], y)
+
+    def _compute_triton(self, layer: int, h: torch.Tensor, weights: torch.Tensor, slots: np.ndarray) -> torch.Tensor:
         gate, up, down = self._layouts[layer]
         n_tok, k = slots.shape
         y = torch.zeros((n_tok, self.cfg.n_embd), dtype=torch.float32, device=h.device)  # [T, E]
@@ -201,15 +255,7 @@ class GpuExperts:
             # one host->device copy: byte offsets of gate/up/down [3, P], token [P], weight index [P]
             host = np.concatenate([s[None] * self._stride + self._part_offsets, t[None], (t * k + jj)[None]])
             dev = torch.from_numpy(host.astype(np.int64)).to(h.device, non_blocking=False)
-            w_flat = weights.reshape(-1)
-            if gate == up:
-                act = glu_pairs(self._buf, gate, up, dev[0], dev[1], h, dev[3], down)
-            else:  # gate and up in different types: two plain launches
-                from edge_moe.quant_ops import kernel_input
-
-                g = matvec_pairs(self._buf, gate, dev[0], h, dev[3])
-                act = kernel_input(F.silu(g) * matvec_pairs(self._buf, up, dev[1], h, dev[3]), down).contiguous()
-            scatter_pairs(self._buf, down, dev[2], act, w_flat, dev[4], dev[3], y)
+            self.pairs_ffn(layer, h, weights.reshape(-1), dev, y)
         for s in np.unique(slot[big]):  # slots used by many tokens: dequantize once, matmul
             rows_np, jj = np.nonzero(slots == s)
             rows = torch.as_tensor(rows_np, device=h.device)
@@ -260,8 +306,7 @@ class GpuExperts:
             decision = self.cache.admit(layer, int(expert))
             if decision is not None:
                 self._fill(decision.slot, layer, int(expert))
-        for slot in slots[slots >= 0]:
-            self.cache.unpin(int(slot))
+        self.cache.unpin_many(slots[slots >= 0].tolist())
 
     def close(self) -> None:
         if self.store is not None:

@@ -10,6 +10,7 @@ Ordering on CUDA (one compute stream reads the slots, one side stream writes the
     fill(slot, parts)          side stream: wait for `last_read[slot]`, copy, record `filled[slot]`
     wait_filled(slot, stream)  compute stream waits for `filled[slot]` before reading the slot
     mark_read(slot, stream)    record `last_read[slot]` after the kernels that read the slot
+                               (mark_read_many: one event for all slots a layer read)
 
 so a slot is never read while it is written (wait_filled) nor overwritten while a kernel
 still reads it (mark_read). Events are re-recorded, never reallocated: a wait orders
@@ -36,6 +37,7 @@ import numpy as np
 import torch
 
 HostBytes = np.ndarray | torch.Tensor
+READ_EVENTS = 256  # ring of events marking slot reads (mark_read_many)
 
 
 class SlotStore:
@@ -75,7 +77,9 @@ class SlotStore:
                                    for buf in self._staging]
             self._staging_free = [torch.cuda.Event() for _ in range(n_staging)]
             self._filled = [torch.cuda.Event() for _ in range(n_slots)]
-            self._last_read = [torch.cuda.Event() for _ in range(n_slots)]
+            self._read_events = [torch.cuda.Event() for _ in range(READ_EVENTS)]
+            self._next_read_event = 0
+            self._last_read = [self._read_events[0]] * n_slots  # never recorded: a wait on it returns at once
             self._next_staging = 0
         else:
             self._host_parts = [[p.numpy() for p in parts] for parts in self._parts]
@@ -120,8 +124,18 @@ class SlotStore:
 
     def mark_read(self, slot: int, stream: torch.cuda.Stream | None = None) -> None:
         """Record, after the kernels that read `slot` were enqueued on `stream`, that they read it."""
-        if self.is_cuda:
-            self._last_read[slot].record(stream or torch.cuda.current_stream(self.device))
+        self.mark_read_many((slot,), stream)
+
+    def mark_read_many(self, slots: Sequence[int] | np.ndarray, stream: torch.cuda.Stream | None = None) -> None:
+        """`mark_read` for several slots with one event record (one per layer, not per slot).
+        Events come from a ring: by the time one is recorded again, a fill still waiting on it
+        waits for a later point of the same stream, which is later than the reads: still safe."""
+        if self.is_cuda and len(slots):
+            event = self._read_events[self._next_read_event]
+            self._next_read_event = (self._next_read_event + 1) % len(self._read_events)
+            event.record(stream or torch.cuda.current_stream(self.device))
+            for slot in slots:
+                self._last_read[int(slot)] = event
 
     def synchronize(self) -> None:
         """Block the host until every fill issued so far is done (tests, shutdown)."""

@@ -22,12 +22,13 @@ class KVCache:
             raise EdgeMoeError(f"context full: {self.pos} tokens stored + {n_new} new > context length "
                                f"{self.max_ctx} (raise -c)")
 
-    def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v [T, KV, D] at the current position; return all keys/values so far [S, KV, D]."""
-        end = self.pos + k.shape[0]
-        self.k[layer, self.pos:end] = k
-        self.v[layer, self.pos:end] = v
-        return self.k[layer, :end], self.v[layer, :end]
+    def store(self, layer: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: int,
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v [T, KV, D] at `positions` [T] (a device tensor: no host sync, so a CUDA
+        graph can replay it at any position); return the first `length` keys/values [S, KV, D]."""
+        self.k[layer].index_copy_(0, positions, k)
+        self.v[layer].index_copy_(0, positions, v)
+        return self.k[layer, :length], self.v[layer, :length]
 
     def advance(self, n: int) -> None:
         self.pos += n

@@ -18,6 +18,10 @@ cpu_experts, so it is not part of the wall-clock sum). Profiling synchronizes th
 after every phase but the enqueue and the CPU work (which keep overlapping as in a normal
 step), so a profiled token is somewhat slower than an unprofiled one; the executor does none
 of this when no profiler is attached (a `None` check per phase).
+
+With CUDA decode graphs (edge_moe/decode_graphs.py) "attention" includes the router (one
+graph) and "router_sync" is the host's lookup and pair table; when every expert is cached a
+token is a single graph and its whole time is billed to layer 0's wait_gpu.
 """
 
 from __future__ import annotations
@@ -63,6 +67,10 @@ class LayerProfiler:
         """Before a layer's first phase: the queue is drained so no earlier work is billed here."""
         self._sync()
         self._t = time.perf_counter()
+
+    @staticmethod
+    def phase_index(phase: str) -> int:
+        return _INDEX[phase]
 
     def lap(self, layer: int, phase: str, sync: bool = True) -> None:
         """Bill the time since the last mark to `phase` (after draining the device if `sync`)."""

@@ -237,11 +237,14 @@ def _matvec_kernel(wb, ww, a_off, b_off, x_ptr, x_row, scale_ptr, scale_idx, out
                    QTYPE: tl.constexpr, MODE: tl.constexpr, ROWS: tl.constexpr, PERM_OUT: tl.constexpr,
                    NBLK: tl.constexpr, CHUNK: tl.constexpr):
     p = tl.program_id(0)
+    a_base = tl.load(a_off + p)
+    if a_base < 0:  # a padded pair (a miss in a fixed-size pair table, edge_moe/decode_graphs.py)
+        return
     rows = tl.program_id(1) * ROWS + tl.arange(0, ROWS)
     rmask = rows < N
     rows_c = tl.minimum(rows, N - 1).to(tl.int64)  # rows past N read row N-1; never stored
     xp = x_ptr + tl.load(x_row + p).to(tl.int64) * x_stride
-    a_row = tl.load(a_off + p) + rows_c * row_bytes
+    a_row = a_base + rows_c * row_bytes
     acc = _row_dots(wb, ww, a_row, xp, K, QTYPE, NBLK, ROWS, CHUNK)
     if MODE == 1:
         b_row = tl.load(b_off + p) + rows_c * row_bytes

@@ -64,9 +64,10 @@ def _tokens(arch: str, outtype: str, tiny_gguf: Callable[[str, str], Path]) -> l
 
 
 def run_edge_moe(path: Path, tokens: list[int], cache: GpuExpertsConfig | None, device: str = "cpu",
-                 ) -> tuple[np.ndarray, np.ndarray, HybridModel]:
+                 decode_graphs: str = "auto") -> tuple[np.ndarray, np.ndarray, HybridModel]:
     """Logits [T, V] (prefill of T_PREFILL, then one token at a time) and our router margins [T]."""
-    model = HybridModel(path, ExecutorConfig(device=device, dtype="float32", n_ctx=64, n_threads=2, cache=cache))
+    model = HybridModel(path, ExecutorConfig(device=device, dtype="float32", n_ctx=64, n_threads=2, cache=cache,
+                                             decode_graphs=decode_graphs))
     margins: dict[tuple[int, int], float] = {}
 
     def record(layer: int, logits: np.ndarray, ids: np.ndarray, hit: np.ndarray) -> None:
@@ -169,3 +170,61 @@ def test_triton_kernels_match_llama_cpp(arch: str, outtype: str, hit_path: str, 
     model.close()
     tau, bound = BOUNDS[outtype]
     _compare(ours, _LLAMA[(arch, outtype)], margins, tau, bound, f"{arch} {outtype} triton-{hit_path} {device}")
+
+
+GRAPH_CACHES = ["no-cache", "partial-LRU", "all-cached"]
+
+
+@pytest.mark.parametrize("cache", GRAPH_CACHES)
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_decode_graphs_match_llama_cpp(arch: str, cache: str, tiny_gguf: Callable[[str, str], Path]) -> None:
+    """The decode-graph loop (edge_moe/decode_graphs.py): captured as CUDA graphs on a GPU, run
+    uncaptured on the same static buffers here; hits through the Triton kernels with padded
+    pair tables (misses skipped by the kernels), misses on the CPU, fills between layers."""
+    pytest.importorskip("triton")
+    outtype = "q8_0"
+    path = tiny_gguf(arch, outtype)
+    tokens = _tokens(arch, outtype, tiny_gguf)
+    _reference(arch, outtype, path, tokens)
+    cuda = torch.cuda.is_available()
+    config = CACHES[cache]
+    if config is not None:
+        config = GpuExpertsConfig(config.cache, preload=config.preload, kernels="triton")
+    ours, margins, model = run_edge_moe(path, tokens, config, "cuda" if cuda else "cpu",
+                                        decode_graphs="on" if cuda else "uncaptured")
+    graphs = model.decode_graphs
+    assert graphs is not None and graphs.capture == cuda
+    if cuda:  # one front and one experts graph per layer (one KV bucket here) and the head
+        assert graphs.n_graphs == 2 * model.cfg.n_layer + 1
+    if model.gpu.cache is not None and cache != "all-cached":
+        stats = model.gpu.cache.stats
+        assert stats.hits > 0 and stats.misses > 0 and stats.fills > 0
+    model.close()
+    tau, bound = BOUNDS[outtype]
+    _compare(ours, _LLAMA[(arch, outtype)], margins, tau, bound, f"{arch} {outtype} {cache} decode-graphs")
+
+
+@pytest.mark.parametrize("arch", ["mixtral", "qwen2moe", "qwen3moe"])
+def test_resident_decode_graph_matches_llama_cpp(arch: str, tiny_gguf: Callable[[str, str], Path]) -> None:
+    """Every expert cached and nobody watching the routing: a decode token is one graph with the
+    pair tables built on the device from the routed ids (no host round trip per layer)."""
+    pytest.importorskip("triton")
+    outtype = "q8_0"
+    path = tiny_gguf(arch, outtype)
+    tokens = _tokens(arch, outtype, tiny_gguf)
+    _reference(arch, outtype, path, tokens)
+    _, margins, probe = run_edge_moe(path, tokens, None)  # routing margins (same routing as below)
+    probe.close()
+    cuda = torch.cuda.is_available()
+    model = HybridModel(path, ExecutorConfig(device="cuda" if cuda else "cpu", dtype="float32", n_ctx=64, n_threads=2,
+                                             cache=GpuExpertsConfig(CacheConfig(2, 8), preload="all", kernels="triton"),
+                                             decode_graphs="on" if cuda else "uncaptured"))
+    out = [model.forward(tokens[:T_PREFILL])] + [model.forward([t]) for t in tokens[T_PREFILL:]]
+    graphs = model.decode_graphs
+    assert graphs is not None and graphs._slot_table is not None  # the resident mode ran
+    stats = model.gpu.cache.stats
+    assert stats.misses == 0 and stats.lookups == len(tokens) * model.cfg.n_layer * model.cfg.n_expert_used
+    model.close()
+    tau, bound = BOUNDS[outtype]
+    _compare(torch.cat(out).cpu().numpy(), _LLAMA[(arch, outtype)], margins, tau, bound,
+             f"{arch} {outtype} resident decode graph")

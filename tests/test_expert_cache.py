@@ -542,3 +542,32 @@ def test_hooks_reach_the_admission_policy_in_order() -> None:
     cache.end_token()
     assert recorder.calls == ["begin", "observe 0.1", "ask 0.1 victim=None", "fill 0.1",
                               "observe 0.2", "ask 0.2 victim=(0, 1)", "fill 0.2", "end"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_lookup_and_pin_is_lookup_then_pin(data: st.DataObject) -> None:
+    """The executor's batched call behaves exactly as one lookup (and pin of a hit) per expert."""
+    cfg = CacheConfig(2, 3, data.draw(st.sampled_from(["LRU", "FIFO", "LFU"])))
+    one, batched = (ExpertCache(cfg, 4, 6, 100) for _ in range(2))
+    for _ in range(data.draw(st.integers(1, 12))):
+        layer = data.draw(st.integers(0, 3))
+        experts = data.draw(st.lists(st.integers(0, 5), min_size=1, max_size=4, unique=True))
+        expected = []
+        for e in experts:
+            slot = one.lookup(layer, e)
+            if slot is not None:
+                one.pin(slot)
+            expected.append(-1 if slot is None else slot)
+        got = batched.lookup_and_pin(layer, experts)
+        assert got == expected
+        for cache, slots in ((one, expected), (batched, got)):
+            for e, s in zip(experts, slots):
+                if s < 0:
+                    cache.admit(layer, e)
+            cache.unpin_many(s for s in slots if s >= 0)
+    assert one.stats.hits_by_layer == batched.stats.hits_by_layer
+    assert one.stats.misses_by_layer == batched.stats.misses_by_layer
+    assert one.contents() == batched.contents()
+    with pytest.raises(ValueError):
+        batched.lookup_and_pin(0, [6])

@@ -85,6 +85,7 @@ if [ -z "${LLAMA_BENCH:-}" ]; then
 fi
 [ -x "$LLAMA_BENCH" ] || { log "no llama-bench"; exit 1; }
 LIBDIR=$(dirname "$(readlink -f "$LLAMA_BENCH")")
+export LD_LIBRARY_PATH=$LIBDIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}  # the packed binaries' rpath names the build folder they came from
 mkdir -p "$WORK/shim/llama_cpp/lib"
 echo '"""Stand-in for llama-cpp-python: edge_moe.ggml_lib uses only lib/ (the ggml built with llama-bench)."""' \
   > "$WORK/shim/llama_cpp/__init__.py"

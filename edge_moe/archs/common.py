@@ -11,8 +11,9 @@ from edge_moe.model_config import MoEConfig, RopeLayout
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float) -> torch.Tensor:
-    # x [..., E]; llama.cpp's LLM_NORM_RMS, bias added after the gain when the model has one
-    y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+    # x [..., E]; llama.cpp's LLM_NORM_RMS, bias added after the gain when the model has one.
+    # One fused kernel on CUDA (it accumulates in float32 for half inputs).
+    y = torch.nn.functional.rms_norm(x, x.shape[-1:], weight, eps)
     return y + bias if bias is not None else y
 
 
@@ -20,26 +21,45 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     return torch.nn.functional.layer_norm(x, x.shape[-1:], weight, bias, eps)
 
 
-def rope_tables(cfg: MoEConfig, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin [T, rope_dim / 2] for absolute positions [T]."""
-    half = cfg.rope_dim // 2
-    inv_freq = cfg.rope_freq_base ** (-torch.arange(half, dtype=torch.float64, device=positions.device) / half)
+@dataclass(frozen=True)
+class RopeTables:
+    """Rotary embedding of T positions over whole heads: x * cos + x[..., perm] * sin.
+
+    Dimension i of a head pairs with perm[i]; cos and sin [T, 1, D] repeat each pair's angle
+    on both of its dimensions, sin carrying the sign of the rotation; dimensions past
+    rope_dim have cos 1 and sin 0 (left as they are). Three kernels per tensor instead of a
+    dozen of slices, stacks and cats."""
+
+    cos: torch.Tensor  # [T, 1, D]
+    sin: torch.Tensor  # [T, 1, D]
+    perm: torch.Tensor  # [D] int64
+
+
+def rope_tables(cfg: MoEConfig, layout: RopeLayout, positions: torch.Tensor, dtype: torch.dtype) -> RopeTables:
+    """Tables for absolute positions [T] (on their device), in `dtype`."""
+    half, d = cfg.rope_dim // 2, cfg.head_dim
+    dev = positions.device
+    inv_freq = cfg.rope_freq_base ** (-torch.arange(half, dtype=torch.float64, device=dev) / half)
     angles = positions.to(torch.float64)[:, None] * inv_freq[None, :]  # [T, half]
-    return angles.cos().float(), angles.sin().float()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: RopeLayout) -> torch.Tensor:
-    """x [T, H, D]; rotates the first rope_dim = 2 * cos.shape[-1] dims of each head."""
-    rd = 2 * cos.shape[-1]
-    rot, rest = x[..., :rd], x[..., rd:]
-    c, s = cos[:, None, :].to(x.dtype), sin[:, None, :].to(x.dtype)  # [T, 1, rd/2]
+    c, s = angles.cos(), angles.sin()
+    t = positions.shape[0]
+    cos = torch.ones((t, d), dtype=torch.float64, device=dev)
+    sin = torch.zeros((t, d), dtype=torch.float64, device=dev)
+    perm = torch.arange(d, device=dev)
+    pair = torch.arange(half, device=dev)
     if layout is RopeLayout.NORM:  # adjacent pairs (x0, x1), (x2, x3), ...
-        a, b = rot[..., 0::2], rot[..., 1::2]
-        out = torch.stack((a * c - b * s, a * s + b * c), dim=-1).flatten(-2)
-    else:  # NEOX: first half paired with second half
-        a, b = rot[..., : rd // 2], rot[..., rd // 2:]
-        out = torch.cat((a * c - b * s, a * s + b * c), dim=-1)
-    return torch.cat((out, rest), dim=-1) if rest.shape[-1] else out
+        first, second = 2 * pair, 2 * pair + 1
+    else:  # NEOX: dimension i pairs with i + rope_dim / 2
+        first, second = pair, pair + half
+    cos[:, first], cos[:, second] = c, c
+    sin[:, first], sin[:, second] = -s, s  # (a, b) -> (a c - b s, b c + a s)
+    perm[first], perm[second] = second, first
+    return RopeTables(cos[:, None, :].to(dtype), sin[:, None, :].to(dtype), perm)
+
+
+def apply_rope(x: torch.Tensor, rope: RopeTables) -> torch.Tensor:
+    """x [T, H, D] rotated by position."""
+    return torch.addcmul(x * rope.cos, x.index_select(-1, rope.perm), rope.sin)
 
 
 def softmax_topk(logits: torch.Tensor, k: int, normalize: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,13 +71,12 @@ def softmax_topk(logits: torch.Tensor, k: int, normalize: bool, scale: float) ->
     return weights * scale if scale != 1.0 else weights, ids
 
 
-def rope_qk(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-            layout: RopeLayout) -> tuple[torch.Tensor, torch.Tensor]:
-    return apply_rope(q, cos, sin, layout), apply_rope(k, cos, sin, layout)
+def rope_qk(q: torch.Tensor, k: torch.Tensor, rope: RopeTables) -> tuple[torch.Tensor, torch.Tensor]:
+    return apply_rope(q, rope), apply_rope(k, rope)
 
 
 NormFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None, float], torch.Tensor]
-# (q [T, H, D], k [T, KV, D], layer weights, cfg, cos, sin) -> rotated (and normed) q, k
+# (q [T, H, D], k [T, KV, D], layer weights, cfg, rope tables) -> rotated (and normed) q, k
 PrepareQK = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 # (router logits [T, n_expert], cfg) -> (weights [T, k], ids [T, k])
 RouteFn = Callable[[torch.Tensor, MoEConfig], tuple[torch.Tensor, torch.Tensor]]
@@ -68,6 +87,7 @@ class ArchOps:
     """What differs between architectures, as plain functions (one file per family)."""
 
     norm: NormFn
+    rope: RopeLayout
     prepare_qk: PrepareQK
     route: RouteFn
     has_shared_expert: bool

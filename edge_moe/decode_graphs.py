@@ -1,0 +1,272 @@
+"""One decode token (T = 1) as two CUDA graphs per layer, the host deciding in between.
+
+Eager PyTorch pays 10-40 us of host time per kernel launch; a layer's attention alone is
+~25 launches, so eager decode was host-bound (H100, Qwen3-30B shape: ~2 ms of host time per
+layer against ~0.1 ms of GPU work). Here each layer is:
+
+    front[il]    graph: x + y of the previous layer, attention (KV length bucketed), FFN norm,
+                 router, top-k; ids, weights, router logits and h copied to pinned host memory
+    sync         the one host wait per layer (as in the eager path)
+    host         cache lookup -> pair table (pinned) -> one host-to-device copy
+    experts[il]  graph: every hit (pair table rows of misses hold offset -1: the kernels skip
+                 them) from the quantized slots, plus the shared expert -> y_gpu
+    CPU          ggml computes the misses meanwhile -> y_cpu (pinned) -> one copy
+    fills        admissions on the side stream, as in the eager path
+
+Everything that crosses a graph boundary lives in buffers allocated once; the residual
+stream alternates between two of them so that running a segment twice gives the same
+result (the first use of a graph runs it eagerly once, then captures it, then replays).
+The attended KV length is rounded up to a power of two (at least 256, at most n_ctx): a
+layer has at most log2(n_ctx / 256) + 2 front graphs, each captured on first use; masked
+positions past the token cost reads, not correctness. All graphs share one memory pool:
+their temporaries die inside the graph and segments never run concurrently.
+
+`capture=False` runs the same segments eagerly on the same buffers: on the CPU device the
+tests exercise this exact loop (everything but the capture) against llama.cpp.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from edge_moe.archs.common import RopeTables, rope_tables
+from edge_moe.cpu_experts import misses_only
+
+if TYPE_CHECKING:
+    from edge_moe.executor import HybridModel
+
+MIN_BUCKET = 256  # smallest attended KV length of a front graph
+
+
+def kv_bucket(n: int, n_ctx: int) -> int:
+    """The KV length a front graph attends for a context of n tokens: a power of two >= n."""
+    return min(n_ctx, max(MIN_BUCKET, 1 << (n - 1).bit_length()))
+
+
+class DecodeGraphs:
+    def __init__(self, model: "HybridModel", capture: bool) -> None:
+        if capture and model.device.type != "cuda":
+            raise ValueError("CUDA graphs need a CUDA device")
+        gpu = model.gpu
+        if gpu.cache is not None and not gpu.use_triton:
+            raise ValueError("decode graphs need the Triton expert kernels (the reference path works on the host)")
+        self.m, self.capture = model, capture
+        cfg, dev, dt = model.cfg, model.device, model.dtype
+        e, k, n_pairs = cfg.n_embd, cfg.n_expert_used, cfg.n_expert_used
+
+        def host(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+            return torch.zeros(shape, dtype=dtype, pin_memory=dev.type == "cuda")
+
+        # device side; x alternates between x[0] and x[1] layer by layer
+        self.x = [torch.zeros((1, e), dtype=dt, device=dev) for _ in range(2)]  # [1, E] residual stream
+        self.h = torch.zeros((1, e), dtype=dt, device=dev)  # [1, E] FFN input of the current layer
+        self.y_gpu = torch.zeros((1, e), dtype=dt, device=dev)  # [1, E] hits + shared expert
+        self.y_cpu = torch.zeros((1, e), dtype=torch.float32, device=dev)  # [1, E] misses
+        self.positions = torch.zeros(1, dtype=torch.int64, device=dev)  # [1]
+        tables = rope_tables(cfg, model.ops.rope, self.positions, dt)
+        self.rope = RopeTables(tables.cos.clone(), tables.sin.clone(), tables.perm)  # rewritten per token
+        self._masks: dict[int, torch.Tensor] = {}  # KV bucket -> [group, bucket] bool, rewritten per token
+        self.weights = torch.zeros((1, k), dtype=torch.float32, device=dev)  # [1, k]
+        self.pairs = torch.full((5, n_pairs), -1, dtype=torch.int64, device=dev)  # gpu_experts.pair_table
+        self.ids = torch.zeros((1, k), dtype=torch.int64, device=dev)  # routed ids, resident mode
+        self._slot_table: torch.Tensor | None = None  # resident mode: [n_layer, n_expert] slot byte offsets
+        self._part_offsets = (torch.tensor(gpu.store.part_offsets, dtype=torch.int64, device=dev)[:, None]
+                              if gpu.store is not None else None)  # [3, 1]
+        self.forced = torch.zeros((cfg.n_layer, 1, k), dtype=torch.int64, device=dev)
+        self.logits = torch.zeros((1, cfg.n_vocab), dtype=torch.float32, device=dev)
+        # host side (pinned on CUDA), written by copies the graphs make or read; the front's
+        # results come back in one copy: [ids (as floats, exact) | weights | router logits | h]
+        self._cols = np.cumsum([0, k, k, cfg.n_expert, e])
+        self.routed_host = host((1, int(self._cols[-1])), torch.float32)
+        self.pairs_host = host((5, n_pairs), torch.int64)
+        self.y_cpu_host = host((1, e), torch.float32)
+        self.forced_host = host((cfg.n_layer, 1, k), torch.int64)
+        self.pairs_host.fill_(-1)
+        self._graphs: dict[tuple[object, ...], torch.cuda.CUDAGraph] = {}
+        self._pool = torch.cuda.graph_pool_handle() if capture else None
+
+    @property
+    def n_graphs(self) -> int:
+        return len(self._graphs)
+
+    # ---- the token ---------------------------------------------------------------------
+
+    def step(self, token: int, forced: np.ndarray | None) -> torch.Tensor:
+        """Logits [1, V] of one token after the context (forced: [n_layer, 1, k] expert ids or None)."""
+        m = self.m
+        pos = m.kv.pos
+        length = kv_bucket(pos + 1, m.kv.max_ctx)
+        self.positions.fill_(pos)
+        tables = rope_tables(m.cfg, m.ops.rope, self.positions, m.dtype)
+        self.rope.cos.copy_(tables.cos)
+        self.rope.sin.copy_(tables.sin)
+        mask = self._masks.get(length)
+        if mask is None:
+            mask = self._masks[length] = m.attention_mask(self.positions, length)
+        else:
+            mask.copy_(m.attention_mask(self.positions, length))
+        self.x[0].copy_(m.dense.tok_embd[token:token + 1])
+        if forced is not None:
+            self.forced_host.copy_(torch.from_numpy(np.asarray(forced, dtype=np.int64)))
+            self.forced.copy_(self.forced_host, non_blocking=True)
+        m.gpu.begin_step()
+        if self._resident_now():
+            self._token_resident(length, forced is not None)
+        else:
+            self._layers_with_host(length, forced is not None)
+        self._run(("head",), self._head)
+        m.gpu.end_step()
+        if m.profiler is not None:
+            m.profiler.end_token()
+        m.kv.advance(1)
+        return self.logits.clone()
+
+    def _layers_with_host(self, length: int, forced: bool) -> None:
+        """The layers one by one, the host deciding hits, misses and fills in between."""
+        m = self.m
+        cfg, gpu, prof, tm = m.cfg, m.gpu, m.profiler, m.timings
+        c = self._cols
+        routed = self.routed_host.numpy()
+        w, router, h_np = routed[:, c[1]:c[2]], routed[:, c[2]:c[3]], routed[:, c[3]:c[4]]
+        for il in range(cfg.n_layer):
+            if prof is not None:
+                prof.start_layer()
+            t0 = time.perf_counter()
+            self._run(("front", il, length, forced), lambda: self._front(il, length, forced))
+            self._sync()  # ids, weights, h and router logits are on the host now
+            ids = routed[:, :c[1]].astype(np.int32)
+            t1 = time.perf_counter()
+            tm.attention += t1 - t0
+            if prof is not None:
+                prof.lap(il, "attention")  # includes the router: both are in the front graph
+
+            slots = gpu.lookup(il, ids)  # [1, k], -1 where not cached
+            hit = slots >= 0
+            for cb in m.on_route:
+                cb(il, router.copy(), ids.copy(), hit)
+            used = None
+            if gpu.cache is not None:
+                gpu.pair_table(slots, self.pairs_host.numpy())
+                self.pairs.copy_(self.pairs_host, non_blocking=True)
+                used = gpu.wait_hits(slots)
+            t2 = time.perf_counter()
+            tm.router_sync += t2 - t1
+            if prof is not None:
+                prof.lap(il, "router_sync", sync=False)
+            self._run(("experts", il), lambda: self._experts(il))
+            if used is not None:
+                gpu.mark_hits_read(used)
+            t3 = time.perf_counter()
+            tm.gpu_experts_enqueue += t3 - t2
+            if prof is not None:
+                prof.lap(il, "gpu_enqueue", sync=False)
+
+            if hit.all():
+                self.y_cpu.zero_()
+            else:
+                w_cpu = np.where(hit, 0.0, w).astype(np.float32)  # hits are the GPU's
+                miss_ids, miss_w = misses_only(ids, w_cpu, hit)
+                m.cpu.forward(m.cpu_layers[il], np.ascontiguousarray(h_np), miss_ids, miss_w,
+                              out=self.y_cpu_host.numpy())
+                self.y_cpu.copy_(self.y_cpu_host, non_blocking=True)
+            t4 = time.perf_counter()
+            tm.cpu_experts += t4 - t3
+            if prof is not None:
+                prof.lap(il, "cpu_experts", sync=False)
+                prof.lap(il, "wait_gpu")
+            gpu.after_layer(il, ids, slots)
+            if prof is not None:
+                prof.lap(il, "fills")
+
+    def _resident_now(self) -> bool:
+        """Every expert of the model is cached (so nothing can miss or be evicted) and nobody
+        watches the routing per layer: the whole token can be one graph. The first time, the
+        device gets the slot table and the stream waits for the fills still in flight."""
+        m = self.m
+        if m.on_route or not m.gpu.all_resident():
+            return False
+        if self._slot_table is None:
+            self._slot_table = m.gpu.resident_pair_bases()  # [n_layer, n_expert] byte offsets
+            self.y_cpu.zero_()  # no CPU work from now on
+        return True
+
+    def _token_resident(self, length: int, forced: bool) -> None:
+        m = self.m
+        t0 = time.perf_counter()
+        self._run(("token", length, forced), lambda: self._all_layers(length, forced))
+        self._sync()
+        seconds = time.perf_counter() - t0
+        m.timings.attention += seconds  # one graph: no phase boundaries left to time
+        m.gpu.count_resident_hits()
+        if m.profiler is not None:  # the whole token is billed to layer 0's wait_gpu (see layer_profile)
+            m.profiler.seconds[0, m.profiler.phase_index("wait_gpu")] += seconds
+
+    def _all_layers(self, length: int, forced: bool) -> None:
+        assert self._slot_table is not None
+        k = self.m.cfg.n_expert_used
+        cols = torch.arange(k, device=self.m.device)
+        for il in range(self.m.cfg.n_layer):
+            self._front(il, length, forced, to_host=False)
+            # the pair table on the device: every routed expert is resident
+            base = self._slot_table[il].index_select(0, self.ids.view(-1))  # [k]
+            offsets = base[None, :] + self._part_offsets  # [3, k]
+            self.pairs.copy_(torch.cat([offsets, torch.zeros_like(cols)[None], cols[None]]))
+            self._experts(il)
+
+    # ---- segments (captured) -------------------------------------------------------------
+
+    def _front(self, il: int, length: int, forced: bool, to_host: bool = True) -> None:
+        m = self.m
+        x = self.x[il % 2]
+        if il > 0:  # the previous layer's experts
+            x = x + (self.y_gpu + self.y_cpu.to(x.dtype))
+        x, h = m.front(il, x, self.rope, self.positions, self._masks[length])
+        self.x[(il + 1) % 2].copy_(x)
+        self.h.copy_(h)
+        logits, weights, ids = m.route(il, h, self.forced[il] if forced else None)
+        self.weights.copy_(weights)
+        if to_host:
+            routed = torch.cat([ids.float(), weights.float(), logits.float(), h.float()], dim=1)  # [1, cols]
+            self.routed_host.copy_(routed, non_blocking=True)
+        else:
+            self.ids.copy_(ids)
+
+    def _experts(self, il: int) -> None:
+        m = self.m
+        y = torch.zeros((1, m.cfg.n_embd), dtype=torch.float32, device=m.device)  # [1, E]
+        if m.gpu.cache is not None:
+            m.gpu.pairs_ffn(il, self.h, self.weights.view(-1), self.pairs, y)
+        out = y.to(m.dtype)
+        lw = m.dense.layers[il]
+        if lw.shexp_gate is not None:
+            out = out + m.shared_expert(lw, self.h)
+        self.y_gpu.copy_(out)
+
+    def _head(self) -> None:
+        x = self.x[self.m.cfg.n_layer % 2]
+        x = x + (self.y_gpu + self.y_cpu.to(x.dtype))
+        self.logits.copy_(self.m.head(x))
+
+    # ---- graphs --------------------------------------------------------------------------
+
+    def _run(self, key: tuple[object, ...], segment: Callable[[], None]) -> None:
+        if not self.capture:
+            segment()
+            return
+        graph = self._graphs.get(key)
+        if graph is None:
+            segment()  # warm-up on real inputs: Triton compiles, cuBLAS chooses its kernels
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+                segment()
+            self._graphs[key] = graph
+        graph.replay()
+
+    def _sync(self) -> None:
+        if self.m.device.type == "cuda":
+            torch.cuda.current_stream(self.m.device).synchronize()
