@@ -62,8 +62,11 @@ class DecodeGraphs:
         def host(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
             return torch.zeros(shape, dtype=dtype, pin_memory=dev.type == "cuda")
 
-        # device side; x alternates between x[0] and x[1] layer by layer
-        self.x = [torch.zeros((1, e), dtype=dt, device=dev) for _ in range(2)]  # [1, E] residual stream
+        # device side: the token's embedding, then the residual stream alternating between x[0]
+        # and x[1] layer by layer; no segment writes what it reads, so running one twice (warm-up,
+        # then capture and replay) gives the same result
+        self.x_in = torch.zeros((1, e), dtype=dt, device=dev)  # [1, E]
+        self.x = [torch.zeros((1, e), dtype=dt, device=dev) for _ in range(2)]  # [1, E]
         self.h = torch.zeros((1, e), dtype=dt, device=dev)  # [1, E] FFN input of the current layer
         self.y_gpu = torch.zeros((1, e), dtype=dt, device=dev)  # [1, E] hits + shared expert
         self.y_cpu = torch.zeros((1, e), dtype=torch.float32, device=dev)  # [1, E] misses
@@ -110,7 +113,7 @@ class DecodeGraphs:
             mask = self._masks[length] = m.attention_mask(self.positions, length)
         else:
             mask.copy_(m.attention_mask(self.positions, length))
-        self.x[0].copy_(m.dense.tok_embd[token:token + 1])
+        self.x_in.copy_(m.dense.tok_embd[token:token + 1])
         if forced is not None:
             self.forced_host.copy_(torch.from_numpy(np.asarray(forced, dtype=np.int64)))
             self.forced.copy_(self.forced_host, non_blocking=True)
@@ -222,9 +225,10 @@ class DecodeGraphs:
 
     def _front(self, il: int, length: int, forced: bool, to_host: bool = True) -> None:
         m = self.m
-        x = self.x[il % 2]
-        if il > 0:  # the previous layer's experts
-            x = x + (self.y_gpu + self.y_cpu.to(x.dtype))
+        if il == 0:
+            x = self.x_in
+        else:  # the previous layer's residual plus its experts
+            x = self.x[il % 2] + (self.y_gpu + self.y_cpu.to(self.x_in.dtype))
         x, h = m.front(il, x, self.rope, self.positions, self._masks[length])
         self.x[(il + 1) % 2].copy_(x)
         self.h.copy_(h)
