@@ -62,7 +62,7 @@ def main() -> None:
           f"resident one-graph tokens: {resident}; graphs: {model.decode_graphs.n_graphs if model.decode_graphs else 0}")
     print(f"per token: wall {wall * 1e3:.2f} ms (profiled), {count:.0f} GPU kernels/copies, "
           f"their GPU time {total:.2f} ms")
-    print(f"| kernel | per token | us per token | us each |\n|---|---:|---:|---:|")
+    print("| kernel | per token | us per token | us each |\n|---|---:|---:|---:|")
     for name, times in sorted(kernels.items(), key=lambda kv: -sum(kv[1]))[:args.top]:
         print(f"| {name} | {len(times) / n:.0f} | {sum(times) / n:.0f} | {np.mean(times):.1f} |")
     model.close()
