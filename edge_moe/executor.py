@@ -205,9 +205,10 @@ class HybridModel:
         keys, values = self.kv.store(il, positions, k, v.view(n, kv, d), mask.shape[1])  # [S, KV, D]
         # The query heads of one KV head become rows of one attention problem (no repeated K/V):
         # q [T, H, D] -> [KV, group * T, D], row g * T + t
-        qg = q.reshape(n, kv, group, d).permute(1, 2, 0, 3).reshape(kv, group * n, d)
-        out = F.scaled_dot_product_attention(qg, keys.transpose(0, 1), values.transpose(0, 1),
-                                             attn_mask=mask)  # [KV, group * T, D]
+        qg = q.reshape(n, kv, group, d).permute(1, 2, 0, 3).reshape(1, kv, group * n, d)
+        # 4-D (batch 1) inputs: with 3-D ones CUDA falls back to the unfused math path
+        out = F.scaled_dot_product_attention(qg, keys.transpose(0, 1)[None], values.transpose(0, 1)[None],
+                                             attn_mask=mask[None, None])  # [1, KV, group * T, D]
         out = out.view(kv, group, n, d).permute(2, 0, 1, 3).reshape(n, cfg.n_head * d)  # [T, H * D]
         return F.linear(out, lw.wo, lw.bo)  # [T, E]
 
