@@ -194,15 +194,35 @@ class ReuseAdmission(AdmissionPolicy):
     decided, which the CPU serves anyway, so an expert seen once (count 1) is admitted only
     when a hit saves more than a fill costs -- never with the DRAM-bound costs of
     DESIGN.md, where a fill costs about one miss: one-off experts stay out.
+
+    Validation (`validate`): the counts are a prediction, and where routing has no temporal
+    locality (random weights route almost uniformly) they predict reuse that never comes:
+    an expert just used looks hot, yet is no likelier to return than the victim. So every
+    fill that evicts is checked against what happened: over its first `horizon` tokens we count the
+    newcomer's hits (gained) and the uses of the evicted victim, now misses (lost; a
+    "ghost" entry remembers it). Once `min_checked` fills are judged, the rule admits only
+    while the mean net hits per fill pay for a fill; otherwise it admits one candidate in
+    `explore` (so the estimate keeps tracking the routing).
     """
 
-    def __init__(self, cost: CostModel, decay: float = 0.9) -> None:
+    def __init__(self, cost: CostModel, decay: float = 0.9, validate: bool = True, horizon: int = 40,
+                 min_checked: int = 16, explore: int = 16) -> None:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"decay must be in (0, 1), got {decay}")
+        if horizon < 1 or min_checked < 1 or explore < 1:
+            raise ValueError("horizon, min_checked and explore must be >= 1")
         self.cost = cost
         self.decay = decay
+        self.validate, self.horizon, self.min_checked, self.explore = validate, horizon, min_checked, explore
         self._token = 0
         self._counts: dict[ExpertKey, tuple[float, int]] = {}  # key -> (count, token of last update)
+        # validation: fills under watch, newcomer -> [gained, lost, token admitted, victim]
+        self._watch: dict[ExpertKey, list] = {}
+        self._ghost_of: dict[ExpertKey, ExpertKey] = {}  # evicted victim -> the newcomer that displaced it
+        self._victim: ExpertKey | None = None  # of the admission just granted (record_fill follows)
+        self.checked = 0  # fills judged so far
+        self.net_hits = 0.0  # sum over judged fills of gained - lost
+        self._candidates = 0
 
     def expected_uses(self, layer: int, expert: int) -> float:
         """The decayed use count: uses expected in the next 1 / (1 - decay) tokens."""
@@ -213,15 +233,60 @@ class ReuseAdmission(AdmissionPolicy):
         return count * self.decay ** (self._token - stamp)
 
     def observe(self, layer: int, expert: int) -> None:
-        self._counts[(layer, expert)] = (self.expected_uses(layer, expert) + 1.0, self._token)
+        key = (layer, expert)
+        self._counts[key] = (self.expected_uses(layer, expert) + 1.0, self._token)
+        if key in self._watch:  # a newcomer under watch is cached: this use is a hit it brought
+            self._watch[key][0] += 1
+        elif key in self._ghost_of:  # the victim is back: the hit it would have been is lost
+            self._watch[self._ghost_of[key]][1] += 1
+
+    def fills_pay(self) -> bool:
+        """Whether the judged fills brought enough net hits to pay for themselves."""
+        if not self.validate or self.checked < self.min_checked:
+            return True
+        return self.net_hits / self.checked * self.cost.saving_per_hit > self.cost.fill_seconds
 
     def should_admit(self, layer: int, expert: int, victim: ExpertKey | None) -> bool:
         lost = self.expected_uses(*victim) if victim is not None else 0.0
         gain = (self.expected_uses(layer, expert) - lost) * self.cost.saving_per_hit
-        return gain > self.cost.fill_seconds
+        if gain <= self.cost.fill_seconds:
+            return False
+        if victim is not None and not self.fills_pay():  # filling an empty way displaces nothing
+            self._candidates += 1
+            if self._candidates % self.explore:
+                return False
+        self._victim = victim
+        return True
+
+    def record_fill(self, layer: int, expert: int) -> None:
+        if not self.validate:
+            return
+        key, victim = (layer, expert), self._victim
+        self._victim = None
+        self._judge(key)  # a ghost coming back is no longer anyone's loss
+        if victim is not None:  # only displacements are judged (an empty way costs no hits)
+            self._judge(victim)  # the victim's own watch (if any) ends with its eviction
+            self._ghost_of[victim] = key
+            self._watch[key] = [0, 0, self._token, victim]
+
+    def _judge(self, key: ExpertKey) -> None:
+        """End the watch of `key` as a newcomer and as a ghost."""
+        newcomer = self._ghost_of.pop(key, None)
+        if newcomer is not None and newcomer in self._watch:
+            self._watch[newcomer][3] = None  # its victim returned through a fill: stop counting losses
+        entry = self._watch.pop(key, None)
+        if entry is not None:
+            gained, lost, _, victim = entry
+            if victim is not None and self._ghost_of.get(victim) == key:
+                del self._ghost_of[victim]
+            self.checked += 1
+            self.net_hits += gained - lost
 
     def end_token(self) -> None:
         self._token += 1
+        if self.validate:
+            for key in [k for k, e in self._watch.items() if self._token - e[2] >= self.horizon]:
+                self._judge(key)
 
 
 def build_admission(config: AdmissionConfig) -> AdmissionPolicy:
