@@ -346,13 +346,21 @@ def test_geometry_validation() -> None:
 
 # ---- sizing from a GPU budget -------------------------------------------------------------
 
-def test_from_budget_one_set_per_layer() -> None:
+def test_from_budget_one_set_per_layer_when_slots_divide() -> None:
     eb = 99_000_000
-    cfg = CacheConfig.from_budget(32 * 4 * eb + 5 * eb + eb - 1, eb, n_layers=32, n_experts=8)
-    assert (cfg.n_sets, cfg.n_ways) == (32, 4)  # 5 leftover slots stay unallocated
-    cfg = CacheConfig.from_budget(8 * 2**30, eb, n_layers=32, n_experts=8)
-    assert (cfg.n_sets, cfg.n_ways) == (32, 2)  # 86 experts fit in 8 GiB
+    cfg = CacheConfig.from_budget(32 * 4 * eb + 2 * eb + eb - 1, eb, n_layers=32, n_experts=8)
+    assert (cfg.n_sets, cfg.n_ways) == (32, 4)  # 130 slots: 2 left over is within 2%
     assert (cfg.replace, cfg.admission) == (ReplacePolicy.LRU, AdmissionConfig())
+
+
+def test_from_budget_shares_sets_rather_than_leave_slots_unused() -> None:
+    eb = 99_000_000
+    cfg = CacheConfig.from_budget(8 * 2**30, eb, n_layers=32, n_experts=8)
+    assert cfg.n_slots == 86 and (cfg.n_sets, cfg.n_ways) == (2, 43)  # 32 x 2 would leave 22 unused
+    cfg = CacheConfig.from_budget(32 * 4 * eb + 5 * eb, eb, n_layers=32, n_experts=8)
+    assert (cfg.n_sets, cfg.n_ways) == (4, 33)  # 133 slots: 4 sets leave 1 (32 sets would leave 5)
+    cfg = CacheConfig.from_budget(48 * 68 * eb + 30 * eb, eb, n_layers=48, n_experts=128)
+    assert cfg.n_slots >= 48 * 68 + 30 - 66 and 48 % cfg.n_sets == 0
 
 
 def test_from_budget_caps_ways_at_the_experts_of_a_layer() -> None:
