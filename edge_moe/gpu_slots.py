@@ -208,9 +208,9 @@ class SlotStore:
             segments = self._segments(self._staging_parts[i], host_parts)
             self._pool.start([pieces for _, _, pieces in segments])
             try:
-                for k, (lo, hi, _) in enumerate(segments):
-                    self._pool.wait(k)  # segment k is in pinned memory: its DMA may start
-                    with torch.cuda.stream(side):
+                with torch.cuda.stream(side):
+                    for k, (lo, hi, _) in enumerate(segments):
+                        self._pool.wait(k)  # segment k is in pinned memory: its DMA may start
                         dst[lo:hi].copy_(staging[lo:hi], non_blocking=True)
             finally:
                 self._pool.wait_all()  # no worker writes the buffer once fill returns (or raises)

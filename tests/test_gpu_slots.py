@@ -216,6 +216,60 @@ def test_copy_pool_reports_a_worker_error_after_the_job() -> None:
         CopyPool(0)
 
 
+class _StubEvent:
+    def __init__(self) -> None:
+        self.records = 0
+
+    def record(self, stream: object = None) -> None:
+        self.records += 1
+
+    def synchronize(self) -> None:
+        pass
+
+
+class _StubStream:
+    def wait_event(self, event: object) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        pass
+
+
+def _stub_cuda_store(monkeypatch: pytest.MonkeyPatch, sizes: tuple[int, ...], chunk: int,
+                     n_slots: int = 2, n_staging: int = 2) -> SlotStore:
+    """A CPU store driven through the CUDA staging path (DMAs become synchronous CPU copies):
+    checks the segment and DMA bookkeeping here; the real streams are checked by the gpu tests."""
+    import contextlib
+
+    store = SlotStore(n_slots, sizes, "cpu", copy_threads=3, chunk_bytes=chunk)
+    store.is_cuda = True
+    store._side_stream = _StubStream()
+    store._staging = [torch.full((store.slot_stride,), 0xEE, dtype=torch.uint8) for _ in range(n_staging)]
+    store._staging_parts = [[buf.numpy()[o:o + n] for o, n in zip(store.part_offsets, store.part_nbytes)]
+                            for buf in store._staging]
+    store._staging_free = [_StubEvent() for _ in range(n_staging)]
+    store._filled = [_StubEvent() for _ in range(n_slots)]
+    store._last_read = [_StubEvent() for _ in range(n_slots)]
+    store._next_staging = 0
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    return store
+
+
+@pytest.mark.parametrize("chunk", [4_096, 10_240, 1 << 20])
+def test_staging_path_dmas_every_copied_byte(chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = _stub_cuda_store(monkeypatch, ODD, chunk)
+    full, other = expert_bytes(3, ODD), expert_bytes(4, ODD)
+    store.fill(0, full)
+    store.fill(1, other)
+    store.fill(0, [a[: n // 2 + 1] for a, n in zip(other, ODD)])  # shorter parts, staging buffer reused
+    for got, new, old in zip(slot_bytes(store, 0), other, full):
+        n = got.size // 2 + 1
+        assert np.array_equal(got[:n], new[:n]) and np.array_equal(got[n:], old[n:])
+    assert all(np.array_equal(a, b) for a, b in zip(slot_bytes(store, 1), other))
+    assert [e.records for e in store._filled] == [2, 1] and [e.records for e in store._staging_free] == [2, 1]
+    store.close()
+
+
 # ---- CUDA ordering ------------------------------------------------------------------------
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
