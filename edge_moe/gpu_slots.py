@@ -37,6 +37,7 @@ nothing.
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Sequence
 
 import numpy as np
@@ -71,6 +72,8 @@ class SlotStore:
             raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
         self.chunk_bytes = chunk_bytes
         self._pool = CopyPool(copy_threads)  # threads start on the first fill larger than a chunk
+        # a store dropped without close() still stops its threads (no join: GC may run on any thread)
+        weakref.finalize(self, self._pool.close, False)
         self.device = torch.device(device)
         self.n_slots = n_slots
         self.part_nbytes = tuple(int(n) for n in part_nbytes)

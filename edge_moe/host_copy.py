@@ -76,14 +76,14 @@ class CopyPool:
         self.start(segments)
         self.wait_all()
 
-    def close(self) -> None:
-        """Stop and join the threads (after the current job). Idempotent."""
+    def close(self, wait: bool = True) -> None:
+        """Stop the threads (after the current job) and, with `wait`, join them. Idempotent."""
         with self._cv:
             self._closed = True
             self._cv.notify_all()
-        for t in self._threads:
-            t.join()
-        self._threads = []
+        if wait:
+            for t in self._threads:
+                t.join()
 
     def _start_threads(self) -> None:
         for i in range(self.n_threads):

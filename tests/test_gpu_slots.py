@@ -200,6 +200,19 @@ def test_close_stops_the_copy_threads() -> None:
         store.fill(1, expert_bytes(1, ODD))
 
 
+def test_a_dropped_store_stops_its_copy_threads() -> None:
+    import gc
+
+    store = SlotStore(2, ODD, "cpu", copy_threads=2, chunk_bytes=4_096)
+    store.fill(0, expert_bytes(0, ODD))
+    threads = store._pool.threads
+    del store
+    gc.collect()
+    for t in threads:
+        t.join(timeout=5)
+    assert not any(t.is_alive() for t in threads)
+
+
 def test_copy_pool_reports_a_worker_error_after_the_job() -> None:
     from edge_moe.host_copy import CopyPool
 
