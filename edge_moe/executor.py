@@ -228,12 +228,15 @@ class HybridModel:
         hit = slots >= 0
         for cb in self.on_route:
             cb(il, logits.float().cpu().numpy(), ids_host, hit)
+        # misses that many tokens use are streamed to the GPU (prefill); the GPU does these and the hits
+        streamed = self.gpu.stream_plan(ids_host, hit)  # [T, k]
+        on_gpu = hit | streamed
         # The queue is empty here (the router sync just drained it), so copying h to the host
         # costs only the copy; then the hits are enqueued and run while the CPU does the misses.
-        h_host = h.float().cpu().numpy() if not hit.all() else None  # [T, E]
-        if prof is not None and hit.any():
+        h_host = h.float().cpu().numpy() if not on_gpu.all() else None  # [T, E]
+        if prof is not None and on_gpu.any():
             prof.gpu_begin()
-        y = self.gpu.compute(il, h, weights, slots) if hit.any() else None
+        y = self.gpu.compute(il, h, weights, slots, ids_host, streamed) if on_gpu.any() else None
         if prof is not None and y is not None:
             prof.gpu_end(il)
         t2 = time.perf_counter()
@@ -241,8 +244,8 @@ class HybridModel:
         if prof is not None:
             prof.lap(il, "gpu_enqueue", sync=False)
         if h_host is not None:
-            w_host[hit] = 0.0  # hits are the GPU's; a zero weight drops them from the CPU sum
-            miss_ids, miss_w = misses_only(ids_host, w_host, hit)
+            w_host[on_gpu] = 0.0  # the GPU's; a zero weight drops them from the CPU sum
+            miss_ids, miss_w = misses_only(ids_host, w_host, on_gpu)
             y_cpu = torch.from_numpy(self.cpu.forward(self.cpu_layers[il], h_host, miss_ids, miss_w))
             y_cpu = y_cpu.to(device=h.device, dtype=h.dtype, non_blocking=True)
             y = y_cpu if y is None else y + y_cpu

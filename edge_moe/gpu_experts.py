@@ -13,10 +13,22 @@ scatter_pairs); an expert used by many tokens of a prefill chunk is dequantized 
 compute dtype in a scratch matrix and multiplied with torch. "reference" dequantizes the
 slot's bytes with gguf.quants on the host (the CPU device in tests, and any type the
 kernels do not read).
+
+Prefill streaming: a *missed* expert that many tokens of one call use is cheaper to copy
+to the GPU and compute there than to compute on the CPU (the CPU's time grows with the
+tokens, the copy's does not: `stream_threshold`). Such experts go, one after another,
+through a small ring of `stream_slots` extra slots of the same SlotStore (never cache
+slots: the cache's contents do not change) and are computed by the same code as hits.
+The copy of the next expert overlaps the compute of the current one: fills run on the
+store's side stream, ordered by its events (a ring slot is refilled only after the
+kernels that read it). The executor gives the other misses to the CPU as usual. With no
+cache configured, a CUDA device still gets the ring (`GpuExperts` builds a stream-only
+config when VRAM has room).
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -34,6 +46,14 @@ if TYPE_CHECKING:
     from edge_moe.gpu_slots import SlotStore
 
 SLOT_ALIGNMENT = 256  # bytes; each part of a slot starts at a multiple (kernels read 16-bit words)
+# Streaming rule (a first estimate; the planner's measured figures can replace them): PCIe
+# through pinned staging (the ~49 GB/s link, with the staging copy on top: run_cli's default),
+# and what ggml's quantized matmuls do on all CPU cores for a batch of tokens.
+STREAM_PCIE_BYTES_PER_S = 25e9
+CPU_EXPERT_FLOPS = 1e12
+STREAM_SLOTS = 2  # ring of the stream slots: one expert computed while the next is copied
+# Free VRAM left beside the ring and its scratch before a stream-only config is built.
+STREAM_VRAM_MARGIN = 512 << 20
 # A cached expert used by at least this many tokens of one call is dequantized once and
 # multiplied as a matrix; fewer tokens read its blocks once per token (matvec kernels).
 DEQUANT_MIN_TOKENS = 8
@@ -42,15 +62,45 @@ PARTS = ("gate", "up", "down")
 
 @dataclass(frozen=True)
 class GpuExpertsConfig:
-    cache: "CacheConfig"
+    cache: "CacheConfig | None"  # None: no cache slots, only the prefill stream ring
     preload: str = "none"  # "none" | "all": fill every slot before the first token (layer-major)
     kernels: str = "auto"  # "auto" (triton on CUDA, else reference) | "triton" | "reference"
+    stream_slots: int = STREAM_SLOTS  # device slots of the prefill stream ring; 0: never stream
+    # A missed expert used by at least this many tokens of one call is streamed to the GPU.
+    # None: `stream_threshold` on CUDA, never on a CPU device (tests set it to force streaming).
+    stream_min_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if self.preload not in ("none", "all"):
             raise ValueError(f"preload must be 'none' or 'all', got {self.preload!r}")
         if self.kernels not in ("auto", "triton", "reference"):
             raise ValueError(f"kernels must be auto, triton or reference, got {self.kernels!r}")
+        if self.stream_slots < 0:
+            raise ValueError(f"stream_slots must be >= 0, got {self.stream_slots}")
+        if self.stream_min_tokens is not None and self.stream_min_tokens < 1:
+            raise ValueError(f"stream_min_tokens must be >= 1, got {self.stream_min_tokens}")
+        if self.cache is None and self.stream_slots == 0:
+            raise ValueError("no cache and no stream slots: nothing on the GPU (use no GpuExpertsConfig)")
+        if self.cache is None and self.preload != "none":
+            raise ValueError("preload needs a cache")
+
+
+def stream_threshold(expert_bytes: int, n_embd: int, n_ff: int,
+                     pcie_bytes_per_s: float = STREAM_PCIE_BYTES_PER_S,
+                     cpu_flops: float = CPU_EXPERT_FLOPS) -> int:
+    """Fewest tokens of one call for which copying a missed expert to the GPU beats computing
+    it on the CPU: copy expert_bytes / pcie < n x 6 E F / cpu_flops (the CPU is compute-bound
+    there; with few tokens it is DRAM-bound and reads the bytes once, no slower than the copy).
+    Never below 2: a decode step's misses stay on the CPU (a fill is the admission's call)."""
+    copy_s = expert_bytes / pcie_bytes_per_s
+    cpu_s_per_token = 6 * n_embd * n_ff / cpu_flops
+    return max(2, math.ceil(copy_s / cpu_s_per_token))
+
+
+def stream_vram_bytes(slot_bytes: int, n_embd: int, n_ff: int, dtype_bytes: int = 2,
+                      n_slots: int = STREAM_SLOTS) -> int:
+    """Device bytes of the stream ring and the dequantization scratch (one [F, E] matrix)."""
+    return n_slots * slot_bytes + n_embd * n_ff * dtype_bytes
 
 
 def quantized_expert_bytes(gguf: GGUFFile, cfg: MoEConfig) -> int:
@@ -90,22 +140,46 @@ def _use_triton(choice: str, device: torch.device, types: set[int]) -> bool:
     return True
 
 
+def _stream_only_config(gguf: GGUFFile, cfg: MoEConfig, device: torch.device,
+                        dtype: torch.dtype) -> GpuExpertsConfig | None:
+    """No cache configured: on CUDA, the stream ring alone when free VRAM holds it, else None."""
+    if device.type != "cuda":
+        return None
+    need = stream_vram_bytes(slot_nbytes(gguf, cfg), cfg.n_embd, cfg.n_ff_expert, dtype.itemsize)
+    free, _ = torch.cuda.mem_get_info(device)
+    if free < need + STREAM_VRAM_MARGIN:
+        warnings.warn(f"prefill streaming off: {need / 2**20:.0f} MiB of stream slots do not fit in "
+                      f"{free / 2**20:.0f} MiB of free VRAM", stacklevel=3)
+        return None
+    return GpuExpertsConfig(cache=None)
+
+
 class GpuExperts:
-    """No cache (config None): every lookup misses and nothing is ever filled."""
+    """No config on a CPU device: every lookup misses, nothing is filled or streamed. No
+    config on CUDA: a stream-only config (`_stream_only_config`) when VRAM allows."""
 
     def __init__(self, gguf: GGUFFile, cfg: MoEConfig, device: torch.device, dtype: torch.dtype,
                  config: GpuExpertsConfig | None) -> None:
+        if config is None:
+            config = _stream_only_config(gguf, cfg, device, dtype)
         self.gguf, self.cfg, self.device, self.dtype, self.config = gguf, cfg, device, dtype, config
         self.cache: "ExpertCache | None" = None
         self.store: "SlotStore | None" = None
         self._unwaited: set[int] = set()  # slots filled since the compute stream last waited for them
+        self.stream_min_tokens: int | None = None  # None: streaming off
+        self.n_streamed = 0  # experts streamed so far (each one copy of expert_bytes over PCIe)
         if config is not None:
             from edge_moe.expert_cache import ExpertCache
             from edge_moe.gpu_slots import SlotStore
 
             self.expert_bytes = quantized_expert_bytes(gguf, cfg)
-            self.cache = ExpertCache(config.cache, cfg.n_layer, cfg.n_expert, self.expert_bytes)
-            self.store = SlotStore(self.cache.n_slots, slot_part_nbytes(gguf, cfg), device,
+            n_cache = 0
+            if config.cache is not None:
+                self.cache = ExpertCache(config.cache, cfg.n_layer, cfg.n_expert, self.expert_bytes)
+                n_cache = self.cache.n_slots
+            # the stream ring: the slots after the cache's
+            self._ring = list(range(n_cache, n_cache + config.stream_slots))
+            self.store = SlotStore(n_cache + config.stream_slots, slot_part_nbytes(gguf, cfg), device,
                                    alignment=SLOT_ALIGNMENT)
             # per layer: the GGUF tensors (gate, up, down) and their ggml types
             self._tensors = [tuple(gguf.tensor(f"blk.{il}.ffn_{k}_exps.weight") for k in PARTS)
@@ -115,8 +189,19 @@ class GpuExperts:
             if self.use_triton:
                 self._init_kernels()
             self._scratch: torch.Tensor | None = None
+            self.stream_min_tokens = self._stream_rule(config)
             if config.preload == "all":
                 self._preload_all()
+
+    def _stream_rule(self, config: GpuExpertsConfig) -> int | None:
+        """Tokens per call from which a missed expert is streamed; None: never."""
+        if not self._ring:
+            return None
+        if config.stream_min_tokens is not None:
+            return config.stream_min_tokens
+        if self.device.type != "cuda" or not self.use_triton:
+            return None  # a CPU device, or the host-dequantizing reference path: the CPU is faster
+        return stream_threshold(self.expert_bytes, self.cfg.n_embd, self.cfg.n_ff_expert)
 
     def _init_kernels(self) -> None:
         from edge_moe.quant_ops import QuantBuffer, QuantMatrix
@@ -165,18 +250,58 @@ class GpuExperts:
         """Slots [T, k] of the routed experts, -1 where not cached; hit slots stay pinned
         until `after_layer`, so this layer's admissions cannot evict them."""
         if self.cache is None:
-            return np.full(ids.shape, -1, dtype=np.int64)
+            return np.full(ids.shape, -1, dtype=np.int64)  # [T, k]
         return np.array(self.cache.lookup_and_pin(layer, ids.reshape(-1).tolist()), dtype=np.int64).reshape(ids.shape)
 
-    def compute(self, layer: int, h: torch.Tensor, weights: torch.Tensor, slots: np.ndarray) -> torch.Tensor:
-        """sum over cached (t, j) of weights[t, j] * FFN_slot(h[t]) -> [T, E] (zeros elsewhere)."""
+    def stream_plan(self, ids: np.ndarray, hit: np.ndarray) -> np.ndarray:
+        """[T, k] bool: the misses computed on the GPU from streamed bytes in this call (their
+        expert is used by at least `stream_min_tokens` of its tokens); the CPU does the rest."""
+        n = self.stream_min_tokens
+        if n is None or ids.shape[0] < n:
+            return np.zeros(ids.shape, dtype=bool)
+        uses = np.bincount(ids[~hit], minlength=self.cfg.n_expert)  # [n_expert] missed uses
+        return ~hit & (uses >= n)[ids]
+
+    def compute(self, layer: int, h: torch.Tensor, weights: torch.Tensor, slots: np.ndarray,
+                ids: np.ndarray | None = None, streamed: np.ndarray | None = None) -> torch.Tensor:
+        """sum over cached (t, j) of weights[t, j] * FFN_slot(h[t]), plus the same over the
+        `streamed` (t, j) [T, k] of expert ids[t, j] -> [T, E] (zeros elsewhere)."""
+        assert self.store is not None
+        accumulate = self._compute_triton if self.use_triton else self._compute_reference
+        y = torch.zeros((h.shape[0], self.cfg.n_embd), dtype=torch.float32, device=h.device)  # [T, E]
         used = self.wait_hits(slots)
-        if self.use_triton:
-            y = self._compute_triton(layer, h, weights, slots)
-        else:
-            y = self._compute_reference(layer, h, weights, slots)
-        self.mark_hits_read(used)
-        return y
+        if used.size:
+            accumulate(layer, h, weights, slots, y)
+            self.mark_hits_read(used)
+        if streamed is not None and streamed.any():
+            assert ids is not None
+            self._compute_streamed(layer, h, weights, ids, streamed, y)
+        return y.to(h.dtype)
+
+    def _compute_streamed(self, layer: int, h: torch.Tensor, weights: torch.Tensor, ids: np.ndarray,
+                          streamed: np.ndarray, y: torch.Tensor) -> None:
+        """Each streamed expert through the ring: fill, compute as a hit of its ring slot, free.
+
+        Fills run `lookahead` experts ahead of the compute, so the copy of expert i + 1
+        (side stream) overlaps the compute of expert i; a ring slot's refill waits on the
+        device for the kernels that read it (mark_read), never on the host."""
+        assert self.store is not None
+        accumulate = self._compute_triton if self.use_triton else self._compute_reference
+        experts = np.unique(ids[streamed])
+        ring = self._ring
+        lookahead = len(ring) - 1
+        for i in range(min(lookahead, len(experts))):
+            self._fill(ring[i % len(ring)], layer, int(experts[i]))
+        for i, expert in enumerate(experts):
+            if i + lookahead < len(experts):
+                self._fill(ring[(i + lookahead) % len(ring)], layer, int(experts[i + lookahead]))
+            slot = ring[i % len(ring)]
+            one = np.where(streamed & (ids == expert), slot, -1)  # [T, k]: this expert's pairs as hits
+            self.store.wait_filled(slot)
+            self._unwaited.discard(slot)
+            accumulate(layer, h, weights, one, y)
+            self.store.mark_read(slot)
+        self.n_streamed += len(experts)
 
     def wait_hits(self, slots: np.ndarray) -> np.ndarray:
         """Make the compute stream wait for the fills of the hit slots; returns them (unique).
@@ -242,10 +367,11 @@ class GpuExperts:
             act = kernel_input(F.silu(g) * matvec_pairs(self._buf, up, pairs[1], h, pairs[3]), down).contiguous()
         scatter_pairs(self._buf, down, pairs[2], act, w_flat, pairs[4], pairs[3], y)
 
-    def _compute_triton(self, layer: int, h: torch.Tensor, weights: torch.Tensor, slots: np.ndarray) -> torch.Tensor:
+    def _compute_triton(self, layer: int, h: torch.Tensor, weights: torch.Tensor, slots: np.ndarray,
+                        y: torch.Tensor) -> None:
+        """y [T, E] float32 += the FFNs of the slots in `slots` [T, k] (-1: not here)."""
         gate, up, down = self._layouts[layer]
-        n_tok, k = slots.shape
-        y = torch.zeros((n_tok, self.cfg.n_embd), dtype=torch.float32, device=h.device)  # [T, E]
+        k = slots.shape[1]
         tok, j = np.nonzero(slots >= 0)
         slot = slots[tok, j]
         uses = np.bincount(slot, minlength=self.store.n_slots) if slot.size else np.zeros(0, np.int64)
@@ -266,7 +392,6 @@ class GpuExperts:
             out = F.linear(F.silu(a) * b, self._dequantized(down, base + int(self._part_offsets[2, 0])))  # [n, E]
             w = weights[rows, torch.as_tensor(jj, device=h.device)].float()[:, None]
             y.index_add_(0, rows, out.float() * w)
-        return y.to(h.dtype)
 
     def _dequantized(self, m: "object", byte_offset: int) -> torch.Tensor:
         """The matrix at `byte_offset` dequantized into the scratch buffer (valid until the next call)."""
@@ -277,10 +402,10 @@ class GpuExperts:
             self._scratch = torch.empty(self.cfg.n_embd * self.cfg.n_ff_expert, dtype=self.dtype, device=self.device)
         return dequantize(self._buf, m, byte_offset, self._scratch[:n].view(m.n_rows, m.n_cols))  # type: ignore
 
-    def _compute_reference(self, layer: int, h: torch.Tensor, weights: torch.Tensor, slots: np.ndarray) -> torch.Tensor:
-        """Dequantize each used slot's bytes on the host with gguf.quants, then torch."""
+    def _compute_reference(self, layer: int, h: torch.Tensor, weights: torch.Tensor, slots: np.ndarray,
+                           y: torch.Tensor) -> None:
+        """y [T, E] float32 += the same, each used slot's bytes dequantized on the host (gguf.quants)."""
         assert self.store is not None
-        y = torch.zeros_like(h)
         e, f = self.cfg.n_embd, self.cfg.n_ff_expert
         for slot in np.unique(slots[slots >= 0]):
             tok, j = np.nonzero(slots == slot)
@@ -294,8 +419,7 @@ class GpuExperts:
             hs = h[rows]  # [n, E]
             out = F.linear(F.silu(F.linear(hs, gate)) * F.linear(hs, up), down)  # [n, E]
             w = weights[rows, torch.as_tensor(j, device=h.device)].to(h.dtype)[:, None]
-            y.index_add_(0, rows, out * w)
-        return y
+            y.index_add_(0, rows, (out * w).float())
 
     def after_layer(self, layer: int, ids: np.ndarray, slots: np.ndarray) -> None:
         """Offer this layer's misses to the admission policy and fill what it admits, then
@@ -310,5 +434,5 @@ class GpuExperts:
 
     def close(self) -> None:
         if self.store is not None:
-            self.store.synchronize()
+            self.store.close()  # waits for the fills in flight, stops the copy threads
         self.store = None

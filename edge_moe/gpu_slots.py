@@ -19,11 +19,17 @@ against the latest record at the time it is enqueued.
 Host sources: the GGUF's memory map is pageable, so `fill` first copies the expert into
 one of `n_staging` pinned buffers (a ring, allocated once), then the side stream copies
 the buffer to the slot asynchronously. Before the CPU rewrites a staging buffer it waits
-for the copy that last read it: the only host wait in `fill`, and it blocks only when the
-copy engine is `n_staging` fills behind. The staging copy runs on the calling thread and
-costs DRAM bandwidth (read and write) on top of the DMA's read; sources that are already
-pinned torch tensors skip it and are copied straight to the slot (they must stay
-unchanged until the fill is done).
+for the copy that last read it: the one host wait in `fill` besides the staging copy
+itself, and it blocks only when the copy engine is `n_staging` fills behind.
+
+The staging copy is split into segments of `chunk_bytes` (slot byte ranges) that a small
+persistent thread pool copies (edge_moe/host_copy.py; one thread's memcpy is far slower
+than PCIe); the calling thread enqueues the DMA of each segment as soon as it is copied,
+so the DMA of segment i overlaps the copy of segment i + 1. `fill` returns once the last
+segment is copied and its DMA enqueued. A fill of at most `chunk_bytes` is copied by the
+calling thread (no wake-up cost). The staging copy costs DRAM bandwidth (read and write)
+on top of the DMA's read; sources that are already pinned torch tensors skip it and are
+copied straight to the slot (they must stay unchanged until the fill is done).
 
 On a CPU device (tests, no GPU) the same calls copy synchronously and the event calls do
 nothing.
@@ -31,18 +37,29 @@ nothing.
 
 from __future__ import annotations
 
+import os
+import weakref
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
+from edge_moe.host_copy import CopyPool, Piece
+
 HostBytes = np.ndarray | torch.Tensor
 READ_EVENTS = 256  # ring of events marking slot reads (mark_read_many)
+# A few MB: large enough that a segment's DMA and wake-up cost little (~80 us at 49 GB/s for
+# 4 MiB), small enough that a 99 MB expert gives every thread work and the pipeline fills fast.
+CHUNK_BYTES = 4 << 20
+# Copy threads: a few saturate DRAM (a copy reads and writes); the CPU experts are idle while
+# fills run (after a layer's misses), so these do not compete with ggml's threads.
+DEFAULT_COPY_THREADS = max(1, min(8, os.cpu_count() or 1))
 
 
 class SlotStore:
     def __init__(self, n_slots: int, part_nbytes: Sequence[int], device: torch.device | str,
-                 n_staging: int = 2, alignment: int = 256) -> None:
+                 n_staging: int = 2, alignment: int = 256, copy_threads: int = DEFAULT_COPY_THREADS,
+                 chunk_bytes: int = CHUNK_BYTES) -> None:
         if n_slots < 1:
             raise ValueError(f"a slot store needs at least one slot, got {n_slots}")
         if not part_nbytes or any(n <= 0 for n in part_nbytes):
@@ -51,6 +68,14 @@ class SlotStore:
             raise ValueError(f"at least one staging buffer is needed, got {n_staging}")
         if alignment < 1 or alignment & (alignment - 1):
             raise ValueError(f"alignment must be a power of two, got {alignment}")
+        if copy_threads < 1:
+            raise ValueError(f"at least one copy thread is needed, got {copy_threads}")
+        if chunk_bytes < 1:
+            raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
+        self.chunk_bytes = chunk_bytes
+        self._pool = CopyPool(copy_threads)  # threads start on the first fill larger than a chunk
+        # a store dropped without close() still stops its threads (no join: GC may run on any thread)
+        weakref.finalize(self, self._pool.close, False)
         self.device = torch.device(device)
         self.n_slots = n_slots
         self.part_nbytes = tuple(int(n) for n in part_nbytes)
@@ -104,13 +129,11 @@ class SlotStore:
         if len(host_parts) != len(self.part_nbytes):
             raise ValueError(f"expected {len(self.part_nbytes)} parts, got {len(host_parts)}")
         for i, (src, n) in enumerate(zip(host_parts, self.part_nbytes)):
-            got = src.nbytes if isinstance(src, np.ndarray) else src.numel() * src.element_size()
+            got = _nbytes(src)
             if got > n:
                 raise ValueError(f"part {i} has {got} bytes, the slot holds {n}")
         if not self.is_cuda:
-            for dst, src in zip(self._host_parts[slot], host_parts):
-                src = _host_bytes(src)
-                np.copyto(dst[:src.size], src)
+            self._copy_to_host(self._host_parts[slot], host_parts)
             return
         if all(isinstance(src, torch.Tensor) and src.is_pinned() for src in host_parts):
             self._fill_from_pinned(slot, host_parts)  # type: ignore[arg-type]
@@ -142,19 +165,76 @@ class SlotStore:
         if self.is_cuda:
             self._side_stream.synchronize()
 
+    def close(self) -> None:
+        """Wait for the fills in flight and stop the copy threads. The slots stay readable."""
+        self.synchronize()
+        self._pool.close()
+
+    @property
+    def copy_threads(self) -> int:
+        return self._pool.n_threads
+
+    def _copy_to_host(self, dst_parts: Sequence[np.ndarray], host_parts: Sequence[HostBytes]) -> None:
+        """Copy each part to the start of its destination (CPU device: the slot itself)."""
+        if sum(_nbytes(p) for p in host_parts) <= self.chunk_bytes:
+            for dst, src in zip(dst_parts, host_parts):
+                src = _host_bytes(src)
+                np.copyto(dst[:src.size], src)
+            return
+        self._pool.copy([pieces for _, _, pieces in self._segments(dst_parts, host_parts)])
+
+    def _segments(self, dst_parts: Sequence[np.ndarray], host_parts: Sequence[HostBytes],
+                  ) -> list[tuple[int, int, list[Piece]]]:
+        """The copy split at multiples of `chunk_bytes` of slot byte offsets:
+        [(lo, hi, pieces)], lo..hi the slot bytes the segment's pieces write (in order)."""
+        segments: list[tuple[int, int, list[Piece]]] = []
+        seg_index = -1
+        c = self.chunk_bytes
+        for dst, src, base in zip(dst_parts, host_parts, self.part_offsets):
+            src = _host_bytes(src)
+            pos = 0
+            while pos < src.size:
+                seg = (base + pos) // c
+                end = min(src.size, (seg + 1) * c - base)
+                piece = (dst[pos:end], src[pos:end])
+                if seg == seg_index:
+                    lo, _, pieces = segments[-1]
+                    pieces.append(piece)
+                    segments[-1] = (lo, base + end, pieces)
+                else:
+                    segments.append((base + pos, base + end, [piece]))
+                    seg_index = seg
+                pos = end
+        return segments
+
     def _fill_through_staging(self, slot: int, host_parts: Sequence[HostBytes]) -> None:
         i = self._next_staging
         self._next_staging = (i + 1) % len(self._staging)
         self._staging_free[i].synchronize()  # the DMA that last read this buffer has finished
-        for dst, src in zip(self._staging_parts[i], host_parts):
-            src = _host_bytes(src)
-            np.copyto(dst[:src.size], src)
-        side = self._side_stream
+        side, staging, dst = self._side_stream, self._staging[i], self.storage[slot]
         side.wait_event(self._last_read[slot])
-        with torch.cuda.stream(side):
-            self.storage[slot].copy_(self._staging[i], non_blocking=True)
-        self._staging_free[i].record(side)
-        self._filled[slot].record(side)
+        try:
+            if sum(_nbytes(p) for p in host_parts) <= self.chunk_bytes:  # small: this thread, one DMA
+                for part, src in zip(self._staging_parts[i], host_parts):
+                    src = _host_bytes(src)
+                    np.copyto(part[:src.size], src)
+                end = max(o + _nbytes(p) for o, p in zip(self.part_offsets, host_parts))
+                with torch.cuda.stream(side):
+                    dst[:end].copy_(staging[:end], non_blocking=True)
+                return
+            segments = self._segments(self._staging_parts[i], host_parts)
+            self._pool.start([pieces for _, _, pieces in segments])
+            try:
+                with torch.cuda.stream(side):
+                    for k, (lo, hi, _) in enumerate(segments):
+                        self._pool.wait(k)  # segment k is in pinned memory: its DMA may start
+                        dst[lo:hi].copy_(staging[lo:hi], non_blocking=True)
+            finally:
+                self._pool.wait_all()  # no worker writes the buffer once fill returns (or raises)
+        finally:
+            # recorded even after an error: the buffer's reuse must wait for the DMAs enqueued
+            self._staging_free[i].record(side)
+            self._filled[slot].record(side)
 
     def _fill_from_pinned(self, slot: int, host_parts: Sequence[torch.Tensor]) -> None:
         side = self._side_stream
@@ -168,6 +248,10 @@ class SlotStore:
 
 def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
+
+
+def _nbytes(src: HostBytes) -> int:
+    return src.nbytes if isinstance(src, np.ndarray) else src.numel() * src.element_size()
 
 
 def _flat_bytes(src: torch.Tensor) -> torch.Tensor:

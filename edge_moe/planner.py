@@ -16,7 +16,9 @@ Reads GGUF metadata and tensor sizes only, never the weights. Choices, each expl
   "reuse" on the routing trace (given, else uniform random routing, which is pessimistic:
   real routing is skewed) and the faster is kept; if no cache beats both, no cache.
 - prediction: decode tok/s is the simulator's cost model; prefill tok/s is a first estimate
-  (see `_prefill_tps`).
+  (see `_prefill_tps`), or streaming every expert over PCIe where that is faster.
+- prefill streaming (cuda): the workspace includes the stream ring and its fp16 dequantization
+  scratch (gpu_experts.stream_vram_bytes), which the executor allocates with or without a cache.
 
 Explicit user flags (`PlanOverrides`) always win and are recorded in the notes.
 """
@@ -106,7 +108,7 @@ class Plan:
     expert_bytes: int  # one expert as stored in the GGUF: what a CPU miss reads
     dense_bytes: int  # non-expert weights at the compute dtype
     kv_bytes: int
-    workspace_bytes: int  # one prefill chunk's logits and attention scores (upper bound)
+    workspace_bytes: int  # a prefill chunk's logits and attention scores (upper bound); cuda: + stream ring
     vram_free_bytes: int | None
     margin_bytes: int
     dram_gbps: float
@@ -211,6 +213,7 @@ def make_plan(model_path: str | Path, hw: HardwareInfo, profile: HardwareProfile
               measurements: MachineMeasurements | None = None, routing: np.ndarray | None = None,
               overrides: PlanOverrides = PlanOverrides()) -> Plan:
     """Plan a run of `model_path` on `hw` (see the module docstring). Loads no weights."""
+    from edge_moe.gpu_experts import stream_threshold, stream_vram_bytes
     o, d = overrides, profile.defaults
     m = _model_sizes(model_path)
     notes: list[str] = []
@@ -247,7 +250,8 @@ def make_plan(model_path: str | Path, hw: HardwareInfo, profile: HardwareProfile
 
     elem = 2 if device == "cuda" else 4  # the executor's dtype: fp16 on CUDA, fp32 on the CPU
     dense = m.n_params_dense * elem
-    fixed = dense + d.prefill_chunk * m.n_vocab * 4  # + logits of a chunk, fp32
+    stream_ring = stream_vram_bytes(m.slot_bytes, m.n_embd, m.n_ff)  # prefill streaming's slots + scratch
+    fixed = dense + d.prefill_chunk * m.n_vocab * 4 + (stream_ring if device == "cuda" else 0)  # + a chunk's logits
     per_ctx = m.kv_bytes_per_token + d.prefill_chunk * m.n_head * 2  # KV + a chunk's attention scores
 
     avail = None if free is None else free - margin
@@ -332,8 +336,9 @@ def make_plan(model_path: str | Path, hw: HardwareInfo, profile: HardwareProfile
     notes.append(f"prefill {prefill:.0f} tok/s: first estimate, bandwidth only (compute ignored)")
     if device == "cuda" and pcie:
         stream = d.prefill_chunk / (dense_s + m.n_layer * m.n_expert * m.expert_bytes / (pcie * 1e9))
-        notes.append(f"streaming all experts over PCIe per chunk would give ~{stream:.0f} tok/s "
-                     "(not implemented: prefill computes misses on the CPU)")
+        notes.append(f"streaming all experts over PCIe per chunk: ~{stream:.0f} tok/s (missed experts used by "
+                     f">= {stream_threshold(m.expert_bytes, m.n_embd, m.n_ff)} tokens of a chunk are streamed)")
+        prefill = max(prefill, stream)
     return Plan(model=str(model_path), device=device, threads=threads, n_ctx=int(ctx), cache=cache,
                 expert_budget_bytes=0 if cache is None else cache.n_slots * slot, slot_bytes=slot,
                 expert_bytes=m.expert_bytes, dense_bytes=dense, kv_bytes=kv, workspace_bytes=workspace,

@@ -178,6 +178,7 @@ def _report(model: Any, stats: Any, tokens: list[int], text: str, args: argparse
                     "generation_seconds": stats.generation_seconds, "generation_tps": stats.generation_tps,
                     "breakdown_seconds": model.timings.as_dict()},
         "replay": args.replay_trace,
+        "streamed_experts": model.gpu.n_streamed,  # prefill misses computed on the GPU from streamed bytes
     }
     cache = model.gpu.cache
     if cache is None:

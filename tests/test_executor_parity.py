@@ -38,7 +38,12 @@ CACHES: dict[str, GpuExpertsConfig | None] = {
     "partial-FIFO": GpuExpertsConfig(CacheConfig(2, 3, "FIFO")),
     "partial-LFU": GpuExpertsConfig(CacheConfig(2, 4, "LFU")),
     "partial-random": GpuExpertsConfig(CacheConfig(2, 2, "random", seed=3)),
+    # prefill streaming forced on (the cost rule never streams on a CPU device): misses used by
+    # >= 2 tokens of the prefill go through the stream ring, the others to the CPU
+    "stream-no-cache": GpuExpertsConfig(None, stream_min_tokens=2),
+    "stream-partial-LRU": GpuExpertsConfig(CacheConfig(2, 3, "LRU"), stream_min_tokens=2),
 }
+STREAMING = ("stream-no-cache", "stream-partial-LRU")
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 _LLAMA: dict[tuple[str, str], np.ndarray] = {}
@@ -117,6 +122,8 @@ def test_logits_match_llama_cpp(arch: str, outtype: str, cache: str, device: str
     ours, margins, model = run_edge_moe(path, tokens, CACHES[cache], device)
     tau, bound = BOUNDS[outtype]
     _compare(ours, _LLAMA[(arch, outtype)], margins, tau, bound, f"{arch} {outtype} {cache} {device}")
+    if cache in STREAMING:
+        assert model.gpu.n_streamed > 0
     if model.gpu.cache is not None:
         stats = model.gpu.cache.stats
         assert stats.lookups == len(tokens) * model.cfg.n_layer * model.cfg.n_expert_used
@@ -228,3 +235,30 @@ def test_resident_decode_graph_matches_llama_cpp(arch: str, tiny_gguf: Callable[
     tau, bound = BOUNDS[outtype]
     _compare(torch.cat(out).cpu().numpy(), _LLAMA[(arch, outtype)], margins, tau, bound,
              f"{arch} {outtype} resident decode graph")
+
+
+@pytest.mark.parametrize("hit_path", ["matvec", "dequant"])
+@pytest.mark.parametrize("cache", ["none", "partial"])
+@pytest.mark.parametrize("outtype", ["q8_0", "q4_0"])
+@pytest.mark.parametrize("arch", KERNEL_ARCHS)
+def test_triton_streaming_matches_llama_cpp(arch: str, outtype: str, cache: str, hit_path: str,
+                                            monkeypatch: pytest.MonkeyPatch,
+                                            tiny_gguf: Callable[[str, str], Path]) -> None:
+    """Prefill misses streamed through the ring slots and computed by the hit code (dequantize +
+    matmul, the path of a real prefill; or matvec pairs), with and without a cache."""
+    pytest.importorskip("triton")
+    import edge_moe.gpu_experts as ge
+
+    monkeypatch.setattr(ge, "DEQUANT_MIN_TOKENS", 10**9 if hit_path == "matvec" else 1)
+    path = tiny_gguf(arch, outtype)
+    tokens = _tokens(arch, outtype, tiny_gguf)
+    _reference(arch, outtype, path, tokens)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    config = GpuExpertsConfig(CacheConfig(2, 3, "LRU") if cache == "partial" else None, kernels="triton",
+                              stream_min_tokens=2)
+    ours, margins, model = run_edge_moe(path, tokens, config, device)
+    assert model.gpu.use_triton and model.gpu.n_streamed > 0
+    model.close()
+    tau, bound = BOUNDS[outtype]
+    _compare(ours, _LLAMA[(arch, outtype)], margins, tau, bound,
+             f"{arch} {outtype} triton-stream-{cache}-{hit_path} {device}")

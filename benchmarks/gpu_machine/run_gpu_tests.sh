@@ -18,9 +18,11 @@ ln -sfn ../converters edge_moe/converters; ln -sfn ../tui edge_moe/tui; ln -sfn 
 export PYTHONPATH=$PWD:$SITE
 python3 -c "import torch, llama_cpp; from edge_moe.ggml_lib import load_ggml; load_ggml(); print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 if [ -z "${SKIP_TESTS:-}" ]; then
-python3 -m pytest -p no:cacheprovider -q -s tests/test_gpu_executor.py tests/test_gpu_slots.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
+python3 -m pytest -p no:cacheprovider -q -s tests/test_gpu_executor.py tests/test_gpu_slots.py tests/test_gpu_experts_stream.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
 EDGE_MOE_REFERENCE=${EDGE_MOE_REFERENCE:-} python3 -m pytest -p no:cacheprovider -q -s tests/test_executor_parity.py -k "${PARITY_FILTER:-cuda}" 2>&1 | tee "$OUT/parity_cuda.log" | tail -15
 fi
+# fills from an mmapped file, end to end (staging copy + DMA): old single-thread path vs the pool
+python3 benchmarks/fill_bench.py --device cuda --threads 1 2 4 8 16 --json "$OUT/fill_bench.json" 2>&1 | tee "$OUT/fill_bench.log"
 # the CLI end to end on CUDA with a partial cache (the demo model)
 python3 -m edge_moe.cli run -n 64 --temp 0 --device cuda --gpu-budget 0.004 -t 8 2>&1 | tail -7 | tee "$OUT/cli_cuda.log"
 # zero tuning: no cache flags, the planner sizes the cache from measured figures (measured once, cached)

@@ -1,0 +1,156 @@
+"""Prefill streaming (edge_moe/gpu_experts.py): the cost rule, the config, which misses stream,
+and that streamed experts give the CPU path's numbers whatever the ring size.
+
+End-to-end parity with llama.cpp is in test_executor_parity (the "stream-*" caches and
+test_triton_streaming_matches_llama_cpp); the CUDA-only checks are marked `gpu`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edge_moe.executor import ExecutorConfig, HybridModel
+from edge_moe.expert_cache import CacheConfig
+from edge_moe.gpu_experts import GpuExpertsConfig, stream_threshold, stream_vram_bytes
+
+MIXTRAL_Q4_0 = 3 * 4096 * 14336 * 18 // 32  # bytes of one expert
+
+
+def test_threshold_from_the_cost_rule() -> None:
+    # copy 99 MB at 25 GB/s = 4.0 ms; the CPU at 1 TFLOP/s spends 0.35 ms per token on the expert
+    assert stream_threshold(MIXTRAL_Q4_0, 4096, 14336) == 12
+    # a faster link or a slower CPU streams sooner; decode (one token) never streams
+    assert stream_threshold(MIXTRAL_Q4_0, 4096, 14336, pcie_bytes_per_s=50e9) == 6
+    assert stream_threshold(MIXTRAL_Q4_0, 4096, 14336, cpu_flops=1e11) == 2
+    assert stream_threshold(1, 4096, 14336) == 2
+    assert stream_vram_bytes(100, 4, 8, n_slots=3) == 300 + 4 * 8 * 2
+
+
+def test_config_validates() -> None:
+    with pytest.raises(ValueError, match="nothing on the GPU"):
+        GpuExpertsConfig(None, stream_slots=0)
+    with pytest.raises(ValueError, match="stream_slots"):
+        GpuExpertsConfig(CacheConfig(2, 2), stream_slots=-1)
+    with pytest.raises(ValueError, match="stream_min_tokens"):
+        GpuExpertsConfig(None, stream_min_tokens=0)
+    with pytest.raises(ValueError, match="preload needs a cache"):
+        GpuExpertsConfig(None, preload="all")
+    GpuExpertsConfig(CacheConfig(2, 2), stream_slots=0)  # a cache without streaming is fine
+
+
+def _model(path: Path, config: GpuExpertsConfig | None) -> HybridModel:
+    return HybridModel(path, ExecutorConfig(device="cpu", dtype="float32", n_ctx=64, n_threads=2, cache=config))
+
+
+def test_no_config_on_cpu_streams_nothing(tiny_gguf: Callable[[str, str], Path]) -> None:
+    model = _model(tiny_gguf("mixtral", "q8_0"), None)
+    assert model.gpu.store is None and model.gpu.stream_min_tokens is None
+    ids = np.zeros((40, 2), dtype=np.int64)
+    assert not model.gpu.stream_plan(ids, np.zeros_like(ids, dtype=bool)).any()
+    model.close()
+
+
+def test_cost_rule_is_off_on_a_cpu_device(tiny_gguf: Callable[[str, str], Path]) -> None:
+    model = _model(tiny_gguf("mixtral", "q8_0"), GpuExpertsConfig(CacheConfig(2, 2)))
+    assert model.gpu.stream_min_tokens is None  # the ring exists, but the CPU computes misses
+    model.close()
+
+
+def test_stream_plan_picks_misses_used_by_enough_tokens(tiny_gguf: Callable[[str, str], Path]) -> None:
+    model = _model(tiny_gguf("mixtral", "q8_0"), GpuExpertsConfig(CacheConfig(2, 2), stream_min_tokens=3))
+    gpu = model.gpu
+    assert gpu.cache is not None and gpu._ring == [gpu.cache.n_slots, gpu.cache.n_slots + 1]  # after the cache's
+    ids = np.array([[0, 1], [0, 2], [0, 1], [3, 1], [4, 5]])  # [T, k]
+    hit = np.zeros_like(ids, dtype=bool)
+    hit[3, 1] = True  # expert 1 of token 3 is cached: 2 missed uses of expert 1 remain
+    plan = gpu.stream_plan(ids, hit)
+    assert plan.tolist() == [[True, False], [True, False], [True, False], [False, False], [False, False]]
+    assert not gpu.stream_plan(ids[:2], hit[:2]).any()  # fewer tokens than the threshold
+    model.close()
+
+
+@pytest.mark.parametrize("kernels", ["reference", "triton"])
+@pytest.mark.parametrize("ring", [1, 2, 3])
+def test_streamed_experts_equal_hits_and_the_cpu_path(ring: int, kernels: str,
+                                                      tiny_gguf: Callable[[str, str], Path]) -> None:
+    """Every expert of a layer streamed through a ring smaller than the expert count gives what
+    the same experts give as cache hits (same kernels), and the CPU path's result."""
+    if kernels == "triton":
+        pytest.importorskip("triton")
+    path = tiny_gguf("mixtral", "q4_0")
+    model = _model(path, GpuExpertsConfig(None, kernels=kernels, stream_slots=ring, stream_min_tokens=1))
+    cached = _model(path, GpuExpertsConfig(CacheConfig(2, 8), preload="all", kernels=kernels, stream_slots=0))
+    cfg, gpu = model.cfg, model.gpu
+    rng = np.random.default_rng(0)
+    n_tok = 24
+    h = torch.from_numpy(rng.standard_normal((n_tok, cfg.n_embd)).astype(np.float32))  # [T, E]
+    ids = np.stack([rng.permutation(cfg.n_expert)[:cfg.n_expert_used] for _ in range(n_tok)])  # [T, k]
+    w = rng.random(ids.shape).astype(np.float32)
+    for layer in (0, cfg.n_layer - 1):
+        slots = gpu.lookup(layer, ids)
+        streamed = gpu.stream_plan(ids, slots >= 0)
+        assert streamed.all()
+        before = gpu.n_streamed
+        y = gpu.compute(layer, h, torch.from_numpy(w), slots, ids, streamed).numpy()
+        assert gpu.n_streamed - before == len(np.unique(ids))
+        hit_slots = cached.gpu.lookup(layer, ids)
+        assert (hit_slots >= 0).all()
+        y_hit = cached.gpu.compute(layer, h, torch.from_numpy(w), hit_slots).numpy()
+        cached.gpu.after_layer(layer, ids, hit_slots)
+        np.testing.assert_allclose(y, y_hit, rtol=1e-5, atol=1e-5 * np.abs(y_hit).max())
+        ref = model.cpu.forward(model.cpu_layers[layer], h.numpy(), ids.astype(np.int32), w)
+        err = np.abs(y - ref).max() / np.abs(ref).max()
+        assert err < 3e-2, f"layer {layer}: relative error {err:.2e}"  # the CPU quantizes activations to 8 bits
+    model.close()
+    cached.close()
+
+
+def test_streaming_leaves_the_cache_alone(tiny_gguf: Callable[[str, str], Path]) -> None:
+    """Same routing, same cache traffic and contents with streaming on and off: the ring is
+    never a cache slot and a streamed expert is still a miss offered to admission."""
+    path = tiny_gguf("qwen3moe", "q8_0")
+    tokens = list(range(3, 40))
+    runs = {}
+    for name, n in (("off", None), ("on", 2)):
+        model = _model(path, GpuExpertsConfig(CacheConfig(2, 3, "LRU"), stream_min_tokens=n))
+        model.forward(tokens[:30])
+        model.forward(tokens[30:31])
+        s = model.gpu.cache.stats
+        runs[name] = (s.hits, s.misses, s.fills, model.gpu.cache.contents(), model.gpu.n_streamed)
+        model.close()
+    assert runs["on"][:4] == runs["off"][:4]
+    assert runs["off"][4] == 0 and runs["on"][4] > 0
+
+
+def test_close_stops_the_fill_threads(tiny_gguf: Callable[[str, str], Path]) -> None:
+    model = _model(tiny_gguf("mixtral", "q8_0"), GpuExpertsConfig(None, stream_min_tokens=1))
+    store = model.gpu.store
+    model.close()
+    assert model.gpu.store is None and not any(t.is_alive() for t in store._pool.threads)
+
+
+# ---- CUDA ---------------------------------------------------------------------------------
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_no_config_on_cuda_streams_prefill_misses(tiny_gguf: Callable[[str, str], Path]) -> None:
+    path = tiny_gguf("mixtral", "q8_0")
+    tokens = list(range(3, 35))
+    model = HybridModel(path, ExecutorConfig(device="cuda", dtype="float32", n_ctx=64, n_threads=2))
+    assert model.gpu.config is not None and model.gpu.config.cache is None
+    assert model.gpu.stream_min_tokens == 2  # a tiny expert: the cost rule's floor
+    ours = model.forward(tokens).cpu().numpy()
+    assert model.gpu.n_streamed > 0
+    model.close()
+    ref_model = _model(path, None)
+    ref = ref_model.forward(tokens).numpy()
+    ref_model.close()
+    assert np.abs(ours - ref).max() / ref.std() < 6e-2
