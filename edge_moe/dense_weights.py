@@ -21,6 +21,7 @@ matrices (quant_ops.SUPPORTED_TYPES) and at least one of them is a block type, e
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -125,6 +126,9 @@ def choose_dense_format(choice: str, device_type: str, gguf: GGUFFile, cfg: MoEC
         if missing:
             names = ", ".join(sorted(T(t).name for t in missing))
             raise ValueError(f"dense_format 'quantized': no GPU kernel reads {names} (of {gguf.path.name})")
+        if device_type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError("dense_format 'quantized' off CUDA runs the Triton kernels in Triton's interpreter: "
+                             "set TRITON_INTERPRET=1 before starting (slow; for tests)")
         return choice
     return "quantized" if device_type == "cuda" and blocks and not missing else "fp16"
 
