@@ -113,7 +113,7 @@ class DecodeGraphs:
             mask = self._masks[length] = m.attention_mask(self.positions, length)
         else:
             mask.copy_(m.attention_mask(self.positions, length))
-        self.x_in.copy_(m.dense.tok_embd[token:token + 1])
+        self.x_in.copy_(m.embed(token))
         if forced is not None:
             self.forced_host.copy_(torch.from_numpy(np.asarray(forced, dtype=np.int64)))
             self.forced.copy_(self.forced_host, non_blocking=True)

@@ -25,7 +25,8 @@ from edge_moe.archs import ARCH_OPS
 from edge_moe.archs.common import RopeTables, rope_tables
 from edge_moe.cpu_experts import CpuExpertConfig, CpuExpertEngine, LayerTensors, misses_only
 from edge_moe.decode_graphs import DecodeGraphs
-from edge_moe.dense_weights import DenseWeights, LayerWeights, load_dense_weights
+from edge_moe.dense_linear import embedding, linear
+from edge_moe.dense_weights import DENSE_FORMATS, DenseWeights, LayerWeights, choose_dense_format, load_dense_weights
 from edge_moe.expert_weights import ExpertWeights, WeightTensor
 from edge_moe.gguf_file import GGUFFile
 from edge_moe.gpu_experts import GpuExperts, GpuExpertsConfig
@@ -46,6 +47,10 @@ class ExecutorConfig:
     # the experts run the Triton kernels), "on", "off", or "uncaptured" (the same loop run
     # eagerly on the graphs' buffers: how tests exercise it without a GPU)
     decode_graphs: str = "auto"
+    # non-expert weights (edge_moe/dense_weights.py): "fp16" (dequantized at load to the compute
+    # dtype), "quantized" (big matrices in their GGUF block formats, Triton kernels), or "auto"
+    # (quantized on CUDA when the kernels read every type, else fp16)
+    dense_format: str = "auto"
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -58,6 +63,8 @@ class ExecutorConfig:
             raise ValueError(f"n_threads must be positive, got {self.n_threads}")
         if self.decode_graphs not in ("auto", "on", "off", "uncaptured"):
             raise ValueError(f"decode_graphs must be auto, on, off or uncaptured, got {self.decode_graphs!r}")
+        if self.dense_format not in DENSE_FORMATS:
+            raise ValueError(f"dense_format must be auto, fp16 or quantized, got {self.dense_format!r}")
 
     def torch_device(self) -> torch.device:
         if self.device == "auto":
@@ -91,7 +98,8 @@ class HybridModel:
         self.ops = ARCH_OPS[self.cfg.arch]
         self.device = self.config.torch_device()
         self.dtype = self.config.torch_dtype(self.device)
-        self.dense: DenseWeights = load_dense_weights(self.gguf, self.cfg, self.device, self.dtype)
+        fmt = choose_dense_format(self.config.dense_format, self.device.type, self.gguf, self.cfg)
+        self.dense: DenseWeights = load_dense_weights(self.gguf, self.cfg, self.device, self.dtype, fmt)
         self.kv = KVCache(self.cfg.n_layer, self.config.n_ctx, self.cfg.n_head_kv, self.cfg.head_dim,
                           self.device, self.dtype)
         cpu_cfg = CpuExpertConfig() if self.config.n_threads is None else CpuExpertConfig(n_threads=self.config.n_threads)
@@ -142,7 +150,7 @@ class HybridModel:
         positions = torch.arange(pos, pos + n, device=self.device)  # [T]
         rope = rope_tables(cfg, self.ops.rope, positions, self.dtype)
         mask = self.attention_mask(positions, pos + n)  # [group * T, S]
-        x = self.dense.tok_embd[toks]  # [T, E]
+        x = self.embed(toks)  # [T, E]
         self.gpu.begin_step()
         prof = self.profiler
         for il, lw in enumerate(self.dense.layers):
@@ -171,6 +179,10 @@ class HybridModel:
                                 mask)
         return x, ops.norm(x, lw.ffn_norm, lw.ffn_norm_b, cfg.norm_eps)
 
+    def embed(self, toks: torch.Tensor | int) -> torch.Tensor:
+        """Token embeddings: ids [T] (device) -> [T, E], or one host id -> [1, E]."""
+        return embedding(self.dense.tok_embd, toks, self.dtype)
+
     def attention_mask(self, positions: torch.Tensor, length: int) -> torch.Tensor:
         """[group * T, length] bool: query row g * T + t sees the keys at positions <= positions[t]."""
         group = self.cfg.n_head // self.cfg.n_head_kv
@@ -181,7 +193,7 @@ class HybridModel:
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Router logits [T, n_expert], weights [T, k] and ids [T, k] (int64) of layer il;
         `forced` [T, k] (device) replaces the ids, the weights then come from their probabilities."""
-        logits = F.linear(h, self.dense.layers[il].router)  # [T, n_expert]
+        logits = F.linear(h, self.dense.layers[il].router)  # [T, n_expert] (the router stays exact: fp)
         weights, ids = self.ops.route(logits, self.cfg)
         if forced is not None:
             ids = forced
@@ -192,14 +204,14 @@ class HybridModel:
     def head(self, x: torch.Tensor) -> torch.Tensor:
         """Output norm and LM head: x [T, E] -> logits [T, V] float32."""
         x = self.ops.norm(x, self.dense.output_norm, self.dense.output_norm_b, self.cfg.norm_eps)
-        return F.linear(x, self.dense.output, self.dense.output_b).float()
+        return linear(x, self.dense.output, self.dense.output_b).float()
 
     def _attention(self, il: int, lw: LayerWeights, h: torch.Tensor, rope: RopeTables, positions: torch.Tensor,
                    mask: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
         n, d, kv = h.shape[0], cfg.head_dim, cfg.n_head_kv
         group = cfg.n_head // kv  # query head h reads KV head h // group (llama.cpp's broadcast)
-        qkv = F.linear(h, lw.wqkv, lw.bqkv)  # [T, (H + 2 KV) * D]
+        qkv = linear(h, lw.wqkv, lw.bqkv)  # [T, (H + 2 KV) * D]
         q, k, v = qkv.split([cfg.n_head * d, kv * d, kv * d], dim=-1)
         q, k = self.ops.prepare_qk(q.view(n, cfg.n_head, d), k.view(n, kv, d), lw, cfg, rope)  # [T, H|KV, D]
         keys, values = self.kv.store(il, positions, k, v.view(n, kv, d), mask.shape[1])  # [S, KV, D]
@@ -210,7 +222,7 @@ class HybridModel:
         out = F.scaled_dot_product_attention(qg, keys.transpose(0, 1)[None], values.transpose(0, 1)[None],
                                              attn_mask=mask[None, None])  # [1, KV, group * T, D]
         out = out.view(kv, group, n, d).permute(2, 0, 1, 3).reshape(n, cfg.n_head * d)  # [T, H * D]
-        return F.linear(out, lw.wo, lw.bo)  # [T, E]
+        return linear(out, lw.wo, lw.bo)  # [T, E]
 
     def _moe(self, il: int, lw: LayerWeights, h: torch.Tensor, forced: np.ndarray | None) -> torch.Tensor:
         tm, prof = self.timings, self.profiler
@@ -265,7 +277,7 @@ class HybridModel:
 
     @staticmethod
     def shared_expert(lw: LayerWeights, h: torch.Tensor) -> torch.Tensor:
-        out = F.linear(F.silu(F.linear(h, lw.shexp_gate)) * F.linear(h, lw.shexp_up), lw.shexp_down)
+        out = linear(F.silu(linear(h, lw.shexp_gate)) * linear(h, lw.shexp_up), lw.shexp_down)  # [T, E]
         if lw.shexp_gate_inp is not None:
             out = out * torch.sigmoid(h @ lw.shexp_gate_inp)[:, None]
         return out

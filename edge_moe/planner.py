@@ -5,6 +5,9 @@ Reads GGUF metadata and tensor sizes only, never the weights. Choices, each expl
 
 - device: cuda when there is a GPU and the non-expert ("dense") weights, the KV cache and a
   prefill chunk's workspace fit in free VRAM minus the profile's margin; else cpu.
+- dense weights on CUDA: in the format the executor's dense_format "auto" picks there (their
+  GGUF blocks where the kernels read them, `dense_weights.dense_device_bytes`), so the expert
+  slots get what quantized dense weights save.
 - total VRAM budget (`--vram-budget`, optional): the same arithmetic within
   min(free - margin, budget - CUDA_CONTEXT_BYTES), so dense + KV + workspace + slots + the
   CUDA context stay within the budget (what "the same VRAM budget as llama.cpp" means).
@@ -106,7 +109,7 @@ class Plan:
     expert_budget_bytes: int  # VRAM the slots use (n_slots x slot_bytes); 0 without cache
     slot_bytes: int  # one cached expert (its GGUF bytes, parts aligned)
     expert_bytes: int  # one expert as stored in the GGUF: what a CPU miss reads
-    dense_bytes: int  # non-expert weights at the compute dtype
+    dense_bytes: int  # non-expert weights on `device` in `dense_format` (fp16 or GGUF blocks; fp32 on the CPU)
     kv_bytes: int
     workspace_bytes: int  # a prefill chunk's logits and attention scores (upper bound); cuda: + stream ring
     vram_free_bytes: int | None
@@ -122,6 +125,7 @@ class Plan:
     no_cache_decode_tps: float
     notes: list[str] = field(default_factory=list)
     vram_budget_bytes: int | None = None  # --vram-budget: the total the plan keeps within
+    dense_format: str = "fp16"  # how the executor's dense_format "auto" keeps them on `device` (dense_weights.py)
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda"):
@@ -162,6 +166,8 @@ class Plan:
 @dataclass(frozen=True)
 class _ModelSizes:
     n_params_dense: int
+    dense_cuda_bytes: int  # the dense weights on CUDA at fp16, in the format "auto" picks there
+    dense_cuda_format: str
     expert_bytes: int
     n_layer: int
     n_expert: int
@@ -177,6 +183,7 @@ class _ModelSizes:
 
 def _model_sizes(model_path: str | Path) -> _ModelSizes:
     """Sizes from the GGUF header (the mmap is opened, no tensor byte is read)."""
+    from edge_moe.dense_weights import choose_dense_format, dense_device_bytes
     from edge_moe.gguf_file import GGUFFile
     from edge_moe.gpu_experts import quantized_expert_bytes, slot_nbytes
     from edge_moe.model_config import read_config
@@ -184,9 +191,11 @@ def _model_sizes(model_path: str | Path) -> _ModelSizes:
     with GGUFFile(model_path) as gguf:
         cfg = read_config(gguf)
         dense = sum(t.n_elements for name, t in gguf.tensors.items() if "_exps." not in name)
+        cuda_format = choose_dense_format("auto", "cuda", gguf, cfg)
+        cuda_bytes = dense_device_bytes(gguf, cfg, cuda_format, 2)
         q_bytes = quantized_expert_bytes(gguf, cfg)
         slot = slot_nbytes(gguf, cfg)
-    return _ModelSizes(dense, q_bytes, cfg.n_layer, cfg.n_expert, cfg.n_expert_used, cfg.n_embd,
+    return _ModelSizes(dense, cuda_bytes, cuda_format, q_bytes, cfg.n_layer, cfg.n_expert, cfg.n_expert_used, cfg.n_embd,
                        cfg.n_ff_expert, cfg.n_head, cfg.n_vocab, cfg.n_ctx_train,
                        2 * cfg.n_layer * cfg.n_head_kv * cfg.head_dim * 2, slot)
 
@@ -249,9 +258,11 @@ def make_plan(model_path: str | Path, hw: HardwareInfo, profile: HardwareProfile
         notes.append("device cpu: no GPU with known VRAM" if gpu is not None else "device cpu: no NVIDIA GPU")
 
     elem = 2 if device == "cuda" else 4  # the executor's dtype: fp16 on CUDA, fp32 on the CPU
-    dense = m.n_params_dense * elem
+    # what the executor's dense_format "auto" allocates: GGUF blocks on CUDA where kernels read them
+    dense = m.dense_cuda_bytes if device == "cuda" else m.n_params_dense * elem
     stream_ring = stream_vram_bytes(m.slot_bytes, m.n_embd, m.n_ff)  # prefill streaming's slots + scratch
-    fixed = dense + d.prefill_chunk * m.n_vocab * 4 + (stream_ring if device == "cuda" else 0)  # + a chunk's logits
+    # + logits of a chunk (fp32) + the stream ring on CUDA
+    fixed = dense + d.prefill_chunk * m.n_vocab * 4 + (stream_ring if device == "cuda" else 0)
     per_ctx = m.kv_bytes_per_token + d.prefill_chunk * m.n_head * 2  # KV + a chunk's attention scores
 
     avail = None if free is None else free - margin
@@ -270,7 +281,7 @@ def make_plan(model_path: str | Path, hw: HardwareInfo, profile: HardwareProfile
             device, elem = "cpu", 4
             dense = m.n_params_dense * elem
             fixed = dense + d.prefill_chunk * m.n_vocab * 4
-            notes.append(f"device cpu: dense weights ({m.n_params_dense * 2 / GIB:.2f} GiB fp16) and a "
+            notes.append(f"device cpu: dense weights ({m.dense_cuda_bytes / GIB:.2f} GiB {m.dense_cuda_format}) and a "
                          f"{min(MIN_CTX, ctx)}-token KV cache do not fit in {avail / GIB:.2f} GiB of VRAM")
     kv = m.kv_bytes_per_token * ctx * elem // 2
     workspace = fixed - dense + d.prefill_chunk * m.n_head * 2 * ctx
@@ -346,7 +357,8 @@ def make_plan(model_path: str | Path, hw: HardwareInfo, profile: HardwareProfile
                 figures_source=src, hit_rate=hit_rate, routing_source=routing_source,
                 predicted_decode_tps=decode_tps, predicted_prefill_tps=prefill,
                 no_cache_decode_tps=no_cache_tps, notes=notes,
-                vram_budget_bytes=None if o.vram_budget_gib is None else int(o.vram_budget_gib * GIB))
+                vram_budget_bytes=None if o.vram_budget_gib is None else int(o.vram_budget_gib * GIB),
+                dense_format=m.dense_cuda_format if device == "cuda" else "fp16")
 
 
 def _geometry(o: PlanOverrides, budget: int, slot: int, m: _ModelSizes, notes: list[str]) -> tuple[int, int] | None:
@@ -412,7 +424,7 @@ def format_plan(plan: Plan) -> str:
         ("device", f"{p.device}; dense weights on {'GPU' if p.device == 'cuda' else 'CPU'}, threads {p.threads}"),
         ("context", str(p.n_ctx)),
         ("VRAM", vram),
-        ("memory", f"dense {p.dense_bytes / gib:.2f} GiB, KV {p.kv_bytes / gib:.2f} GiB, "
+        ("memory", f"dense {p.dense_bytes / gib:.2f} GiB ({p.dense_format}), KV {p.kv_bytes / gib:.2f} GiB, "
                    f"workspace {p.workspace_bytes / gib:.2f} GiB"
                    + ("" if p.vram_budget_bytes is None else
                       f"; {p.planned_vram_bytes / gib:.2f} of the {p.vram_budget_bytes / gib:g} GiB VRAM budget")),

@@ -10,7 +10,8 @@ Kernels (one launch each, over every (token, expert) pair of a layer):
     _matvec_kernel, MODE_GLU:     act[p] = silu(A_p @ x[tok_p]) * (B_p @ x[tok_p])   gate+up   [P, N]
     _matvec_kernel, MODE_SCATTER: y[out_p] += scale_p * (A_p @ x[p])                  down      [T, N] fp32
     _matvec_kernel, MODE_STORE:   out[p] = A_p @ x[tok_p]                             plain     [P, N]
-    _dequant_kernel:              W fp16 [N, K] from its blocks (prefill: then torch matmul)
+    _dequant_kernel:              W fp16 [N, K] from its blocks (prefill: then torch matmul), or
+                                  chosen rows of it (GATHER: a quantized token embedding)
 
 Each program takes ROWS rows of one pair and walks K in chunks (NBLK blocks of 32 for
 Q4_0/Q8_0, 256 weights otherwise), accumulating weight * x elementwise in fp32 and reducing
@@ -264,12 +265,16 @@ def _matvec_kernel(wb, ww, a_off, b_off, x_ptr, x_row, scale_ptr, scale_idx, out
 
 
 @triton.jit
-def _dequant_kernel(wb, ww, w_off, out_ptr, N, K: tl.constexpr, row_bytes,
-                    QTYPE: tl.constexpr, ROWS: tl.constexpr):
+def _dequant_kernel(wb, ww, w_off, row_idx, out_ptr, N, K: tl.constexpr, row_bytes,
+                    QTYPE: tl.constexpr, ROWS: tl.constexpr, GATHER: tl.constexpr):
+    """out[r] = row r of the matrix at w_off, or with GATHER row row_idx[r] (embedding lookups)."""
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     c = tl.program_id(1)
     rmask = rows < N
-    row = w_off + tl.minimum(rows, N - 1).to(tl.int64) * row_bytes
+    src = tl.minimum(rows, N - 1)
+    if GATHER:
+        src = tl.load(row_idx + src)
+    row = w_off + src.to(tl.int64) * row_bytes
     v, col = _chunk_vals(wb, ww, row, c, K, QTYPE)
     ptr = out_ptr + rows.to(tl.int64)[:, None, None] * K + col[None]
     tl.store(ptr, v.to(out_ptr.dtype.element_ty), mask=rmask[:, None, None] & (col < K)[None])

@@ -146,6 +146,20 @@ def dequantize(buf: QuantBuffer, m: QuantMatrix, byte_offset: int, out: torch.Te
     if out.shape != (m.n_rows, m.n_cols) or not out.is_contiguous():
         raise ValueError(f"dequantize needs a contiguous [{m.n_rows}, {m.n_cols}] output")
     grid = (triton_cdiv(m.n_rows, DEQUANT_ROWS), triton_cdiv(m.n_cols, 256))
-    _dequant_kernel[grid](buf.bytes, buf.words, byte_offset, out, m.n_rows, m.n_cols, m.row_bytes,
-                          QTYPE=m.ggml_type, ROWS=DEQUANT_ROWS, num_warps=4)
+    _dequant_kernel[grid](buf.bytes, buf.words, byte_offset, buf.bytes, out, m.n_rows, m.n_cols, m.row_bytes,
+                          QTYPE=m.ggml_type, ROWS=DEQUANT_ROWS, GATHER=False, num_warps=4)
+    return out
+
+
+def dequantize_rows(buf: QuantBuffer, m: QuantMatrix, byte_offset: int, rows: torch.Tensor,
+                    out: torch.Tensor) -> torch.Tensor:
+    """out[t] = row rows[t] of the matrix at `byte_offset` (an embedding lookup): rows [T]
+    integer device tensor (not checked against n_rows: no host sync), out [T, n_cols]."""
+    if rows.dim() != 1 or out.shape != (rows.shape[0], m.n_cols) or not out.is_contiguous():
+        raise ValueError(f"dequantize_rows needs rows [T] and a contiguous [T, {m.n_cols}] output")
+    if rows.shape[0] == 0:
+        return out
+    grid = (triton_cdiv(rows.shape[0], DEQUANT_ROWS), triton_cdiv(m.n_cols, 256))
+    _dequant_kernel[grid](buf.bytes, buf.words, byte_offset, rows, out, rows.shape[0], m.n_cols, m.row_bytes,
+                          QTYPE=m.ggml_type, ROWS=DEQUANT_ROWS, GATHER=True, num_warps=4)
     return out

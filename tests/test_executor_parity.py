@@ -69,10 +69,11 @@ def _tokens(arch: str, outtype: str, tiny_gguf: Callable[[str, str], Path]) -> l
 
 
 def run_edge_moe(path: Path, tokens: list[int], cache: GpuExpertsConfig | None, device: str = "cpu",
-                 decode_graphs: str = "auto") -> tuple[np.ndarray, np.ndarray, HybridModel]:
+                 decode_graphs: str = "auto", dense_format: str = "auto",
+                 ) -> tuple[np.ndarray, np.ndarray, HybridModel]:
     """Logits [T, V] (prefill of T_PREFILL, then one token at a time) and our router margins [T]."""
     model = HybridModel(path, ExecutorConfig(device=device, dtype="float32", n_ctx=64, n_threads=2, cache=cache,
-                                             decode_graphs=decode_graphs))
+                                             decode_graphs=decode_graphs, dense_format=dense_format))
     margins: dict[tuple[int, int], float] = {}
 
     def record(layer: int, logits: np.ndarray, ids: np.ndarray, hit: np.ndarray) -> None:
@@ -262,3 +263,33 @@ def test_triton_streaming_matches_llama_cpp(arch: str, outtype: str, cache: str,
     tau, bound = BOUNDS[outtype]
     _compare(ours, _LLAMA[(arch, outtype)], margins, tau, bound,
              f"{arch} {outtype} triton-stream-{cache}-{hit_path} {device}")
+
+
+@pytest.mark.parametrize("outtype", ["q8_0", "q4_0"])
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_quantized_dense_weights_match_llama_cpp(arch: str, outtype: str, tiny_gguf: Callable[[str, str], Path]) -> None:
+    """Dense weights kept in their GGUF block formats (dense_format "quantized"): the prefill
+    dequantizes them in row chunks for torch matmuls, each decode token reads them with the
+    matvec kernel inside the decode-graph loop (captured on CUDA); the embedding is gathered
+    from its blocks; experts through a partial cache (hits on the Triton kernels, misses on the CPU)."""
+    pytest.importorskip("triton")
+    from edge_moe.dense_linear import QuantWeight
+
+    path = tiny_gguf(arch, outtype)
+    tokens = _tokens(arch, outtype, tiny_gguf)
+    _reference(arch, outtype, path, tokens)
+    cuda = torch.cuda.is_available()
+    cache = GpuExpertsConfig(CacheConfig(2, 3, "LRU"), kernels="triton")
+    ours, margins, model = run_edge_moe(path, tokens, cache, "cuda" if cuda else "cpu",
+                                        decode_graphs="on" if cuda else "uncaptured", dense_format="quantized")
+    dense = model.dense
+    assert dense.format == "quantized" and dense.quant is not None
+    assert isinstance(dense.tok_embd, QuantWeight) and isinstance(dense.output, QuantWeight)
+    assert isinstance(dense.layers[0].wqkv, QuantWeight) and isinstance(dense.layers[0].wo, QuantWeight)
+    stats = model.gpu.cache.stats
+    assert stats.hits > 0 and stats.misses > 0 and stats.fills > 0
+    if cuda:
+        assert model.decode_graphs.n_graphs == 2 * model.cfg.n_layer + 1
+    model.close()
+    tau, bound = BOUNDS[outtype]
+    _compare(ours, _LLAMA[(arch, outtype)], margins, tau, bound, f"{arch} {outtype} quantized dense")
