@@ -43,8 +43,8 @@ def test_config_validates() -> None:
     GpuExpertsConfig(CacheConfig(2, 2), stream_slots=0)  # a cache without streaming is fine
 
 
-def _model(path: Path, config: GpuExpertsConfig | None) -> HybridModel:
-    return HybridModel(path, ExecutorConfig(device="cpu", dtype="float32", n_ctx=64, n_threads=2, cache=config))
+def _model(path: Path, config: GpuExpertsConfig | None, device: str = "cpu") -> HybridModel:
+    return HybridModel(path, ExecutorConfig(device=device, dtype="float32", n_ctx=64, n_threads=2, cache=config))
 
 
 def test_no_config_on_cpu_streams_nothing(tiny_gguf: Callable[[str, str], Path]) -> None:
@@ -83,8 +83,10 @@ def test_streamed_experts_equal_hits_and_the_cpu_path(ring: int, kernels: str,
     if kernels == "triton":
         pytest.importorskip("triton")
     path = tiny_gguf("mixtral", "q4_0")
-    model = _model(path, GpuExpertsConfig(None, kernels=kernels, stream_slots=ring, stream_min_tokens=1))
-    cached = _model(path, GpuExpertsConfig(CacheConfig(2, 8), preload="all", kernels=kernels, stream_slots=0))
+    # Triton reads CUDA tensors, or CPU ones under its interpreter (conftest sets it without a GPU)
+    device = "cuda" if kernels == "triton" and torch.cuda.is_available() else "cpu"
+    model = _model(path, GpuExpertsConfig(None, kernels=kernels, stream_slots=ring, stream_min_tokens=1), device)
+    cached = _model(path, GpuExpertsConfig(CacheConfig(2, 8), preload="all", kernels=kernels, stream_slots=0), device)
     cfg, gpu = model.cfg, model.gpu
     rng = np.random.default_rng(0)
     n_tok = 24
@@ -96,11 +98,11 @@ def test_streamed_experts_equal_hits_and_the_cpu_path(ring: int, kernels: str,
         streamed = gpu.stream_plan(ids, slots >= 0)
         assert streamed.all()
         before = gpu.n_streamed
-        y = gpu.compute(layer, h, torch.from_numpy(w), slots, ids, streamed).numpy()
+        y = gpu.compute(layer, h.to(device), torch.from_numpy(w).to(device), slots, ids, streamed).cpu().numpy()
         assert gpu.n_streamed - before == len(np.unique(ids))
         hit_slots = cached.gpu.lookup(layer, ids)
         assert (hit_slots >= 0).all()
-        y_hit = cached.gpu.compute(layer, h, torch.from_numpy(w), hit_slots).numpy()
+        y_hit = cached.gpu.compute(layer, h.to(device), torch.from_numpy(w).to(device), hit_slots).cpu().numpy()
         cached.gpu.after_layer(layer, ids, hit_slots)
         np.testing.assert_allclose(y, y_hit, rtol=1e-5, atol=1e-5 * np.abs(y_hit).max())
         ref = model.cpu.forward(model.cpu_layers[layer], h.numpy(), ids.astype(np.int32), w)
@@ -146,7 +148,9 @@ def test_no_config_on_cuda_streams_prefill_misses(tiny_gguf: Callable[[str, str]
     tokens = list(range(3, 35))
     model = HybridModel(path, ExecutorConfig(device="cuda", dtype="float32", n_ctx=64, n_threads=2))
     assert model.gpu.config is not None and model.gpu.config.cache is None
-    assert model.gpu.stream_min_tokens == 2  # a tiny expert: the cost rule's floor
+    cfg = model.cfg
+    assert model.gpu.stream_min_tokens == stream_threshold(model.gpu.expert_bytes, cfg.n_embd, cfg.n_ff_expert)
+    model.gpu.stream_min_tokens = 2  # the tiny experts' tokens per call are below the rule's threshold
     ours = model.forward(tokens).cpu().numpy()
     assert model.gpu.n_streamed > 0
     model.close()
