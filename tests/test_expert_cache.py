@@ -587,6 +587,20 @@ CHEAP_FILLS = CostModel(expert_bytes=2_650_000, dram_bandwidth=12e9, pcie_bandwi
                         gpu_seconds_per_expert=20e-6)
 
 
+def _route_as_the_executor(cache: ExpertCache, experts: np.ndarray) -> None:
+    """Tokens [T, layers, k] through the cache as the executor does: a layer's lookups (hits
+    pinned), then its misses offered to admission, then the hits unpinned."""
+    for token in experts.tolist():
+        cache.begin_token()
+        for layer, chosen in enumerate(token):
+            slots = cache.lookup_and_pin(layer, chosen)
+            for expert, slot in zip(chosen, slots):
+                if slot < 0:
+                    cache.admit(layer, expert)
+            cache.unpin_many(s for s in slots if s >= 0)
+        cache.end_token()
+
+
 def test_validation_stops_fills_that_bring_nothing() -> None:
     """Uniform routing (no temporal locality, as random weights route): unchecked, the count
     rule fills on many misses; validated, it sees the fills' net hits are ~0 and nearly stops,
@@ -599,15 +613,7 @@ def test_validation_stops_fills_that_bring_nothing() -> None:
         cache = ExpertCache(config, 4, 128, EXPERT_BYTES)
         assert isinstance(cache.admission, ReuseAdmission)
         cache.admission.validate = validate
-        for token in experts.tolist():
-            cache.begin_token()
-            for layer, chosen in enumerate(token):
-                slots = cache.lookup_and_pin(layer, chosen)
-                for expert, slot in zip(chosen, slots):
-                    if slot < 0:
-                        cache.admit(layer, expert)
-                cache.unpin_many(s for s in slots if s >= 0)
-            cache.end_token()
+        _route_as_the_executor(cache, experts)
         runs[validate] = cache
     loose, checked = runs[False].stats, runs[True].stats
     print(f"evicting fills/token {loose.evictions / 300:.2f} -> {checked.evictions / 300:.2f}, "
@@ -627,15 +633,7 @@ def test_validation_keeps_fills_that_pay(trace: dict[str, np.ndarray]) -> None:
             admission = AdmissionConfig(rule=AdmissionRule.REUSE, cost=CHEAP_FILLS)
             cache = ExpertCache(CacheConfig(32, 4, admission=admission), 32, 8, EXPERT_BYTES)
             cache.admission.validate = validate  # type: ignore[attr-defined]
-            for token in trace[problem].tolist():
-                cache.begin_token()
-                for layer, chosen in enumerate(token):
-                    slots = cache.lookup_and_pin(layer, chosen)
-                    for expert, slot in zip(chosen, slots):
-                        if slot < 0:
-                            cache.admit(layer, expert)
-                    cache.unpin_many(s for s in slots if s >= 0)
-                cache.end_token()
+            _route_as_the_executor(cache, trace[problem])
             rates[validate] = (cache.stats.hit_rate, cache.stats.fills)
         print(problem, rates)
         assert rates[True][0] > 0.95 * rates[False][0]

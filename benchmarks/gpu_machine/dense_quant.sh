@@ -5,17 +5,7 @@
 # quantized dense weights on a Qwen3-shaped file of LAYERS (4) layers: VRAM, prefill and decode tok/s.
 # Carry [".gpu", ".carry/vocab"] (copies of /work/main's). SKIP_TESTS=1 skips the tests.
 set -uo pipefail
-export PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-SITE=/tmp/site
-if [ ! -e $SITE/llama_cpp ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target $SITE .gpu/whl/*.whl || exit 1
-  (cd .gpu/lcp && CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=ON" CMAKE_BUILD_PARALLEL_LEVEL=16 \
-    python3 -m pip install -q --no-build-isolation --no-deps --no-index --target $SITE . ) > "$OUT/build.log" 2>&1 \
-    || { tail -30 "$OUT/build.log"; exit 1; }
-fi
-ln -sfn ../converters edge_moe/converters; ln -sfn ../tui edge_moe/tui; ln -sfn ../profiles edge_moe/profiles_data
-export PYTHONPATH=$PWD:$SITE
+source "$(dirname "$0")/lcp_setup.sh"
 if [ -z "${SKIP_TESTS:-}" ]; then
   python3 -m pytest -p no:cacheprovider -q tests/test_quant_kernels.py tests/test_dense_weights.py tests/test_planner.py \
     2>&1 | tee "$OUT/dense_unit.log" | tail -3

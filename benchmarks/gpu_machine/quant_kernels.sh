@@ -3,17 +3,7 @@
 # on CUDA, then the kernels' bandwidth benchmark (a rows/blocks sweep for Q4_0 and Q8_0, then every
 # type at the defaults). Carry [".gpu"]. SKIP_TESTS=1 skips the tests.
 set -uo pipefail
-export PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-SITE=/tmp/site
-if [ ! -e $SITE/llama_cpp ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target $SITE .gpu/whl/*.whl || exit 1
-  (cd .gpu/lcp && CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=ON" CMAKE_BUILD_PARALLEL_LEVEL=16 \
-    python3 -m pip install -q --no-build-isolation --no-deps --no-index --target $SITE . ) > "$OUT/build.log" 2>&1 \
-    || { tail -30 "$OUT/build.log"; exit 1; }
-fi
-ln -sfn ../converters edge_moe/converters; ln -sfn ../tui edge_moe/tui; ln -sfn ../profiles edge_moe/profiles_data
-export PYTHONPATH=$PWD:$SITE
+source "$(dirname "$0")/lcp_setup.sh"
 if [ -z "${SKIP_TESTS:-}" ]; then
   python3 -m pytest -p no:cacheprovider -q tests/test_quant_kernels.py 2>&1 | tee "$OUT/quant_tests.log" | tail -3
   EDGE_MOE_REFERENCE=cpu python3 -m pytest -p no:cacheprovider -q -s tests/test_executor_parity.py \
