@@ -57,7 +57,7 @@ def main() -> None:
     n = args.tokens
     total = sum(sum(v) for v in kernels.values()) / n / 1e3
     count = sum(len(v) for v in kernels.values()) / n
-    resident = model.decode_graphs is not None and model.decode_graphs._slot_table is not None
+    resident = model.decode_graphs is not None and model.decode_graphs.resident
     print(f"plan: {plan.cache.n_sets if plan.cache else 0} sets x {plan.cache.n_ways if plan.cache else 0} ways; "
           f"resident one-graph tokens: {resident}; graphs: {model.decode_graphs.n_graphs if model.decode_graphs else 0}")
     print(f"per token: wall {wall * 1e3:.2f} ms (profiled), {count:.0f} GPU kernels/copies, "

@@ -382,12 +382,13 @@ def validate_routing(x: np.ndarray, expert_ids: np.ndarray, expert_weights: np.n
     return x, ids, w
 
 
-def misses_only(ids: np.ndarray, weights: np.ndarray, hit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Drop the hit slots from the CPU's work where every token has the same number of misses
-    (always at T = 1); otherwise keep all k slots with zero weights on the hits."""
-    n_miss = (~hit).sum(axis=1)
+def misses_only(ids: np.ndarray, weights: np.ndarray, on_gpu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The CPU's share of routed (ids, weights) [T, k]: the slots the GPU computes (`on_gpu`)
+    dropped where every token has the same number left (always at T = 1); otherwise all k
+    slots kept with zero weights on the GPU's (a zero weight drops them from the CPU sum)."""
+    n_miss = (~on_gpu).sum(axis=1)
     if n_miss.min() != n_miss.max():
-        return ids, weights
-    keep = ~hit
+        return ids, np.where(on_gpu, 0.0, weights).astype(np.float32)
+    keep = ~on_gpu
     return (np.ascontiguousarray(ids[keep].reshape(ids.shape[0], -1)),
-            np.ascontiguousarray(weights[keep].reshape(ids.shape[0], -1)))
+            np.ascontiguousarray(weights[keep].reshape(ids.shape[0], -1), dtype=np.float32))

@@ -77,9 +77,7 @@ class DecodeGraphs:
         self.weights = torch.zeros((1, k), dtype=torch.float32, device=dev)  # [1, k]
         self.pairs = torch.full((5, n_pairs), -1, dtype=torch.int64, device=dev)  # gpu_experts.pair_table
         self.ids = torch.zeros((1, k), dtype=torch.int64, device=dev)  # routed ids, resident mode
-        self._slot_table: torch.Tensor | None = None  # resident mode: [n_layer, n_expert] slot byte offsets
-        self._part_offsets = (torch.tensor(gpu.store.part_offsets, dtype=torch.int64, device=dev)[:, None]
-                              if gpu.store is not None else None)  # [3, 1]
+        self.resident = False  # every expert cached: a token is one graph (set on first use)
         self.forced = torch.zeros((cfg.n_layer, 1, k), dtype=torch.int64, device=dev)
         self.logits = torch.zeros((1, cfg.n_vocab), dtype=torch.float32, device=dev)
         # host side (pinned on CUDA), written by copies the graphs make or read; the front's
@@ -172,8 +170,7 @@ class DecodeGraphs:
             if hit.all():
                 self.y_cpu.zero_()
             else:
-                w_cpu = np.where(hit, 0.0, w).astype(np.float32)  # hits are the GPU's
-                miss_ids, miss_w = misses_only(ids, w_cpu, hit)
+                miss_ids, miss_w = misses_only(ids, w, hit)
                 m.cpu.forward(m.cpu_layers[il], np.ascontiguousarray(h_np), miss_ids, miss_w,
                               out=self.y_cpu_host.numpy())
                 self.y_cpu.copy_(self.y_cpu_host, non_blocking=True)
@@ -193,8 +190,8 @@ class DecodeGraphs:
         m = self.m
         if m.on_route or not m.gpu.all_resident():
             return False
-        if self._slot_table is None:
-            self._slot_table = m.gpu.resident_pair_bases()  # [n_layer, n_expert] byte offsets
+        if not self.resident:
+            self.resident = True
             self.y_cpu.zero_()  # no CPU work from now on
         return True
 
@@ -210,15 +207,9 @@ class DecodeGraphs:
             m.profiler.seconds[0, m.profiler.phase_index("wait_gpu")] += seconds
 
     def _all_layers(self, length: int, forced: bool) -> None:
-        assert self._slot_table is not None
-        k = self.m.cfg.n_expert_used
-        cols = torch.arange(k, device=self.m.device)
         for il in range(self.m.cfg.n_layer):
             self._front(il, length, forced, to_host=False)
-            # the pair table on the device: every routed expert is resident
-            base = self._slot_table[il].index_select(0, self.ids.view(-1))  # [k]
-            offsets = base[None, :] + self._part_offsets  # [3, k]
-            self.pairs.copy_(torch.cat([offsets, torch.zeros_like(cols)[None], cols[None]]))
+            self.pairs.copy_(self.m.gpu.resident_pair_table(il, self.ids))  # [5, k]
             self._experts(il)
 
     # ---- segments (captured) -------------------------------------------------------------

@@ -256,7 +256,6 @@ class HybridModel:
         if prof is not None:
             prof.lap(il, "gpu_enqueue", sync=False)
         if h_host is not None:
-            w_host[on_gpu] = 0.0  # the GPU's; a zero weight drops them from the CPU sum
             miss_ids, miss_w = misses_only(ids_host, w_host, on_gpu)
             y_cpu = torch.from_numpy(self.cpu.forward(self.cpu_layers[il], h_host, miss_ids, miss_w))
             y_cpu = y_cpu.to(device=h.device, dtype=h.dtype, non_blocking=True)

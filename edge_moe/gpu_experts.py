@@ -166,6 +166,8 @@ class GpuExperts:
         self.cache: "ExpertCache | None" = None
         self.store: "SlotStore | None" = None
         self._unwaited: set[int] = set()  # slots filled since the compute stream last waited for them
+        self._resident_bases: torch.Tensor | None = None  # resident_pair_table's slot offsets
+        self._part_offsets_dev: torch.Tensor | None = None
         self.stream_min_tokens: int | None = None  # None: streaming off
         self.n_streamed = 0  # experts streamed so far (each one copy of expert_bytes over PCIe)
         if config is not None:
@@ -325,17 +327,26 @@ class GpuExperts:
         return (self.cache is not None and self.use_triton
                 and self.cache.n_cached == self.cfg.n_layer * self.cfg.n_expert)
 
-    def resident_pair_bases(self) -> torch.Tensor:
-        """[n_layer, n_expert] int64 device tensor: each expert's slot byte offset, for building
-        pair tables on the device; the compute stream first waits for the fills in flight."""
-        assert self.cache is not None and self.store is not None and self.all_resident()
-        table = np.full((self.cfg.n_layer, self.cfg.n_expert), -1, dtype=np.int64)
-        for slot, (layer, expert) in self.cache.contents().items():
-            table[layer, expert] = slot * self._stride
-        for slot in sorted(self._unwaited):
-            self.store.wait_filled(slot)
-        self._unwaited.clear()
-        return torch.from_numpy(table).to(self.device)
+    def resident_pair_table(self, layer: int, ids: torch.Tensor) -> torch.Tensor:
+        """`pair_table` built on the device from routed ids [T, k] (device int64) when every
+        expert is cached (`all_resident`): no host round trip, so a CUDA graph can hold it.
+        The first call builds the [n_layer, n_expert] slot offset table, and the compute stream
+        waits for the fills still in flight (none can come later: nothing is ever evicted)."""
+        assert self.cache is not None and self.store is not None
+        if self._resident_bases is None:
+            assert self.all_resident()
+            table = np.full((self.cfg.n_layer, self.cfg.n_expert), -1, dtype=np.int64)
+            for slot, (lay, expert) in self.cache.contents().items():
+                table[lay, expert] = slot * self._stride
+            for slot in sorted(self._unwaited):
+                self.store.wait_filled(slot)
+            self._unwaited.clear()
+            self._resident_bases = torch.from_numpy(table).to(self.device)  # [n_layer, n_expert]
+            self._part_offsets_dev = torch.from_numpy(self._part_offsets).to(self.device)  # [3, 1]
+        flat = ids.reshape(-1)  # [P]
+        pair = torch.arange(flat.shape[0], device=flat.device)
+        offsets = self._resident_bases[layer].index_select(0, flat)[None, :] + self._part_offsets_dev  # [3, P]
+        return torch.cat([offsets, (pair // ids.shape[1])[None], pair[None]])  # [5, P]
 
     def count_resident_hits(self) -> None:
         """Statistics of a token run without lookups (every routed expert hit)."""

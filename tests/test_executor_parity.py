@@ -102,6 +102,14 @@ def _reference(arch: str, outtype: str, path: Path, tokens: list[int]) -> None:
             _LLAMA[(arch, outtype)] = llama_cpp_logits(path, tokens)
 
 
+def _case(arch: str, outtype: str, tiny_gguf: Callable[[str, str], Path]) -> tuple[Path, list[int]]:
+    """The tiny GGUF of (arch, outtype), its input tokens, and llama.cpp's logits for them cached."""
+    path = tiny_gguf(arch, outtype)
+    tokens = _tokens(arch, outtype, tiny_gguf)
+    _reference(arch, outtype, path, tokens)
+    return path, tokens
+
+
 def _compare(ours: np.ndarray, ref: np.ndarray, margins: np.ndarray, tau: float, bound: float, label: str) -> None:
     ties = np.nonzero(margins < tau)[0]
     n = int(ties[0]) if len(ties) else len(margins)
@@ -117,9 +125,7 @@ def _compare(ours: np.ndarray, ref: np.ndarray, margins: np.ndarray, tau: float,
 @pytest.mark.parametrize("arch", TINY_ARCHS)
 def test_logits_match_llama_cpp(arch: str, outtype: str, cache: str, device: str,
                                 tiny_gguf: Callable[[str, str], Path]) -> None:
-    path = tiny_gguf(arch, outtype)
-    tokens = _tokens(arch, outtype, tiny_gguf)
-    _reference(arch, outtype, path, tokens)
+    path, tokens = _case(arch, outtype, tiny_gguf)
     ours, margins, model = run_edge_moe(path, tokens, CACHES[cache], device)
     tau, bound = BOUNDS[outtype]
     _compare(ours, _LLAMA[(arch, outtype)], margins, tau, bound, f"{arch} {outtype} {cache} {device}")
@@ -168,9 +174,7 @@ def test_triton_kernels_match_llama_cpp(arch: str, outtype: str, hit_path: str, 
     import edge_moe.gpu_experts as ge
 
     monkeypatch.setattr(ge, "DEQUANT_MIN_TOKENS", 10**9 if hit_path == "matvec" else 1)
-    path = tiny_gguf(arch, outtype)
-    tokens = _tokens(arch, outtype, tiny_gguf)
-    _reference(arch, outtype, path, tokens)
+    path, tokens = _case(arch, outtype, tiny_gguf)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     cache = GpuExpertsConfig(CacheConfig(2, 8), preload="all", kernels="triton")
     ours, margins, model = run_edge_moe(path, tokens, cache, device)
@@ -191,9 +195,7 @@ def test_decode_graphs_match_llama_cpp(arch: str, cache: str, tiny_gguf: Callabl
     pair tables (misses skipped by the kernels), misses on the CPU, fills between layers."""
     pytest.importorskip("triton")
     outtype = "q8_0"
-    path = tiny_gguf(arch, outtype)
-    tokens = _tokens(arch, outtype, tiny_gguf)
-    _reference(arch, outtype, path, tokens)
+    path, tokens = _case(arch, outtype, tiny_gguf)
     cuda = torch.cuda.is_available()
     config = CACHES[cache]
     if config is not None:
@@ -218,9 +220,7 @@ def test_resident_decode_graph_matches_llama_cpp(arch: str, tiny_gguf: Callable[
     pair tables built on the device from the routed ids (no host round trip per layer)."""
     pytest.importorskip("triton")
     outtype = "q8_0"
-    path = tiny_gguf(arch, outtype)
-    tokens = _tokens(arch, outtype, tiny_gguf)
-    _reference(arch, outtype, path, tokens)
+    path, tokens = _case(arch, outtype, tiny_gguf)
     _, margins, probe = run_edge_moe(path, tokens, None)  # routing margins (same routing as below)
     probe.close()
     cuda = torch.cuda.is_available()
@@ -229,7 +229,7 @@ def test_resident_decode_graph_matches_llama_cpp(arch: str, tiny_gguf: Callable[
                                              decode_graphs="on" if cuda else "uncaptured"))
     out = [model.forward(tokens[:T_PREFILL])] + [model.forward([t]) for t in tokens[T_PREFILL:]]
     graphs = model.decode_graphs
-    assert graphs is not None and graphs._slot_table is not None  # the resident mode ran
+    assert graphs is not None and graphs.resident  # the resident mode ran
     stats = model.gpu.cache.stats
     assert stats.misses == 0 and stats.lookups == len(tokens) * model.cfg.n_layer * model.cfg.n_expert_used
     model.close()
@@ -251,9 +251,7 @@ def test_triton_streaming_matches_llama_cpp(arch: str, outtype: str, cache: str,
     import edge_moe.gpu_experts as ge
 
     monkeypatch.setattr(ge, "DEQUANT_MIN_TOKENS", 10**9 if hit_path == "matvec" else 1)
-    path = tiny_gguf(arch, outtype)
-    tokens = _tokens(arch, outtype, tiny_gguf)
-    _reference(arch, outtype, path, tokens)
+    path, tokens = _case(arch, outtype, tiny_gguf)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     config = GpuExpertsConfig(CacheConfig(2, 3, "LRU") if cache == "partial" else None, kernels="triton",
                               stream_min_tokens=2)
@@ -275,9 +273,7 @@ def test_quantized_dense_weights_match_llama_cpp(arch: str, outtype: str, tiny_g
     pytest.importorskip("triton")
     from edge_moe.dense_linear import QuantWeight
 
-    path = tiny_gguf(arch, outtype)
-    tokens = _tokens(arch, outtype, tiny_gguf)
-    _reference(arch, outtype, path, tokens)
+    path, tokens = _case(arch, outtype, tiny_gguf)
     cuda = torch.cuda.is_available()
     cache = GpuExpertsConfig(CacheConfig(2, 3, "LRU"), kernels="triton")
     ours, margins, model = run_edge_moe(path, tokens, cache, "cuda" if cuda else "cpu",
