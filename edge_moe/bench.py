@@ -227,7 +227,7 @@ def _counts(model: Any) -> tuple[int, int, int]:
 
 def _step(model: Any, tokens: list[int], replay: Any) -> int:
     forced = None if replay is None else replay.for_positions(model.n_past, len(tokens))
-    return int(torch.argmax(model.forward(tokens, force_ids=forced)[-1]))  # greedy; the .item() syncs
+    return int(torch.argmax(model.forward(tokens, force_ids=forced, last_only=True)[-1]))  # greedy; the .item() syncs
 
 
 def _one_run(model: Any, prompt: list[int], feed: list[int], replay: Any, deadline: float | None) -> RunResult:
@@ -238,7 +238,7 @@ def _one_run(model: Any, prompt: list[int], feed: list[int], replay: Any, deadli
     before = _counts(model)
     t0 = time.perf_counter()
     forced = None if replay is None else replay.for_positions(0, len(prompt))
-    logits = model.forward(prompt, force_ids=forced)
+    logits = model.forward(prompt, force_ids=forced, last_only=True)
     if logits.is_cuda:
         torch.cuda.synchronize(logits.device)
     t1 = time.perf_counter()
@@ -289,7 +289,7 @@ def run_bench(cfg: BenchConfig, log: Any = None) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats(device)
     t_load = time.perf_counter()
     model = HybridModel(cfg.model, ExecutorConfig(device=plan.device, n_ctx=cfg.n_ctx, n_threads=plan.threads,
-                                                  cache=cache))
+                                                  cache=cache, prefill_chunk=plan.prefill_chunk))
     load_s = time.perf_counter() - t_load
     say(f"loaded in {load_s:.1f} s")
     try:

@@ -51,6 +51,9 @@ class ExecutorConfig:
     # dtype), "quantized" (big matrices in their GGUF block formats, Triton kernels), or "auto"
     # (quantized on CUDA when the kernels read every type, else fp16)
     dense_format: str = "auto"
+    # a longer prompt is evaluated in steps of this many tokens (as llama.cpp's ubatch): the
+    # attention scores and MoE intermediates of one step bound the prefill's VRAM
+    prefill_chunk: int = 512
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -65,6 +68,8 @@ class ExecutorConfig:
             raise ValueError(f"decode_graphs must be auto, on, off or uncaptured, got {self.decode_graphs!r}")
         if self.dense_format not in DENSE_FORMATS:
             raise ValueError(f"dense_format must be auto, fp16 or quantized, got {self.dense_format!r}")
+        if self.prefill_chunk <= 0:
+            raise ValueError(f"prefill_chunk must be positive, got {self.prefill_chunk}")
 
     def torch_device(self) -> torch.device:
         if self.device == "auto":
@@ -129,9 +134,12 @@ class HybridModel:
     # ---- the forward ------------------------------------------------------------------
 
     @torch.inference_mode()
-    def forward(self, tokens: list[int] | np.ndarray, force_ids: np.ndarray | None = None) -> torch.Tensor:
-        """Logits [T, V] (float32) for `tokens` appended after the tokens already in the KV cache.
+    def forward(self, tokens: list[int] | np.ndarray, force_ids: np.ndarray | None = None,
+                last_only: bool = False) -> torch.Tensor:
+        """Logits [T, V] (float32) for `tokens` appended after the tokens already in the KV cache,
+        or [1, V] of the last token with `last_only` (what generation needs: no [T, V] buffer).
 
+        A prompt longer than `config.prefill_chunk` runs in steps of that many tokens.
         `force_ids` [n_layer, T, k] replaces the router's choice of experts (trace replay,
         benchmarks only; the weights still come from the router's probabilities of those ids).
         """
@@ -145,10 +153,22 @@ class HybridModel:
         self.kv.check_room(n)
         if n == 1 and self.decode_graphs is not None:
             return self.decode_graphs.step(int(host_toks[0]), force_ids)
+        step = self.config.prefill_chunk
+        logits = []
+        for a in range(0, n, step):
+            last = a + step >= n
+            x = self._forward_tokens(host_toks[a:a + step], None if force_ids is None else force_ids[:, a:a + step])
+            if last or not last_only:
+                logits.append(self.head(x[-1:] if last_only else x))
+        return logits[0] if len(logits) == 1 else torch.cat(logits)
+
+    def _forward_tokens(self, host_toks: np.ndarray, force_ids: np.ndarray | None) -> torch.Tensor:
+        """Every layer over tokens [T] after the KV cache's; the residual stream [T, E] after them."""
+        n = host_toks.shape[0]
         toks = torch.as_tensor(host_toks, device=self.device)  # [T]
         pos = self.kv.pos
         positions = torch.arange(pos, pos + n, device=self.device)  # [T]
-        rope = rope_tables(cfg, self.ops.rope, positions, self.dtype)
+        rope = rope_tables(self.cfg, self.ops.rope, positions, self.dtype)
         mask = self.attention_mask(positions, pos + n)  # [group * T, S]
         x = self.embed(toks)  # [T, E]
         self.gpu.begin_step()
@@ -166,7 +186,7 @@ class HybridModel:
         if prof is not None:
             prof.end_token()
         self.kv.advance(n)
-        return self.head(x)
+        return x
 
     # ---- pieces shared with the decode graphs (edge_moe/decode_graphs.py) ------------------
 

@@ -61,7 +61,7 @@ def generate(model: HybridModel, tokenizer: Tokenizer, prompt_tokens: Sequence[i
     t0 = time.perf_counter()
     def step(tokens: list[int]):  # logits of the last position
         forced = None if replay is None else replay.for_positions(model.n_past, len(tokens))
-        return model.forward(tokens, force_ids=forced)[-1]
+        return model.forward(tokens, force_ids=forced, last_only=True)[-1]
 
     logits = step(list(prompt_tokens))
     stats.prompt_tokens = len(prompt_tokens)

@@ -45,9 +45,14 @@ CTX_STEP = 256  # context is reduced in these steps
 MIN_CTX = 512  # below this the dense part rather goes to the CPU than cripple the context
 SYNTHETIC_TOKENS = 256
 # With --vram-budget (a total for the process), the CUDA context and the allocator's slack are
-# part of the budget but of no tensor: set aside this much for them. A first estimate; `edge-moe
-# bench` reports the measured overhead (NVML process usage minus torch's reserved memory).
-CUDA_CONTEXT_BYTES = 640 << 20
+# part of the budget but of no tensor: set aside this much for them. The context (NVML process
+# usage minus torch's reserved memory, reported by `edge-moe bench`) measured 0.73-0.77 GiB in
+# all nine runs on the H100 box (torch 2.x, CUDA 12, cuBLAS and Triton modules loaded;
+# 2026-11-24); the slack covers the allocator's rounding and the decode graphs' pool, which
+# the tensor sizes below do not count.
+CUDA_CONTEXT_BYTES = 800 << 20
+ALLOCATOR_SLACK_BYTES = 160 << 20
+RUNTIME_RESERVE_BYTES = CUDA_CONTEXT_BYTES + ALLOCATOR_SLACK_BYTES  # in the budget, in no tensor
 # Per layer and token: kernel launches, the GPU->host round trip of a miss (~13 us on the
 # H100 box) and the ggml call. A first estimate, to calibrate against `edge-moe run`.
 LAYER_OVERHEAD_S = 40e-6
@@ -111,7 +116,7 @@ class Plan:
     expert_bytes: int  # one expert as stored in the GGUF: what a CPU miss reads
     dense_bytes: int  # non-expert weights on `device` in `dense_format` (fp16 or GGUF blocks; fp32 on the CPU)
     kv_bytes: int
-    workspace_bytes: int  # a prefill chunk's logits and attention scores (upper bound); cuda: + stream ring
+    workspace_bytes: int  # last logits, a prefill chunk's attention scores (upper bound); cuda: + stream ring
     vram_free_bytes: int | None
     margin_bytes: int
     dram_gbps: float
@@ -126,6 +131,7 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     vram_budget_bytes: int | None = None  # --vram-budget: the total the plan keeps within
     dense_format: str = "fp16"  # how the executor's dense_format "auto" keeps them on `device` (dense_weights.py)
+    prefill_chunk: int = 512  # tokens per prefill step (ExecutorConfig.prefill_chunk): sizes the workspace
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda"):
@@ -152,7 +158,8 @@ class Plan:
         """What the plan puts on the GPU, the CUDA context's estimate included (0 on the CPU)."""
         if self.device != "cuda":
             return 0
-        return self.dense_bytes + self.kv_bytes + self.workspace_bytes + self.expert_budget_bytes + CUDA_CONTEXT_BYTES
+        return (self.dense_bytes + self.kv_bytes + self.workspace_bytes + self.expert_budget_bytes
+                + RUNTIME_RESERVE_BYTES)
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "cache"}
@@ -261,15 +268,16 @@ def make_plan(model_path: str | Path, hw: HardwareInfo, profile: HardwareProfile
     # what the executor's dense_format "auto" allocates: GGUF blocks on CUDA where kernels read them
     dense = m.dense_cuda_bytes if device == "cuda" else m.n_params_dense * elem
     stream_ring = stream_vram_bytes(m.slot_bytes, m.n_embd, m.n_ff)  # prefill streaming's slots + scratch
-    # + logits of a chunk (fp32) + the stream ring on CUDA
-    fixed = dense + d.prefill_chunk * m.n_vocab * 4 + (stream_ring if device == "cuda" else 0)
+    # + the last token's logits (generation asks for no others) + the stream ring on CUDA
+    fixed = dense + m.n_vocab * (4 + elem) + (stream_ring if device == "cuda" else 0)
     per_ctx = m.kv_bytes_per_token + d.prefill_chunk * m.n_head * 2  # KV + a chunk's attention scores
 
     avail = None if free is None else free - margin
     if o.vram_budget_gib is not None and free is not None:
-        cap = int(o.vram_budget_gib * GIB) - CUDA_CONTEXT_BYTES
-        notes.append(f"VRAM budget {o.vram_budget_gib:g} GiB in all: your flag ({CUDA_CONTEXT_BYTES / GIB:.2f} GiB "
-                     "of it set aside for the CUDA context)" + (f"; capped by free VRAM minus the margin, "
+        cap = int(o.vram_budget_gib * GIB) - RUNTIME_RESERVE_BYTES
+        notes.append(f"VRAM budget {o.vram_budget_gib:g} GiB in all: your flag "
+                     f"({RUNTIME_RESERVE_BYTES / GIB:.2f} GiB of it set aside for the CUDA "
+                     "context and the allocator's slack)" + (f"; capped by free VRAM minus the margin, "
                                                                f"{avail / GIB:.2f} GiB" if avail < cap else ""))
         avail = min(avail, cap)
     if device == "cuda" and avail is not None and o.n_ctx is None and fixed + per_ctx * ctx > avail:
@@ -280,7 +288,7 @@ def make_plan(model_path: str | Path, hw: HardwareInfo, profile: HardwareProfile
         elif o.device is None:
             device, elem = "cpu", 4
             dense = m.n_params_dense * elem
-            fixed = dense + d.prefill_chunk * m.n_vocab * 4
+            fixed = dense + m.n_vocab * (4 + elem)
             notes.append(f"device cpu: dense weights ({m.dense_cuda_bytes / GIB:.2f} GiB {m.dense_cuda_format}) and a "
                          f"{min(MIN_CTX, ctx)}-token KV cache do not fit in {avail / GIB:.2f} GiB of VRAM")
     kv = m.kv_bytes_per_token * ctx * elem // 2
@@ -358,7 +366,7 @@ def make_plan(model_path: str | Path, hw: HardwareInfo, profile: HardwareProfile
                 predicted_decode_tps=decode_tps, predicted_prefill_tps=prefill,
                 no_cache_decode_tps=no_cache_tps, notes=notes,
                 vram_budget_bytes=None if o.vram_budget_gib is None else int(o.vram_budget_gib * GIB),
-                dense_format=m.dense_cuda_format if device == "cuda" else "fp16")
+                dense_format=m.dense_cuda_format if device == "cuda" else "fp16", prefill_chunk=d.prefill_chunk)
 
 
 def _geometry(o: PlanOverrides, budget: int, slot: int, m: _ModelSizes, notes: list[str]) -> tuple[int, int] | None:

@@ -127,7 +127,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         # with a VRAM budget the plan decides where the dense part goes (cpu when it does not fit)
         exec_device = plan.device if args.vram_budget is not None and args.device == "auto" else args.device
         config = ExecutorConfig(device=exec_device, n_ctx=args.ctx_size or plan.n_ctx,
-                                n_threads=args.threads or plan.threads, cache=cache)
+                                n_threads=args.threads or plan.threads, cache=cache, prefill_chunk=plan.prefill_chunk)
     except ValueError as e:
         raise EdgeMoeError(f"invalid option: {e}") from None
     tokenizer = Tokenizer(model_path)

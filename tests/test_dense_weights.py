@@ -143,7 +143,7 @@ def test_planner_gives_the_saved_vram_to_the_cache(tiny_gguf: Callable[[str, str
     path = tiny_gguf("qwen3moe", "q4_0")
     gguf = GGUFFile(path)
     cfg = read_config(gguf)
-    from edge_moe.planner import CUDA_CONTEXT_BYTES
+    from edge_moe.planner import RUNTIME_RESERVE_BYTES
 
     hw, profile = machine("h100_box", tmp_path)
     o = PlanOverrides(n_ctx=512, admission="all")
@@ -156,7 +156,7 @@ def test_planner_gives_the_saved_vram_to_the_cache(tiny_gguf: Callable[[str, str
         assert fp16.dense_format == "fp16" and fp16.dense_bytes == dense_device_bytes(gguf, cfg, "fp16", 2)
         # a budget leaving fp16 dense weights room for 2 slots (one way in each of the 2 sets)
         slot = fp16.slot_bytes
-        budget = fp16.dense_bytes + fp16.kv_bytes + fp16.workspace_bytes + CUDA_CONTEXT_BYTES + int(2.5 * slot)
+        budget = fp16.dense_bytes + fp16.kv_bytes + fp16.workspace_bytes + RUNTIME_RESERVE_BYTES + int(2.5 * slot)
         o = PlanOverrides(n_ctx=512, admission="all", vram_budget_gib=budget / GIB)
         f_plan = make_plan(path, hw, profile, overrides=o)
     q_plan = make_plan(path, hw, profile, overrides=o)

@@ -160,11 +160,11 @@ def test_synthetic_routing_is_distinct_and_seeded() -> None:
 
 
 def test_vram_budget_bounds_everything(model: Path, tmp_path: Path) -> None:
-    from edge_moe.planner import CUDA_CONTEXT_BYTES
+    from edge_moe.planner import RUNTIME_RESERVE_BYTES
 
     hw, profile = machine("h100_box", tmp_path)
     ref = make_plan(model, hw, profile, overrides=PlanOverrides(n_ctx=640, admission="all"))
-    fixed = ref.dense_bytes + ref.kv_bytes + ref.workspace_bytes + CUDA_CONTEXT_BYTES
+    fixed = ref.dense_bytes + ref.kv_bytes + ref.workspace_bytes + RUNTIME_RESERVE_BYTES
     budget = fixed + int(4.5 * ref.slot_bytes)  # room for 4 slots: 2 layers x 2 ways
     p = make_plan(model, hw, profile,
                   overrides=PlanOverrides(n_ctx=640, admission="all", vram_budget_gib=budget / GIB))
@@ -178,11 +178,11 @@ def test_vram_budget_bounds_everything(model: Path, tmp_path: Path) -> None:
 
 
 def test_vram_budget_without_room_for_slots_has_no_cache(model: Path, tmp_path: Path) -> None:
-    from edge_moe.planner import CUDA_CONTEXT_BYTES
+    from edge_moe.planner import RUNTIME_RESERVE_BYTES
 
     hw, profile = machine("h100_box", tmp_path)
     ref = make_plan(model, hw, profile, overrides=PlanOverrides(n_ctx=640))
-    budget = ref.dense_bytes + ref.kv_bytes + ref.workspace_bytes + CUDA_CONTEXT_BYTES + ref.slot_bytes // 2
+    budget = ref.dense_bytes + ref.kv_bytes + ref.workspace_bytes + RUNTIME_RESERVE_BYTES + ref.slot_bytes // 2
     p = make_plan(model, hw, profile, overrides=PlanOverrides(n_ctx=640, vram_budget_gib=budget / GIB))
     assert p.device == "cuda" and p.cache is None and p.planned_vram_bytes <= budget
 
