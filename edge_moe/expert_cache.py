@@ -401,13 +401,19 @@ class ExpertCache:
     def _choose_victim(self, set_: int) -> int | None:
         """The slot a fill of this set would take: an empty way, else per policy among unpinned."""
         ways = self.slots_of_set(set_)
-        for slot in ways:
-            if self._key[slot] is None:
-                return slot
+        keys = self._key[ways.start:ways.stop]
+        if None in keys:  # (C-level scans: this runs for every miss, over up to ~100 ways)
+            return ways.start + keys.index(None)
+        policy = self.config.replace
+        if policy is ReplacePolicy.LRU or policy is ReplacePolicy.FIFO:
+            # pinned slots are this layer's hits, just used: almost never the oldest
+            stamp = self._last_use if policy is ReplacePolicy.LRU else self._filled_at
+            oldest = min(ways, key=stamp.__getitem__)
+            if self._pins[oldest] == 0:
+                return oldest
         candidates = [slot for slot in ways if self._pins[slot] == 0]
         if not candidates:
             return None
-        policy = self.config.replace
         if policy is ReplacePolicy.LRU:
             return min(candidates, key=self._last_use.__getitem__)
         if policy is ReplacePolicy.FIFO:
