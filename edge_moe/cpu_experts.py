@@ -382,13 +382,32 @@ def validate_routing(x: np.ndarray, expert_ids: np.ndarray, expert_weights: np.n
     return x, ids, w
 
 
-def misses_only(ids: np.ndarray, weights: np.ndarray, on_gpu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The CPU's share of routed (ids, weights) [T, k]: the slots the GPU computes (`on_gpu`)
-    dropped where every token has the same number left (always at T = 1); otherwise all k
-    slots kept with zero weights on the GPU's (a zero weight drops them from the CPU sum)."""
-    n_miss = (~on_gpu).sum(axis=1)
-    if n_miss.min() != n_miss.max():
-        return ids, np.where(on_gpu, 0.0, weights).astype(np.float32)
-    keep = ~on_gpu
-    return (np.ascontiguousarray(ids[keep].reshape(ids.shape[0], -1)),
-            np.ascontiguousarray(weights[keep].reshape(ids.shape[0], -1), dtype=np.float32))
+def forward_misses(engine: CpuExpertEngine, layer: LayerTensors, x: np.ndarray, ids: np.ndarray,
+                   weights: np.ndarray, on_gpu: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """The CPU's share of a layer's routed experts: y [T, E] = sum over the (t, j) not `on_gpu`
+    of weights[t, j] * FFN_{ids[t, j]}(x[t]); x [T, E], ids / weights / on_gpu [T, k].
+
+    ggml's mul_mat_id computes every (token, slot) pair it is given, so the GPU's pairs are
+    dropped, not zero-weighted: tokens are grouped by how many misses they have and each group
+    is one call with exactly that many slots (one call at T = 1). Zero-weighting them made a
+    512-token Qwen3 prefill compute all 8 experts of every token on the CPU in every layer."""
+    miss = ~on_gpu
+    n_miss = miss.sum(axis=1)  # [T]
+    if out is None:
+        out = np.zeros((x.shape[0], x.shape[1]), np.float32)
+    lo, hi = int(n_miss.min()), int(n_miss.max())
+    if lo == hi:
+        if hi == 0:
+            out[:] = 0.0
+            return out
+        return engine.forward(layer, x, np.ascontiguousarray(ids[miss].reshape(-1, hi)),
+                              np.ascontiguousarray(weights[miss].reshape(-1, hi), dtype=np.float32), out=out)
+    out[:] = 0.0
+    for m in range(max(lo, 1), hi + 1):
+        rows = np.flatnonzero(n_miss == m)
+        if rows.size == 0:
+            continue
+        sub = miss[rows]
+        out[rows] = engine.forward(layer, np.ascontiguousarray(x[rows]), ids[rows][sub].reshape(-1, m),
+                                   np.ascontiguousarray(weights[rows][sub].reshape(-1, m), dtype=np.float32))
+    return out

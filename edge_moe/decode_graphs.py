@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from edge_moe.archs.common import RopeTables, rope_tables
-from edge_moe.cpu_experts import misses_only
+from edge_moe.cpu_experts import forward_misses
 
 if TYPE_CHECKING:
     from edge_moe.executor import HybridModel
@@ -170,9 +170,8 @@ class DecodeGraphs:
             if hit.all():
                 self.y_cpu.zero_()
             else:
-                miss_ids, miss_w = misses_only(ids, w, hit)
-                m.cpu.forward(m.cpu_layers[il], np.ascontiguousarray(h_np), miss_ids, miss_w,
-                              out=self.y_cpu_host.numpy())
+                forward_misses(m.cpu, m.cpu_layers[il], np.ascontiguousarray(h_np), ids, w, hit,
+                               out=self.y_cpu_host.numpy())
                 self.y_cpu.copy_(self.y_cpu_host, non_blocking=True)
             t4 = time.perf_counter()
             tm.cpu_experts += t4 - t3

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from edge_moe.archs import ARCH_OPS
 from edge_moe.archs.common import RopeTables, rope_tables
-from edge_moe.cpu_experts import CpuExpertConfig, CpuExpertEngine, LayerTensors, misses_only
+from edge_moe.cpu_experts import CpuExpertConfig, CpuExpertEngine, LayerTensors, forward_misses
 from edge_moe.decode_graphs import DecodeGraphs
 from edge_moe.dense_linear import embedding, linear
 from edge_moe.dense_weights import DENSE_FORMATS, DenseWeights, LayerWeights, choose_dense_format, load_dense_weights
@@ -276,8 +276,7 @@ class HybridModel:
         if prof is not None:
             prof.lap(il, "gpu_enqueue", sync=False)
         if h_host is not None:
-            miss_ids, miss_w = misses_only(ids_host, w_host, on_gpu)
-            y_cpu = torch.from_numpy(self.cpu.forward(self.cpu_layers[il], h_host, miss_ids, miss_w))
+            y_cpu = torch.from_numpy(forward_misses(self.cpu, self.cpu_layers[il], h_host, ids_host, w_host, on_gpu))
             y_cpu = y_cpu.to(device=h.device, dtype=h.dtype, non_blocking=True)
             y = y_cpu if y is None else y + y_cpu
         t3 = time.perf_counter()

@@ -54,9 +54,19 @@ CPU_EXPERT_FLOPS = 1e12
 STREAM_SLOTS = 2  # ring of the stream slots: one expert computed while the next is copied
 # Free VRAM left beside the ring and its scratch before a stream-only config is built.
 STREAM_VRAM_MARGIN = 512 << 20
-# A cached expert used by at least this many tokens of one call is dequantized once and
-# multiplied as a matrix; fewer tokens read its blocks once per token (matvec kernels).
+# A cached expert used by enough tokens of one call is dequantized once and multiplied as a
+# matrix; fewer tokens read its blocks once per token (matvec kernels, all pairs in two
+# launches). The matrix path costs ~12 launches and ~0.15 ms of host time per expert (H100
+# box, Qwen3 prefill profile) whatever its size; the matvec path costs the expert's bytes per
+# token at the kernels' ~0.6 TB/s. So small experts (Qwen3's 2.65 MB: ~34 tokens) stay on the
+# matvec path much longer than large ones (Mixtral's 99 MB: from DEQUANT_MIN_TOKENS on).
 DEQUANT_MIN_TOKENS = 8
+DEQUANT_HOST_S, MATVEC_BYTES_PER_S = 150e-6, 0.6e12
+
+
+def dequant_min_tokens(expert_bytes: int) -> int:
+    """Tokens of one call from which a cached expert takes the dequantize + matmul path."""
+    return max(DEQUANT_MIN_TOKENS, math.ceil(DEQUANT_HOST_S * MATVEC_BYTES_PER_S / expert_bytes))
 PARTS = ("gate", "up", "down")
 
 
@@ -175,6 +185,7 @@ class GpuExperts:
             from edge_moe.gpu_slots import SlotStore
 
             self.expert_bytes = quantized_expert_bytes(gguf, cfg)
+            self._dequant_min = dequant_min_tokens(self.expert_bytes)
             n_cache = 0
             if config.cache is not None:
                 self.cache = ExpertCache(config.cache, cfg.n_layer, cfg.n_expert, self.expert_bytes)
@@ -386,7 +397,7 @@ class GpuExperts:
         tok, j = np.nonzero(slots >= 0)
         slot = slots[tok, j]
         uses = np.bincount(slot, minlength=self.store.n_slots) if slot.size else np.zeros(0, np.int64)
-        big = uses[slot] >= DEQUANT_MIN_TOKENS if slot.size else np.zeros(0, bool)
+        big = uses[slot] >= self._dequant_min if slot.size else np.zeros(0, bool)
         if (~big).any():  # pairs of rarely used slots: matvec kernels, two launches for all
             t, jj, s = tok[~big], j[~big], slot[~big]
             # one host->device copy: byte offsets of gate/up/down [3, P], token [P], weight index [P]

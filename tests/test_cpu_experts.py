@@ -128,6 +128,41 @@ def prepared(eng: CpuExpertEngine, *layer_key: object) -> LayerTensors:
 
 # ---- numerics -------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("case", ["mixed", "uniform", "none_missed", "one_token"])
+def test_forward_misses_computes_exactly_the_missed_pairs(engine: CpuExpertEngine, case: str) -> None:
+    """The GPU's pairs are dropped (tokens grouped by miss count, one call each), and the sum
+    over the remaining pairs matches the reference with the GPU pairs' weights zeroed."""
+    from edge_moe.cpu_experts import forward_misses
+
+    n = 1 if case == "one_token" else 9
+    x, ids, w = routing(n, seed=5)
+    rng = np.random.default_rng(6)
+    on_gpu = {"mixed": rng.random(ids.shape) < 0.5, "uniform": np.arange(TOP_K)[None, :].repeat(n, 0) == 0,
+              "none_missed": np.ones(ids.shape, bool), "one_token": np.array([[True, False]])}[case]
+    if case == "mixed":
+        on_gpu[0] = True  # a token with no miss beside tokens with 1 and 2
+    layer_key = (Q.Q8_0, False)
+    out = np.full((n, N_EMBD), 7.0, np.float32)  # stale contents must not survive
+    calls: list[tuple[int, int]] = []
+    real = engine.forward
+
+    def counting(layer: LayerTensors, x: np.ndarray, i: np.ndarray, ww: np.ndarray, out: object = None) -> np.ndarray:
+        calls.append(i.shape)
+        return real(layer, x, i, ww, out=out)
+
+    engine.forward = counting  # type: ignore[method-assign]
+    try:
+        y = forward_misses(engine, prepared(engine, *layer_key), x, ids, w, on_gpu, out=out)
+    finally:
+        del engine.forward
+    assert y is out
+    ref = reference(make_layer(*layer_key)[1], x, ids, np.where(on_gpu, 0.0, w).astype(np.float32))
+    assert np.abs(y - ref).max() <= TOLERANCE[Q.Q8_0] * np.abs(ref).max() + 1e-6
+    assert sum(a * b for a, b in calls) == int((~on_gpu).sum())  # no GPU pair computed on the CPU
+    if case == "none_missed":
+        assert calls == [] and not y.any()
+
+
 @pytest.mark.parametrize("n_tokens", [1, 7])
 @pytest.mark.parametrize("shared", [False, True], ids=["routed", "with_shared_expert"])
 @pytest.mark.parametrize("ggml_type", list(TOLERANCE), ids=lambda t: t.name)

@@ -189,7 +189,7 @@ def test_triton_kernels_match_llama_cpp(arch: str, outtype: str, hit_path: str, 
     pytest.importorskip("triton")
     import edge_moe.gpu_experts as ge
 
-    monkeypatch.setattr(ge, "DEQUANT_MIN_TOKENS", 10**9 if hit_path == "matvec" else 1)
+    monkeypatch.setattr(ge, "dequant_min_tokens", lambda expert_bytes: 10**9 if hit_path == "matvec" else 1)
     path, tokens = _case(arch, outtype, tiny_gguf)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     cache = GpuExpertsConfig(CacheConfig(2, 8), preload="all", kernels="triton")
@@ -266,7 +266,7 @@ def test_triton_streaming_matches_llama_cpp(arch: str, outtype: str, cache: str,
     pytest.importorskip("triton")
     import edge_moe.gpu_experts as ge
 
-    monkeypatch.setattr(ge, "DEQUANT_MIN_TOKENS", 10**9 if hit_path == "matvec" else 1)
+    monkeypatch.setattr(ge, "dequant_min_tokens", lambda expert_bytes: 10**9 if hit_path == "matvec" else 1)
     path, tokens = _case(arch, outtype, tiny_gguf)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     config = GpuExpertsConfig(CacheConfig(2, 3, "LRU") if cache == "partial" else None, kernels="triton",

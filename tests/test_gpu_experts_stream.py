@@ -158,3 +158,12 @@ def test_no_config_on_cuda_streams_prefill_misses(tiny_gguf: Callable[[str, str]
     ref = ref_model.forward(tokens).numpy()
     ref_model.close()
     assert np.abs(ours - ref).max() / ref.std() < 6e-2
+
+
+def test_small_experts_stay_on_the_matvec_path_longer() -> None:
+    """The dequantize+matmul path's fixed host cost pays off later for small experts."""
+    from edge_moe.gpu_experts import DEQUANT_MIN_TOKENS, dequant_min_tokens
+
+    qwen3, mixtral = dequant_min_tokens(2_654_208), dequant_min_tokens(99_090_432)
+    assert mixtral == DEQUANT_MIN_TOKENS and 30 <= qwen3 <= 40
+    assert dequant_min_tokens(1_000) > 10_000  # tiny test experts: matvec unless forced
