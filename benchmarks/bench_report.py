@@ -151,6 +151,12 @@ def breakdowns(edges: list[dict[str, Any]]) -> str:
         out += [f"### {c.get('label') or e['model']['arch']}, {budget} GiB, {c['routing']}: one decode token",
                 f"token {b['token_ms']:.2f} ms = layers {b['layers_ms']:.2f} + outside layers "
                 f"{b['outside_layers_ms']:.2f} (ms, profiled)", "", format_breakdown(b, max_rows=8), ""]
+        p = e.get("prefill_breakdown")
+        if p:
+            out += [f"### {c.get('label') or e['model']['arch']}, {budget} GiB, {c['routing']}: one prefill of "
+                    f"{p['prompt_tokens']} tokens",
+                    f"prefill {p['token_ms']:.2f} ms = layers {p['layers_ms']:.2f} + outside layers "
+                    f"{p['outside_layers_ms']:.2f} (ms, profiled)", "", format_breakdown(p, max_rows=4), ""]
     return "\n".join(out)
 
 
@@ -166,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     if not edges:
         ap.error(f"{args.results}: no edge_*.json results")
     rows = [edge_row(e, llama) for e in edges]
-    md = "\n\n".join([markdown(rows), "## Where the time goes (per layer, one decode token)", breakdowns(edges)])
+    md = "\n\n".join([markdown(rows), "## Where the time goes (per layer: one decode token, one prefill)", breakdowns(edges)])
     (args.out_md or args.results / "results.md").write_text(md)
     data = [asdict(r) | {"decode_ratio": r.decode_ratio, "prefill_ratio": r.prefill_ratio,
                          "prediction_accuracy": r.prediction_accuracy} for r in rows]

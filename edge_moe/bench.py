@@ -311,8 +311,10 @@ def run_bench(cfg: BenchConfig, log: Any = None) -> dict[str, Any]:
             say(f"run {i + 1}: prefill {r.prefill_tps:.1f} tok/s, decode {r.decode_tps:.2f} tok/s "
                 f"({r.decode_tokens} tokens)")
         breakdown = _profile(model, feed[cfg.gen_tokens:], replay, LayerProfiler)
+        prefill_breakdown = _profile_prefill(model, prompt, replay, LayerProfiler) if cfg.profile_tokens else None
         out = _result(cfg, plan, on_trace, model, runs, load_s, breakdown,
                       gpu_memory(device, nvml_before), host_memory())
+        out["prefill_breakdown"] = prefill_breakdown
         out["warnings"] = warnings
         return out
     finally:
@@ -332,6 +334,29 @@ def _profile(model: Any, feed: list[int], replay: Any, profiler_cls: Any) -> dic
     model.profiler = None
     d["token_ms"] = round(token_ms, 4)  # whole step: layers + embedding, LM head, greedy pick
     d["outside_layers_ms"] = round(token_ms - d["layers_ms"], 4)
+    return d
+
+
+def _profile_prefill(model: Any, prompt: list[int], replay: Any, profiler_cls: Any) -> dict[str, Any]:
+    """One more prefill of the prompt from an empty context, profiled per layer (summed over
+    its prefill_chunk steps: `tokens` in the result counts the steps)."""
+    model.reset(0)
+    model.profiler = profiler_cls(model.device, model.cfg.n_layer)
+    t0 = time.perf_counter()
+    forced = None if replay is None else replay.for_positions(0, len(prompt))
+    model.forward(prompt, force_ids=forced, last_only=True)
+    if model.device.type == "cuda":
+        torch.cuda.synchronize(model.device)
+    wall_ms = (time.perf_counter() - t0) * 1e3
+    d: dict[str, Any] = model.profiler.to_dict()
+    model.profiler = None
+    steps = max(d["tokens"], 1)  # per_layer_ms are per step: report the whole prefill
+    d["per_layer_ms"] = {p: [round(v * steps, 4) for v in vals] for p, vals in d["per_layer_ms"].items()}
+    d["total_ms"] = {p: round(v * steps, 4) for p, v in d["total_ms"].items()}
+    d["layers_ms"] = round(d["layers_ms"] * steps, 4)
+    d["token_ms"] = round(wall_ms, 4)  # (the whole prefill; named as in the decode breakdown)
+    d["outside_layers_ms"] = round(wall_ms - d["layers_ms"], 4)
+    d["prompt_tokens"] = len(prompt)
     return d
 
 

@@ -109,4 +109,8 @@ def format_result(r: dict[str, Any]) -> str:
         out += ["", f"one decode token, per layer (ms; profiled, device synchronized between phases): "
                     f"token {b['token_ms']:.2f} ms, layers {b['layers_ms']:.2f}, outside layers "
                     f"{b['outside_layers_ms']:.2f}", format_breakdown(b)]
+    p = r.get("prefill_breakdown")
+    if p:
+        out += ["", f"one prefill of {p['prompt_tokens']} tokens, per layer (ms; profiled): {p['token_ms']:.2f} ms, "
+                    f"layers {p['layers_ms']:.2f}", format_breakdown(p, max_rows=8)]
     return "\n".join(out)

@@ -49,6 +49,9 @@ def test_no_cache_runs_the_protocol(model: Path) -> None:
     assert b["tokens"] == 1 and len(b["per_layer_ms"]["attention"]) == m["n_layer"]
     assert b["total_ms"]["attention"] > 0 and b["total_ms"]["cpu_experts"] > 0
     assert b["total_ms"]["gpu_experts"] == 0  # nothing cached
+    p = r["prefill_breakdown"]  # one more prefill, profiled: the whole prompt's time per layer
+    assert p["prompt_tokens"] == 8 and p["tokens"] == 1 and p["total_ms"]["cpu_experts"] > 0
+    assert 0 < p["layers_ms"] <= p["token_ms"]
     assert r["memory"]["host"]["peak_rss_bytes"] > 0 and r["memory"]["gpu"] == {}
 
 
@@ -73,7 +76,7 @@ def test_replay_of_a_fixed_set_hits_every_time(model: Path, tmp_path: Path) -> N
 def test_deadline_marks_the_result_incomplete(model: Path) -> None:
     r = run_bench(small(model, gen_tokens=50, max_seconds=1e-3, profile_tokens=0))
     assert not r["complete"] and len(r["runs"]) == 1 and r["runs"][0]["decode_tokens"] < 50
-    assert r["breakdown"] is None
+    assert r["breakdown"] is None and r["prefill_breakdown"] is None
 
 
 @pytest.mark.parametrize("bad,msg", [
