@@ -62,6 +62,10 @@ STREAM_VRAM_MARGIN = 512 << 20
 # matvec path much longer than large ones (Mixtral's 99 MB: from DEQUANT_MIN_TOKENS on).
 DEQUANT_MIN_TOKENS = 8
 DEQUANT_HOST_S, MATVEC_BYTES_PER_S = 150e-6, 0.6e12
+# From this many tokens in a call, layers whose experts are Q4_0 / Q8_0 take the grouped
+# kernels (edge_moe/grouped_kernels.py) for all their hits: one tile of 16 pairs reads an
+# expert once. Below it (decode, short prompts) the matvec / dequantize paths above.
+GROUPED_MIN_TOKENS = 16
 
 
 def dequant_min_tokens(expert_bytes: int) -> int:
@@ -228,6 +232,9 @@ class GpuExperts:
         stride, offs = self.store.slot_stride, self.store.part_offsets
         self._part_offsets = np.array(offs, dtype=np.int64)[:, None]  # [3, 1]
         self._stride = stride
+        from edge_moe.grouped_kernels import grouped_supported
+
+        self._grouped = [grouped_supported(g.ggml_type, u.ggml_type, d.ggml_type, e, f) for g, u, d in self._layouts]
 
     def _fill(self, slot: int, layer: int, expert: int) -> None:
         """Copy the expert's GGUF bytes into `slot` (on the side stream on CUDA)."""
@@ -396,6 +403,9 @@ class GpuExperts:
         k = slots.shape[1]
         tok, j = np.nonzero(slots >= 0)
         slot = slots[tok, j]
+        if h.shape[0] >= GROUPED_MIN_TOKENS and self._grouped[layer]:
+            self._compute_grouped(layer, h, weights, slot, tok, tok * k + j, y)
+            return
         uses = np.bincount(slot, minlength=self.store.n_slots) if slot.size else np.zeros(0, np.int64)
         big = uses[slot] >= self._dequant_min if slot.size else np.zeros(0, bool)
         if (~big).any():  # pairs of rarely used slots: matvec kernels, two launches for all
@@ -414,6 +424,29 @@ class GpuExperts:
             out = F.linear(F.silu(a) * b, self._dequantized(down, base + int(self._part_offsets[2, 0])))  # [n, E]
             w = weights[rows, torch.as_tensor(jj, device=h.device)].float()[:, None]
             y.index_add_(0, rows, out.float() * w)
+
+    def _compute_grouped(self, layer: int, h: torch.Tensor, weights: torch.Tensor, slot: np.ndarray,
+                         tok: np.ndarray, widx: np.ndarray, y: torch.Tensor) -> None:
+        """y += every pair (slot, token row, weight index) [P] through the grouped kernels: one
+        launch for gate/up, one for down, over tiles of pairs sharing an expert."""
+        from edge_moe.grouped_kernels import grouped_ffn, tile_table
+
+        gate, _, down = self._layouts[layer]
+        tile_slot, start, count, ptok, pwidx = tile_table(slot, tok, widx)
+        n_tiles = tile_slot.shape[0]
+        # one host->device copy: [gate, up, down byte offsets, start, count] x tiles, then token, weight index x pairs
+        host = np.concatenate([(tile_slot[None] * self._stride + self._part_offsets).reshape(-1), start, count,
+                               ptok, pwidx]).astype(np.int64)
+        dev = torch.from_numpy(host).to(h.device)
+        n3 = 3 * n_tiles
+        tile_off = dev[:n3]
+        tile_start = dev[n3:n3 + n_tiles].to(torch.int32)
+        tile_count = dev[n3 + n_tiles:n3 + 2 * n_tiles].to(torch.int32)
+        pair_tok = dev[n3 + 2 * n_tiles:n3 + 2 * n_tiles + ptok.shape[0]].to(torch.int32)
+        pair_widx = dev[n3 + 2 * n_tiles + ptok.shape[0]:]
+        grouped_ffn(self._buf.bytes, self._buf.words, gate.ggml_type, down.ggml_type, self.cfg.n_embd,
+                    self.cfg.n_ff_expert, gate.row_bytes, down.row_bytes, tile_off, tile_start, tile_count,
+                    pair_tok, pair_widx, weights.reshape(-1), h.contiguous(), y)
 
     def _dequantized(self, m: "object", byte_offset: int) -> torch.Tensor:
         """The matrix at `byte_offset` dequantized into the scratch buffer (valid until the next call)."""

@@ -179,22 +179,27 @@ def test_routing_does_not_depend_on_the_cache(tiny_gguf: Callable[[str, str], Pa
 KERNEL_ARCHS = ["mixtral", "qwen3moe"]
 
 
-@pytest.mark.parametrize("hit_path", ["matvec", "dequant"])
+@pytest.mark.parametrize("hit_path", ["matvec", "dequant", "grouped"])
 @pytest.mark.parametrize("outtype", list(BOUNDS))
 @pytest.mark.parametrize("arch", KERNEL_ARCHS)
 def test_triton_kernels_match_llama_cpp(arch: str, outtype: str, hit_path: str, monkeypatch: pytest.MonkeyPatch,
                                         tiny_gguf: Callable[[str, str], Path]) -> None:
     """Cached experts computed from their GGUF blocks by the Triton kernels (interpreted on a
-    CPU-only machine, compiled on CUDA): matvec pairs for few tokens, dequantize + matmul for many."""
+    CPU-only machine, compiled on CUDA): matvec pairs for few tokens, dequantize + matmul for
+    many, or (Q4_0 / Q8_0) the grouped tile kernels for the prefill's hits."""
     pytest.importorskip("triton")
     import edge_moe.gpu_experts as ge
 
+    if hit_path == "grouped" and outtype == "f16":
+        pytest.skip("the grouped kernels read Q4_0 and Q8_0 only")
     monkeypatch.setattr(ge, "dequant_min_tokens", lambda expert_bytes: 10**9 if hit_path == "matvec" else 1)
+    monkeypatch.setattr(ge, "GROUPED_MIN_TOKENS", 2 if hit_path == "grouped" else 10**9)
     path, tokens = _case(arch, outtype, tiny_gguf)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     cache = GpuExpertsConfig(CacheConfig(2, 8), preload="all", kernels="triton")
     ours, margins, model = run_edge_moe(path, tokens, cache, device)
     assert model.gpu.use_triton and model.gpu.cache.stats.misses == 0
+    assert all(model.gpu._grouped) == (hit_path == "grouped" or outtype != "f16"), "tiny dims the grouped kernels take"
     model.close()
     tau, bound = BOUNDS[outtype]
     _compare(ours, _LLAMA[(arch, outtype)], margins, tau, bound, f"{arch} {outtype} triton-{hit_path} {device}")

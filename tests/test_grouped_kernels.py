@@ -1,0 +1,78 @@
+"""The grouped prefill kernels (edge_moe/grouped_kernels.py) against gguf.quants.dequantize +
+numpy, Q4_0 and Q8_0; Triton's interpreter on CPU tensors here, compiled on CUDA."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from gguf.constants import GGMLQuantizationType as T
+
+pytest.importorskip("triton")
+
+from edge_moe.grouped_kernels import BT, grouped_ffn, grouped_supported, tile_table  # noqa: E402
+from tests.test_quant_kernels import DEVICE, _buffer, _quantized  # noqa: E402
+
+E, F, N_EXPERT = 64, 128, 3
+
+
+def test_tiles_cover_every_pair_once_grouped_by_slot() -> None:
+    rng = np.random.default_rng(0)
+    slot = rng.choice([5, 9, 2], size=40, p=[0.7, 0.2, 0.1])
+    tok, widx = np.arange(40) // 2, np.arange(40)
+    tile_slot, start, count, ptok, pwidx = tile_table(slot, tok, widx)
+    assert count.max() <= BT and count.min() >= 1 and count.sum() == 40
+    assert sorted(pwidx.tolist()) == list(range(40))  # a permutation of the pairs
+    for s, a, c in zip(tile_slot, start, count):
+        assert (slot[pwidx[a:a + c]] == s).all()  # a tile's pairs share its slot
+    assert np.array_equal(ptok, tok[pwidx])
+    assert sorted(set(tile_slot.tolist())) == [2, 5, 9] and np.array_equal(np.sort(start), start)
+
+
+def test_supported_layouts() -> None:
+    assert grouped_supported(int(T.Q4_0), int(T.Q4_0), int(T.Q8_0), 2048, 768)
+    assert not grouped_supported(int(T.Q4_K), int(T.Q4_K), int(T.Q4_0), 2048, 768)
+    assert not grouped_supported(int(T.Q4_0), int(T.Q8_0), int(T.Q4_0), 2048, 768)  # gate != up
+    assert not grouped_supported(int(T.Q4_0), int(T.Q4_0), int(T.Q4_0), 2048, 96)  # F not a multiple of 64
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("types", [(T.Q4_0, T.Q4_0), (T.Q8_0, T.Q4_0), (T.Q4_0, T.Q8_0)],
+                         ids=lambda t: f"{t[0].name}-{t[1].name}")
+def test_grouped_ffn_matches_reference(types: tuple[T, T], dtype: torch.dtype) -> None:
+    qin, qdown = types
+    rng = np.random.default_rng(int(qin) * 10 + int(qdown))
+    mats = []  # per expert: gate, up, down (raw, dequantized)
+    for _ in range(N_EXPERT):
+        mats.append([_quantized(rng, qin, F, E), _quantized(rng, qin, F, E), _quantized(rng, qdown, E, F)])
+    buf, offs = _buffer([m[0] for ex in mats for m in ex])
+    n_tok, k = 23, 2
+    # expert 0 is used by every token (two tiles of BT = 16), the others by a few
+    ids = np.stack([[0, rng.integers(1, N_EXPERT)] for _ in range(n_tok)])
+    w = rng.random((n_tok, k)).astype(np.float32)
+    x = (rng.standard_normal((n_tok, E)) * 0.5).astype(np.float32)
+    xt = torch.from_numpy(x).to(DEVICE, dtype)
+    xr = xt.float().cpu().numpy()
+    tok, j = np.nonzero(np.ones_like(ids, bool))
+    slot = ids[tok, j]
+    tile_slot, start, count, ptok, pwidx = tile_table(slot, tok, tok * k + j)
+    tile_off = np.stack([[offs[3 * s + part] for s in tile_slot] for part in range(3)])  # [3, n_tiles]
+    y = torch.zeros((n_tok, E), dtype=torch.float32, device=DEVICE)
+    row_in = mats[0][0][0].shape[1]
+    row_down = mats[0][2][0].shape[1]
+    grouped_ffn(buf.bytes, buf.words, int(qin), int(qdown), E, F, row_in, row_down,
+                torch.from_numpy(tile_off.astype(np.int64)).to(DEVICE),
+                torch.from_numpy(start.astype(np.int32)).to(DEVICE), torch.from_numpy(count.astype(np.int32)).to(DEVICE),
+                torch.from_numpy(ptok.astype(np.int32)).to(DEVICE), torch.from_numpy(pwidx.astype(np.int64)).to(DEVICE),
+                torch.from_numpy(w.reshape(-1)).to(DEVICE), xt, y)
+    want = np.zeros((n_tok, E), np.float32)
+    for t in range(n_tok):
+        for jj in range(k):
+            (_, g), (_, u), (_, d) = mats[ids[t, jj]]
+            a, b = g @ xr[t], u @ xr[t]
+            act = a / (1 + np.exp(-a)) * b
+            if dtype == torch.float16:
+                act = act.astype(np.float16).astype(np.float32)  # the kernels keep act in x's dtype
+            want[t] += w[t, jj] * (d @ act)
+    tol = 2e-5 if dtype == torch.float32 else 1e-2
+    np.testing.assert_allclose(y.cpu().numpy(), want, rtol=tol, atol=tol * np.abs(want).max())
