@@ -51,6 +51,13 @@ SLOT_ALIGNMENT = 256  # bytes; each part of a slot starts at a multiple (kernels
 # and what ggml's quantized matmuls do on all CPU cores for a batch of tokens.
 STREAM_PCIE_BYTES_PER_S = 25e9
 CPU_EXPERT_FLOPS = 1e12
+# A streamed expert's host side, measured on the H100 box (benchmarks/fill_bench.py): the
+# staging copy runs at 5.9 GB/s on one thread (experts up to gpu_slots.CHUNK_BYTES, Qwen3's)
+# and 23 GB/s on 8 (larger ones, Mixtral's), and each expert costs ~0.1 ms of launches and
+# waits besides. Without these, 2.65 MB experts were streamed from 11 tokens on, and a
+# 512-token Qwen3 prefill at 12 GiB spent ~1.8 s streaming ~1 ms per expert.
+STAGING_BYTES_PER_S_ONE, STAGING_BYTES_PER_S_MANY = 5.9e9, 23e9
+STREAM_FIXED_S = 1e-4
 STREAM_SLOTS = 2  # ring of the stream slots: one expert computed while the next is copied
 # Free VRAM left beside the ring and its scratch before a stream-only config is built.
 STREAM_VRAM_MARGIN = 512 << 20
@@ -103,10 +110,14 @@ def stream_threshold(expert_bytes: int, n_embd: int, n_ff: int,
                      pcie_bytes_per_s: float = STREAM_PCIE_BYTES_PER_S,
                      cpu_flops: float = CPU_EXPERT_FLOPS) -> int:
     """Fewest tokens of one call for which copying a missed expert to the GPU beats computing
-    it on the CPU: copy expert_bytes / pcie < n x 6 E F / cpu_flops (the CPU is compute-bound
-    there; with few tokens it is DRAM-bound and reads the bytes once, no slower than the copy).
+    it on the CPU: copy < n x 6 E F / cpu_flops (the CPU is compute-bound there; with few
+    tokens it is DRAM-bound and reads the bytes once, no slower than the copy), the copy being
+    STREAM_FIXED_S + expert_bytes at the slower of PCIe and the staging copy.
     Never below 2: a decode step's misses stay on the CPU (a fill is the admission's call)."""
-    copy_s = expert_bytes / pcie_bytes_per_s
+    from edge_moe.gpu_slots import CHUNK_BYTES
+
+    staging = STAGING_BYTES_PER_S_ONE if expert_bytes <= CHUNK_BYTES else STAGING_BYTES_PER_S_MANY
+    copy_s = STREAM_FIXED_S + expert_bytes / min(pcie_bytes_per_s, staging)
     cpu_s_per_token = 6 * n_embd * n_ff / cpu_flops
     return max(2, math.ceil(copy_s / cpu_s_per_token))
 
