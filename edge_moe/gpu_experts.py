@@ -9,8 +9,9 @@ the budget counts quantized bytes.
 
 Hit compute ("triton" kernels, the default on CUDA): the hits of a layer with few tokens
 each run as two launches over all (token, expert) pairs (quant_ops.glu_pairs, then
-scatter_pairs); an expert used by many tokens of a prefill chunk is dequantized to the
-compute dtype in a scratch matrix and multiplied with torch. "reference" dequantizes the
+scatter_pairs). From GROUPED_MIN_TOKENS tokens on, Q4_0 / Q8_0 layers run all their hits
+as two launches of the grouped tile kernels (edge_moe/grouped_kernels.py); other formats
+dequantize an expert used by many tokens into a scratch matrix and multiply with torch. "reference" dequantizes the
 slot's bytes with gguf.quants on the host (the CPU device in tests, and any type the
 kernels do not read).
 
@@ -40,25 +41,13 @@ import torch.nn.functional as F
 from edge_moe.dense_weights import tensor_to_numpy
 from edge_moe.gguf_file import GGUFFile, GGUFTensor
 from edge_moe.model_config import MoEConfig
+from edge_moe.stream_rule import STREAM_SLOTS, stream_threshold, stream_vram_bytes  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     from edge_moe.expert_cache import CacheConfig, ExpertCache
     from edge_moe.gpu_slots import SlotStore
 
 SLOT_ALIGNMENT = 256  # bytes; each part of a slot starts at a multiple (kernels read 16-bit words)
-# Streaming rule (a first estimate; the planner's measured figures can replace them): PCIe
-# through pinned staging (the ~49 GB/s link, with the staging copy on top: run_cli's default),
-# and what ggml's quantized matmuls do on all CPU cores for a batch of tokens.
-STREAM_PCIE_BYTES_PER_S = 25e9
-CPU_EXPERT_FLOPS = 1e12
-# A streamed expert's host side, measured on the H100 box (benchmarks/fill_bench.py): the
-# staging copy runs at 5.9 GB/s on one thread (experts up to gpu_slots.CHUNK_BYTES, Qwen3's)
-# and 23 GB/s on 8 (larger ones, Mixtral's), and each expert costs ~0.1 ms of launches and
-# waits besides. Without these, 2.65 MB experts were streamed from 11 tokens on, and a
-# 512-token Qwen3 prefill at 12 GiB spent ~1.8 s streaming ~1 ms per expert.
-STAGING_BYTES_PER_S_ONE, STAGING_BYTES_PER_S_MANY = 5.9e9, 23e9
-STREAM_FIXED_S = 1e-4
-STREAM_SLOTS = 2  # ring of the stream slots: one expert computed while the next is copied
 # Free VRAM left beside the ring and its scratch before a stream-only config is built.
 STREAM_VRAM_MARGIN = 512 << 20
 # A cached expert used by enough tokens of one call is dequantized once and multiplied as a
@@ -104,28 +93,6 @@ class GpuExpertsConfig:
             raise ValueError("no cache and no stream slots: nothing on the GPU (use no GpuExpertsConfig)")
         if self.cache is None and self.preload != "none":
             raise ValueError("preload needs a cache")
-
-
-def stream_threshold(expert_bytes: int, n_embd: int, n_ff: int,
-                     pcie_bytes_per_s: float = STREAM_PCIE_BYTES_PER_S,
-                     cpu_flops: float = CPU_EXPERT_FLOPS) -> int:
-    """Fewest tokens of one call for which copying a missed expert to the GPU beats computing
-    it on the CPU: copy < n x 6 E F / cpu_flops (the CPU is compute-bound there; with few
-    tokens it is DRAM-bound and reads the bytes once, no slower than the copy), the copy being
-    STREAM_FIXED_S + expert_bytes at the slower of PCIe and the staging copy.
-    Never below 2: a decode step's misses stay on the CPU (a fill is the admission's call)."""
-    from edge_moe.gpu_slots import CHUNK_BYTES
-
-    staging = STAGING_BYTES_PER_S_ONE if expert_bytes <= CHUNK_BYTES else STAGING_BYTES_PER_S_MANY
-    copy_s = STREAM_FIXED_S + expert_bytes / min(pcie_bytes_per_s, staging)
-    cpu_s_per_token = 6 * n_embd * n_ff / cpu_flops
-    return max(2, math.ceil(copy_s / cpu_s_per_token))
-
-
-def stream_vram_bytes(slot_bytes: int, n_embd: int, n_ff: int, dtype_bytes: int = 2,
-                      n_slots: int = STREAM_SLOTS) -> int:
-    """Device bytes of the stream ring and the dequantization scratch (one [F, E] matrix)."""
-    return n_slots * slot_bytes + n_embd * n_ff * dtype_bytes
 
 
 def quantized_expert_bytes(gguf: GGUFFile, cfg: MoEConfig) -> int:

@@ -1,0 +1,47 @@
+"""When a missed expert of a prefill call is streamed to the GPU instead of computed on the CPU.
+
+A missed expert that many tokens of one call use is cheaper to copy to the GPU and compute
+there than to compute on the CPU: the CPU's time grows with the tokens, the copy's does not.
+`stream_threshold` is the crossover; `stream_vram_bytes` what the ring of stream slots
+costs in VRAM (the planner reserves it). Used by edge_moe/gpu_experts.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+from edge_moe.gpu_slots import CHUNK_BYTES
+
+# Streaming rule (a first estimate; the planner's measured figures can replace them): PCIe
+# through pinned staging (the ~49 GB/s link, with the staging copy on top: run_cli's default),
+# and what ggml's quantized matmuls do on all CPU cores for a batch of tokens.
+STREAM_PCIE_BYTES_PER_S = 25e9
+CPU_EXPERT_FLOPS = 1e12
+# A streamed expert's host side, measured on the H100 box (benchmarks/fill_bench.py): the
+# staging copy runs at 5.9 GB/s on one thread (experts up to gpu_slots.CHUNK_BYTES, Qwen3's)
+# and 23 GB/s on 8 (larger ones, Mixtral's), and each expert costs ~0.1 ms of launches and
+# waits besides. Without these, 2.65 MB experts were streamed from 11 tokens on, and a
+# 512-token Qwen3 prefill at 12 GiB spent ~1.8 s streaming ~1 ms per expert.
+STAGING_BYTES_PER_S_ONE, STAGING_BYTES_PER_S_MANY = 5.9e9, 23e9
+STREAM_FIXED_S = 1e-4
+STREAM_SLOTS = 2  # ring of the stream slots: one expert computed while the next is copied
+
+
+def stream_threshold(expert_bytes: int, n_embd: int, n_ff: int,
+                     pcie_bytes_per_s: float = STREAM_PCIE_BYTES_PER_S,
+                     cpu_flops: float = CPU_EXPERT_FLOPS) -> int:
+    """Fewest tokens of one call for which copying a missed expert to the GPU beats computing
+    it on the CPU: copy < n x 6 E F / cpu_flops (the CPU is compute-bound there; with few
+    tokens it is DRAM-bound and reads the bytes once, no slower than the copy), the copy being
+    STREAM_FIXED_S + expert_bytes at the slower of PCIe and the staging copy.
+    Never below 2: a decode step's misses stay on the CPU (a fill is the admission's call)."""
+    staging = STAGING_BYTES_PER_S_ONE if expert_bytes <= CHUNK_BYTES else STAGING_BYTES_PER_S_MANY
+    copy_s = STREAM_FIXED_S + expert_bytes / min(pcie_bytes_per_s, staging)
+    cpu_s_per_token = 6 * n_embd * n_ff / cpu_flops
+    return max(2, math.ceil(copy_s / cpu_s_per_token))
+
+
+def stream_vram_bytes(slot_bytes: int, n_embd: int, n_ff: int, dtype_bytes: int = 2,
+                      n_slots: int = STREAM_SLOTS) -> int:
+    """Device bytes of the stream ring and the dequantization scratch (one [F, E] matrix)."""
+    return n_slots * slot_bytes + n_embd * n_ff * dtype_bytes
