@@ -12,11 +12,12 @@ import math
 
 from edge_moe.gpu_slots import CHUNK_BYTES
 
-# Streaming rule (a first estimate; the planner's measured figures can replace them): PCIe
-# through pinned staging (the ~49 GB/s link, with the staging copy on top: run_cli's default),
-# and what ggml's quantized matmuls do on all CPU cores for a batch of tokens.
+# Streaming rule: PCIe through pinned staging (the ~49 GB/s link, with the staging copy on
+# top), and what ggml's quantized matmuls do on all CPU cores for a prefill's misses: a
+# 512-token Qwen3 prefill at 12 GiB computed ~554 GFLOP of misses in 2.88 s on the H100 box's
+# 16 cores (~0.19 TFLOP/s, 2026-11-24; the first estimate, 1 TFLOP/s, was 5x too high).
 STREAM_PCIE_BYTES_PER_S = 25e9
-CPU_EXPERT_FLOPS = 1e12
+CPU_EXPERT_FLOPS = 0.2e12
 # A streamed expert's host side, measured on the H100 box (benchmarks/fill_bench.py): the
 # staging copy runs at 5.9 GB/s on one thread (experts up to gpu_slots.CHUNK_BYTES, Qwen3's)
 # and 23 GB/s on 8 (larger ones, Mixtral's), and each expert costs ~0.1 ms of launches and
