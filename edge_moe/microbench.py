@@ -1,12 +1,18 @@
 """Micro-benchmarks of this machine's bandwidths, cached per machine (a few seconds, once).
 
-The planner's cost model (DESIGN.md, "The cost model") needs three figures measured here,
-never assumed:
+The planner's cost model (DESIGN.md, "The cost model"; edge_moe/cost_model.py) needs these
+figures measured here, never assumed:
 
+- ggml's fixed cost per call of the CPU expert path (`cpu_call_us`): T=1 calls on tiny Q4_0
+  experts that stay in L2, with 1 and with 4 experts, extrapolated to 0 experts (median per
+  call). It is what a decode layer with misses pays beyond the bytes (thread wake-up and
+  barriers, graph setup); the H100 box's 16 threads measured ~0.025 ms with the workers
+  spinning between calls, ~0.3 ms more when they sleep (OMP passive).
 - DRAM read through the CPU expert path: ggml's mul_mat_id graph (CpuExpertEngine) on
   random Q4_0 experts, T=1, top-k, cycling over layers whose total size is well beyond
   any L3 (the H100 box has 300 MiB), so the weights stream from DRAM as in a decode step.
-  GB/s = expert bytes the routed experts hold / wall time.
+  GB/s = expert bytes the routed experts hold / (wall time - calls x the fixed cost above), so
+  the cost model's cpu(m) = fixed + m x bytes / bandwidth does not count the fixed part twice.
 - Pinned host-to-GPU copies (torch, CUDA only; None elsewhere).
 - GPU fp16 GEMV bandwidth (torch, CUDA only): x [1, K] @ W [K, N]. Cache slots hold fp16
   experts today; quantized-GEMV kernels come with the quantized-slot issue, and this figure
@@ -34,7 +40,9 @@ import numpy as np
 
 from edge_moe.hardware import HardwareInfo
 
-SCHEMA = 1  # bump when a figure changes meaning: older cache files are then re-measured
+# bump when a figure changes meaning: older cache files are then re-measured.
+# 2: cpu_call_us added; dram_gbps is net of it (schema 1 counted the per-call cost as bytes' time).
+SCHEMA = 2
 Q4_0_BLOCK_BYTES, Q4_0_BLOCK = 18, 32  # fp16 scale + 16 bytes of nibbles per 32 weights
 
 
@@ -49,17 +57,19 @@ def _positive(name: str, value: float | None, optional: bool) -> None:
 class MachineMeasurements:
     """Measured bandwidths in GB/s (1e9 bytes/s); GPU figures None without CUDA."""
 
-    dram_gbps: float  # CPU expert path (ggml Q4_0 mul_mat_id) reading DRAM, with `threads`
+    dram_gbps: float  # CPU expert path (ggml Q4_0 mul_mat_id) reading DRAM, with `threads`, net of cpu_call_us
     pcie_h2d_gbps: float | None  # pinned host -> GPU copies
     gpu_gemv_gbps: float | None  # fp16 GEMV weight bytes read per second
     threads: int
     measured_at: str  # ISO 8601, UTC
     machine_key: str
+    cpu_call_us: float | None = None  # fixed cost of one ggml call, microseconds; None: not measured
 
     def __post_init__(self) -> None:
         _positive("dram_gbps", self.dram_gbps, optional=False)
         _positive("pcie_h2d_gbps", self.pcie_h2d_gbps, optional=True)
         _positive("gpu_gemv_gbps", self.gpu_gemv_gbps, optional=True)
+        _positive("cpu_call_us", self.cpu_call_us, optional=True)
         if not (isinstance(self.threads, int) and self.threads >= 1):
             raise ValueError(f"MachineMeasurements.threads must be >= 1, got {self.threads!r}")
         if not self.machine_key or not self.measured_at:
@@ -75,7 +85,7 @@ class MachineMeasurements:
             raise ValueError(f"cache schema {d.get('schema')!r}, expected {SCHEMA}")
         return cls(dram_gbps=d["dram_gbps"], pcie_h2d_gbps=d["pcie_h2d_gbps"],
                    gpu_gemv_gbps=d["gpu_gemv_gbps"], threads=d["threads"],
-                   measured_at=d["measured_at"], machine_key=d["machine_key"])
+                   measured_at=d["measured_at"], machine_key=d["machine_key"], cpu_call_us=d["cpu_call_us"])
 
 
 @dataclass(frozen=True)
@@ -118,24 +128,67 @@ def _q4_0_tensor(rng: np.random.Generator, n_blocks: int) -> np.ndarray:
     return data.reshape(-1)
 
 
-def measure_dram_gbps(threads: int, seconds: float, shape: DramBenchShape = DramBenchShape(),
-                      seed: int = 0) -> float:
-    """Effective GB/s of the ggml CPU expert path on experts streamed from DRAM."""
+# cpu_call_us: experts of 3 x 256 x 128 Q4_0 weights (55 KB), far below any L2, so a call's
+# time is its fixed cost plus a few microseconds of compute
+CALL_BENCH_SHAPE = DramBenchShape(n_layers=1, n_expert=4, n_embd=256, n_ff=128, k=1)
+CALL_BENCH_CALLS = 200  # per expert count: ~10-100 ms on the machines seen so far
+
+
+def _engine_layers(engine: object, shape: DramBenchShape, rng: np.random.Generator) -> list:
     from gguf.constants import GGMLQuantizationType as Q
 
-    from edge_moe.cpu_experts import CpuExpertConfig, CpuExpertEngine
     from edge_moe.expert_weights import ExpertWeights, WeightTensor
 
-    rng = np.random.default_rng(seed)
     s = shape
     n_blocks = s.matrix_bytes * s.n_expert // Q4_0_BLOCK_BYTES
 
     def tensor(rows: int, cols: int) -> WeightTensor:
         return WeightTensor(_q4_0_tensor(rng, n_blocks), Q.Q4_0, (rows, cols, s.n_expert))
 
+    return [engine.prepare(ExpertWeights(tensor(s.n_embd, s.n_ff), tensor(s.n_embd, s.n_ff),  # type: ignore[attr-defined]
+                                         tensor(s.n_ff, s.n_embd))) for _ in range(s.n_layers)]
+
+
+def measure_cpu_call_us(threads: int, calls: int = CALL_BENCH_CALLS, seed: int = 0) -> float:
+    """Fixed microseconds of one T=1 call of the CPU expert path (see the module docstring):
+    median per-call time with 1 and with 4 tiny experts, extrapolated linearly to 0 experts;
+    the 1-expert median where noise would make that extrapolation <= 0."""
+    from edge_moe.cpu_experts import CpuExpertConfig, CpuExpertEngine
+
+    s = CALL_BENCH_SHAPE
+    rng = np.random.default_rng(seed)
     with CpuExpertEngine(CpuExpertConfig(n_threads=threads)) as engine:
-        layers = [engine.prepare(ExpertWeights(tensor(s.n_embd, s.n_ff), tensor(s.n_embd, s.n_ff),
-                                               tensor(s.n_ff, s.n_embd))) for _ in range(s.n_layers)]
+        layer = _engine_layers(engine, s, rng)[0]
+        x = rng.standard_normal((1, s.n_embd), dtype=np.float32)
+        out = np.empty_like(x)
+        medians = {}
+        for k in (1, s.n_expert):
+            ids = np.arange(k, dtype=np.int32)[None, :]
+            w = np.full((1, k), 1.0 / k, np.float32)
+            for _ in range(5):  # warm-up: builds the graph for this k, wakes the threads
+                engine.forward(layer, x, ids, w, out)
+            times = np.empty(calls)
+            for i in range(calls):
+                t0 = time.perf_counter()
+                engine.forward(layer, x, ids, w, out)
+                times[i] = time.perf_counter() - t0
+            medians[k] = float(np.median(times))
+        layer.close()
+    t1, tk = medians[1], medians[s.n_expert]
+    fixed = t1 - (tk - t1) / (s.n_expert - 1)
+    return (fixed if fixed > 0 else t1) * 1e6
+
+
+def measure_dram_gbps(threads: int, seconds: float, shape: DramBenchShape = DramBenchShape(),
+                      seed: int = 0, call_us: float = 0.0) -> float:
+    """GB/s of the ggml CPU expert path on experts streamed from DRAM, net of `call_us`
+    microseconds of fixed cost per call (not subtracted where it would leave under half the time)."""
+    from edge_moe.cpu_experts import CpuExpertConfig, CpuExpertEngine
+
+    rng = np.random.default_rng(seed)
+    s = shape
+    with CpuExpertEngine(CpuExpertConfig(n_threads=threads)) as engine:
+        layers = _engine_layers(engine, s, rng)
         x = rng.standard_normal((1, s.n_embd), dtype=np.float32)
         w = np.full((1, s.k), 1.0 / s.k, np.float32)
         # distinct experts per call, drawn up front so the timed loop is ggml only
@@ -153,7 +206,9 @@ def measure_dram_gbps(threads: int, seconds: float, shape: DramBenchShape = Dram
                 break
         for layer in layers:
             layer.close()
-    return calls * s.k * 3 * s.matrix_bytes / elapsed / 1e9
+    fixed = calls * call_us * 1e-6
+    busy = elapsed - fixed if fixed < 0.5 * elapsed else elapsed
+    return calls * s.k * 3 * s.matrix_bytes / busy / 1e9
 
 
 def measure_pcie_h2d_gbps(seconds: float, nbytes: int = 256 << 20) -> float | None:
@@ -202,20 +257,21 @@ def measure_gpu_gemv_gbps(seconds: float, k: int = 4096, n: int = 14336) -> floa
 
 def measure(threads: int, seconds_budget: float = 3.0, hw: HardwareInfo | None = None,
             dram_shape: DramBenchShape = DramBenchShape()) -> MachineMeasurements:
-    """Run the three benchmarks within about `seconds_budget` (plus setup: allocating the
-    DRAM benchmark's experts takes ~1 s at the default shape)."""
+    """Run the benchmarks within about `seconds_budget` (plus setup: allocating the DRAM
+    benchmark's experts takes ~1 s at the default shape; the per-call cost ~0.1 s)."""
     if not (seconds_budget > 0 and math.isfinite(seconds_budget)):
         raise ValueError(f"seconds_budget must be positive, got {seconds_budget}")
     if hw is None:
         from edge_moe.hardware import detect_hardware
 
         hw = detect_hardware()
-    dram = measure_dram_gbps(threads, 0.6 * seconds_budget, dram_shape)
+    call_us = measure_cpu_call_us(threads)
+    dram = measure_dram_gbps(threads, 0.6 * seconds_budget, dram_shape, call_us=call_us)
     pcie = measure_pcie_h2d_gbps(0.2 * seconds_budget)
     gemv = measure_gpu_gemv_gbps(0.2 * seconds_budget)
     return MachineMeasurements(dram_gbps=dram, pcie_h2d_gbps=pcie, gpu_gemv_gbps=gemv, threads=threads,
                                measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                               machine_key=machine_key(hw))
+                               machine_key=machine_key(hw), cpu_call_us=call_us)
 
 
 def cache_path(hw: HardwareInfo, cache_dir: Path | None = None) -> Path:

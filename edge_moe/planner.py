@@ -18,8 +18,11 @@ Reads GGUF metadata and tensor sizes only, never the weights. Choices, each expl
 - admission: the cache is simulated (edge_moe/simulator.py) with admission "all" and
   "reuse" on the routing trace (given, else uniform random routing, which is pessimistic:
   real routing is skewed) and the faster is kept; if no cache beats both, no cache.
-- prediction: decode tok/s is the simulator's cost model; prefill tok/s is a first estimate
-  (see `_prefill_tps`), or streaming every expert over PCIe where that is faster.
+- prediction: decode tok/s is the simulator's replay priced by edge_moe/cost_model.py's
+  per-layer model of the decode loop (figures measured by edge_moe/microbench.py where it
+  can, the cost model's documented constants for the rest); a cache that holds every expert is
+  priced as its steady state, one CUDA graph per token. Prefill tok/s is a first estimate
+  (cost_model.prefill_tps), or streaming every expert over PCIe where that is faster.
 - prefill streaming (cuda): the workspace includes the stream ring and its fp16 dequantization
   scratch (gpu_experts.stream_vram_bytes), which the executor allocates with or without a cache.
 
@@ -35,11 +38,13 @@ from typing import Any
 
 import numpy as np
 
+from edge_moe.cost_model import (CPU_CALL_FIXED_S, CPU_DEVICE_LAYER_S, LAYER_SECONDS, MachineFigures,
+                                 decode_figures, prefill_tps)
 from edge_moe.expert_cache import CacheConfig, ReplacePolicy, parse_replace_policy
 from edge_moe.hardware import GIB, HardwareInfo
 from edge_moe.microbench import MachineMeasurements
 from edge_moe.profiles import HardwareProfile, resolve_threads
-from edge_moe.simulator import MachineFigures, admission_config, simulate
+from edge_moe.simulator import admission_config, simulate
 
 CTX_STEP = 256  # context is reduced in these steps
 MIN_CTX = 512  # below this the dense part rather goes to the CPU than cripple the context
@@ -53,9 +58,6 @@ SYNTHETIC_TOKENS = 256
 CUDA_CONTEXT_BYTES = 800 << 20
 ALLOCATOR_SLACK_BYTES = 160 << 20
 RUNTIME_RESERVE_BYTES = CUDA_CONTEXT_BYTES + ALLOCATOR_SLACK_BYTES  # in the budget, in no tensor
-# Per layer and token: kernel launches, the GPU->host round trip of a miss (~13 us on the
-# H100 box) and the ggml call. A first estimate, to calibrate against `edge-moe run`.
-LAYER_OVERHEAD_S = 40e-6
 # Used when neither a measurement nor the profile gives a GPU figure (a conservative laptop GPU).
 FALLBACK_PCIE_GBPS, FALLBACK_GPU_GBPS = 12.0, 256.0
 
@@ -213,18 +215,6 @@ def synthetic_routing(n_tokens: int, n_layers: int, n_experts: int, k: int, seed
     return np.argsort(rng.random((n_tokens, n_layers, n_experts)), axis=2)[:, :, :k].astype(np.int64)
 
 
-def _prefill_tps(m: _ModelSizes, chunk: int, cached_per_layer: int, dense_s: float,
-                 dram_gbps: float, gpu_gbps: float | None) -> float:
-    """First estimate of prefill tok/s, bandwidth only (CPU and GPU compute ignored, so it is
-    optimistic for large chunks): per chunk of `chunk` tokens each layer touches nearly every
-    expert once; cached ones are read from VRAM, the others by the CPU from DRAM."""
-    touched = m.n_expert * (1 - (1 - m.k / m.n_expert) ** chunk)
-    on_cpu = max(touched - cached_per_layer, 0.0)
-    gpu = 0.0 if gpu_gbps is None else min(cached_per_layer, touched) * 6 * m.n_embd * m.n_ff / (gpu_gbps * 1e9)
-    per_layer = max(on_cpu * m.expert_bytes / (dram_gbps * 1e9), gpu) + LAYER_OVERHEAD_S
-    return chunk / (dense_s + m.n_layer * per_layer)
-
-
 def make_plan(model_path: str | Path, hw: HardwareInfo, profile: HardwareProfile,
               measurements: MachineMeasurements | None = None, routing: np.ndarray | None = None,
               overrides: PlanOverrides = PlanOverrides()) -> Plan:
@@ -309,10 +299,13 @@ def make_plan(model_path: str | Path, hw: HardwareInfo, profile: HardwareProfile
             what = "the VRAM budget" if o.vram_budget_gib is not None else "free VRAM minus the margin"
             notes.append(f"warning: context {ctx} with the dense weights exceeds {what}")
 
-    figures = None
     dense_s = dense / ((gpu_bw or FALLBACK_GPU_GBPS) * 1e9 if device == "cuda" else dram * 1e9)
-    base_s = dense_s + m.n_layer * LAYER_OVERHEAD_S
-    cpu_token_s = base_s + m.n_layer * m.k * m.expert_bytes / (dram * 1e9)
+    call_s = (measurements.cpu_call_us * 1e-6 if measurements and measurements.cpu_call_us
+              else CPU_CALL_FIXED_S)
+    notes.append(f"ggml call {call_s * 1e6:.0f} us fixed: "
+                 + ("measured" if measurements and measurements.cpu_call_us else "cost_model's H100 figure"))
+    # the CPU device: no graphs, no cache (cost_model.CPU_DEVICE_LAYER_S is a first estimate)
+    cpu_token_s = dense_s + m.n_layer * (CPU_DEVICE_LAYER_S + call_s + m.k * m.expert_bytes / (dram * 1e9))
     no_cache_tps = 1.0 / cpu_token_s
     replace = parse_replace_policy(o.policy) if o.policy else ReplacePolicy.LRU
     cache: CacheConfig | None = None
@@ -320,10 +313,9 @@ def make_plan(model_path: str | Path, hw: HardwareInfo, profile: HardwareProfile
     decode_tps = no_cache_tps
     routing_source = "none"
     if device == "cuda":
-        figures = MachineFigures(dram_gbps=dram, pcie_gbps=pcie or FALLBACK_PCIE_GBPS,
-                                 gpu_expert_seconds=slot / ((gpu_bw or FALLBACK_GPU_GBPS) * 1e9),
-                                 base_token_seconds=base_s)
         geometry = _geometry(o, budget, slot, m, notes)
+        full = geometry is not None and geometry == (m.n_layer, m.n_expert)  # every expert cached
+        figures = _figures(m, dense, dram, pcie or FALLBACK_PCIE_GBPS, gpu_bw or FALLBACK_GPU_GBPS, call_s, full)
         if geometry is not None:
             trace, routing_source = _routing(routing, m)
             rules = [o.admission] if o.admission else ["all", "reuse"]
@@ -335,23 +327,30 @@ def make_plan(model_path: str | Path, hw: HardwareInfo, profile: HardwareProfile
             best, best_cfg = max(results, key=lambda r: r[0].tokens_per_second)
             no_cache_tps = best.baseline_tokens_per_second
             summary = ", ".join(f"{r.admission} {r.tokens_per_second:.2f}" for r, _ in results)
-            if best.tokens_per_second > no_cache_tps or o.forces_cache or o.admission:
+            if best.tokens_per_second > no_cache_tps or o.forces_cache or o.admission or full:
                 cache, hit_rate, decode_tps = best_cfg, best.hit_rate, best.tokens_per_second
                 notes.append(f"admission {best.admission}: simulated tok/s {summary} on {routing_source}"
                              + (" (your flag)" if o.admission else ""))
+                if full:  # once warm (a prompt's prefill fills it), a token is one CUDA graph
+                    decode_tps = 1.0 / figures.resident_token_seconds
+                    notes.append(f"every expert cached: {decode_tps:.2f} tok/s in steady state, one CUDA graph "
+                                 f"per token (the simulated tok/s include the cache's warm-up)")
             else:
                 decode_tps = no_cache_tps
                 notes.append(f"no cache: simulated tok/s {summary} do not beat {no_cache_tps:.2f} without it")
         else:
-            no_cache_tps = decode_tps = 1.0 / figures.token_seconds(0, m.n_layer * m.k, 0, m.expert_bytes)
+            no_cache_tps = decode_tps = 1.0 / figures.no_cache_seconds(m.n_layer, m.k, m.expert_bytes)
     if o.quota is not None:
         notes.append(f"quota {o.quota} fills/token: your flag")
     if o.policy:
         notes.append(f"replacement {replace.value}: your flag")
 
     cached_per_layer = 0 if cache is None else cache.n_slots // m.n_layer
-    prefill = _prefill_tps(m, d.prefill_chunk, cached_per_layer, dense_s, dram,
-                           gpu_bw if device == "cuda" else None)
+    prefill = prefill_tps(d.prefill_chunk, n_layer=m.n_layer, n_expert=m.n_expert, k=m.k,
+                          expert_bytes=m.expert_bytes, n_embd=m.n_embd, n_ff=m.n_ff,
+                          cached_per_layer=cached_per_layer, dense_s=dense_s, dram_gbps=dram,
+                          gpu_gbps=gpu_bw if device == "cuda" else None,
+                          layer_s=(LAYER_SECONDS if device == "cuda" else CPU_DEVICE_LAYER_S) + call_s)
     notes.append(f"prefill {prefill:.0f} tok/s: first estimate, bandwidth only (compute ignored)")
     if device == "cuda" and pcie:
         stream = d.prefill_chunk / (dense_s + m.n_layer * m.n_expert * m.expert_bytes / (pcie * 1e9))
@@ -367,6 +366,18 @@ def make_plan(model_path: str | Path, hw: HardwareInfo, profile: HardwareProfile
                 no_cache_decode_tps=no_cache_tps, notes=notes,
                 vram_budget_bytes=None if o.vram_budget_gib is None else int(o.vram_budget_gib * GIB),
                 dense_format=m.dense_cuda_format if device == "cuda" else "fp16", prefill_chunk=d.prefill_chunk)
+
+
+def _figures(m: _ModelSizes, dense: int, dram: float, pcie: float, gpu_bw: float, call_s: float,
+             full: bool) -> MachineFigures:
+    """cost_model's figures for this model on CUDA. The LM head (n_vocab x n_embd at the dense
+    weights' mean bytes per weight) is read outside the layers; the other dense bytes, less the
+    embedding, spread over the layers (a lower bound of each layer's front graph)."""
+    head = m.n_vocab * m.n_embd * dense / max(m.n_params_dense, 1)
+    per_layer = max(dense - 2 * head, 0.0) / m.n_layer
+    return decode_figures(n_layer=m.n_layer, k=m.k, slot_bytes=m.slot_bytes, layer_dense_bytes=per_layer,
+                          outside_dense_bytes=head, dram_gbps=dram, pcie_gbps=pcie, gpu_gemv_gbps=gpu_bw,
+                          cpu_call_seconds=call_s, all_cached=full)
 
 
 def _geometry(o: PlanOverrides, budget: int, slot: int, m: _ModelSizes, notes: list[str]) -> tuple[int, int] | None:

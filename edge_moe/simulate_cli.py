@@ -11,8 +11,13 @@ import numpy as np
 
 from edge_moe.errors import EdgeMoeError
 
+from edge_moe import cost_model as cm
+
 # DESIGN.md: Mixtral-8x7B Q4_0, one expert = 3 x 4096 x 14336 weights at 4.5 bits = 99.1 MB = 94.5 MiB
 MIXTRAL_Q4_0_EXPERT_MIB = 3 * 4096 * 14336 * 4.5 / 8 / 2**20
+H100_GEMV_GBPS = 2730.0  # fp16 GEMV, README "Quantized experts on the GPU"
+MIXTRAL_GPU_EXPERT_US = MIXTRAL_Q4_0_EXPERT_MIB * 2**20 / (cm.quant_gbps(H100_GEMV_GBPS) * 1e9) * 1e6
+MIXTRAL_BASE_MS = 32000 * 4096 * 4.5 / 8 / (cm.quant_gbps(H100_GEMV_GBPS) * 1e9) * 1e3  # Q4_0 LM head
 SWEEP_POLICIES = ("LRU", "FIFO", "LFU", "random")
 SWEEP_ADMISSIONS = ("all", "reuse")
 
@@ -20,8 +25,9 @@ SWEEP_ADMISSIONS = ("all", "reuse")
 def add_simulate_parser(sub: Any) -> None:
     s = sub.add_parser("simulate", help="replay a routing trace through the GPU expert cache; predict tok/s",
                        description="Replay a routing trace (ours: .json; shared/traces: .npz) through a cache "
-                                   "and price it with DESIGN.md's cost model. Machine defaults are the GPU "
-                                   "machine measured in DESIGN.md (H100, PCIe Gen5, Xeon 16 threads).")
+                                   "and price it with the per-layer cost model (edge_moe/cost_model.py). Machine "
+                                   "defaults are the GPU machine measured in DESIGN.md and cost_model.py (H100, "
+                                   "PCIe Gen5, Xeon 16 threads).")
     s.add_argument("trace", metavar="TRACE", help="routing trace: .npz (experts_<p> arrays) or edge-moe .json")
     s.add_argument("--problem", default="0", help="which experts_<p> array of an .npz trace (default 0)")
     s.add_argument("--n-experts", type=int, default=None, help="experts per layer (default: max id in trace + 1)")
@@ -32,14 +38,28 @@ def add_simulate_parser(sub: Any) -> None:
     s.add_argument("--cache-admission", default="all", help="all (admit every miss) | reuse (cost model)")
     s.add_argument("--expert-mib", type=float, default=round(MIXTRAL_Q4_0_EXPERT_MIB, 2),
                    help="bytes of one expert in MiB (default: Mixtral-8x7B Q4_0, 99 MB = 94.5 MiB, DESIGN.md)")
-    s.add_argument("--dram-gbps", type=float, default=56.0,
-                   help="CPU expert path DRAM read, GB/s (default 56: DESIGN.md GPU machine)")
+    s.add_argument("--dram-gbps", type=float, default=47.0,
+                   help="CPU expert path DRAM read net of the per-call cost, GB/s (default 47: H100 machine, "
+                        "Qwen3 experts; 46-58 on Mixtral's)")
     s.add_argument("--pcie-gbps", type=float, default=55.0,
                    help="host to GPU pinned copy, GB/s (default 55: DESIGN.md GPU machine)")
-    s.add_argument("--gpu-expert-us", type=float, default=40.0,
-                   help="one cached expert on the GPU, microseconds (default 40: DESIGN.md GPU machine)")
-    s.add_argument("--base-ms", type=float, default=2.0,
-                   help="per-token time outside the routed experts, ms (default 2)")
+    s.add_argument("--gpu-expert-us", type=float, default=round(MIXTRAL_GPU_EXPERT_US, 1),
+                   help="one cached expert on the GPU, microseconds (default: a Mixtral Q4_0 expert at "
+                        "the H100's measured Q4_0 kernel rate, cost_model.py)")
+    s.add_argument("--base-ms", type=float, default=round(MIXTRAL_BASE_MS, 3),
+                   help="per-token time outside the layers, ms (default: Mixtral's Q4_0 LM head on the H100)")
+    s.add_argument("--layer-us", type=float, default=cm.LAYER_SECONDS * 1e6,
+                   help="per-layer loop time whatever the routing: front graph, sync, host lookup, launches, "
+                        "join (default: measured on the H100 machine, cost_model.py)")
+    s.add_argument("--cpu-call-us", type=float, default=cm.CPU_CALL_FIXED_S * 1e6,
+                   help="fixed cost of a layer's ggml call for its misses (default: H100 machine; "
+                        "`edge-moe` measures yours, microbench.py)")
+    s.add_argument("--gpu-layer-us", type=float, default=cm.EXPERT_KERNELS_FIXED_S * 1e6,
+                   help="fixed GPU time of a layer's hit kernels (default: H100 machine)")
+    s.add_argument("--fill-issue-us", type=float, default=cm.FILL_ISSUE_S * 1e6,
+                   help="decode-thread time to issue one fill (default: fills on a background thread)")
+    s.add_argument("--resident-ms", type=float, default=None,
+                   help="token time when every expert is cached (one CUDA graph); default: no such mode")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     s.add_argument("--sweep", action="store_true",
                    help="table over ways 1..n_experts-1 x LRU/FIFO/LFU/random x admission all/reuse")
@@ -62,7 +82,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     n_layers = experts.shape[1]
     n_experts = args.n_experts if args.n_experts is not None else int(experts.max()) + 1
     try:
-        machine = MachineFigures(args.dram_gbps, args.pcie_gbps, args.gpu_expert_us * 1e-6, args.base_ms * 1e-3)
+        machine = MachineFigures(args.dram_gbps, args.pcie_gbps, args.gpu_expert_us * 1e-6, args.base_ms * 1e-3,
+                                 layer_seconds=args.layer_us * 1e-6, cpu_call_seconds=args.cpu_call_us * 1e-6,
+                                 gpu_layer_seconds=args.gpu_layer_us * 1e-6,
+                                 fill_issue_seconds=args.fill_issue_us * 1e-6,
+                                 resident_token_seconds=None if args.resident_ms is None else args.resident_ms * 1e-3)
         expert_bytes = int(args.expert_mib * 2**20)
         if expert_bytes <= 0:
             raise ValueError(f"--expert-mib must be positive, got {args.expert_mib}")

@@ -9,65 +9,25 @@ The replay drives the cache exactly as a decode step does (edge_moe/expert_cache
         unpin the hits
     end_token()
 
-Prediction (DESIGN.md, "The cost model"): per token, with h hits, m misses and f fills,
-
-    gpu_time = h x gpu_expert_seconds
-    cpu_time = (m + f) x expert_bytes / dram_bandwidth     fills read the same DRAM as misses
-    pcie_time = f x expert_bytes / pcie_bandwidth          the second limit on fills
-    t_token = base_token_seconds + max(gpu_time, cpu_time, pcie_time)
-
-computed for each token and averaged (a token's bottleneck depends on its own counts);
-tok/s = 1 / mean t_token. The "no cache" baseline is the same formula with every lookup a
-miss and no fills. It is a model of overlap, not a measurement: GPU hits, CPU misses and
-copies are assumed to run concurrently and be bound by bandwidth alone.
+Prediction: edge_moe/cost_model.py's per-layer model. The replay knows each token's hits,
+misses and fills per layer, so a token costs the sum over its layers of (fixed per-layer work +
+max(this layer's CPU call, its GPU hits) + its fills' issue time), bounded below by the fills'
+PCIe bytes and all DRAM bytes; a token that starts with every expert of the model cached is the
+one-graph token (`MachineFigures.resident_token_seconds`, where the figures have one).
+tok/s = 1 / mean t_token. The "no cache" baseline is every lookup a miss and no fills. A model
+of the executor's loop, not a measurement: benchmarks/planner_accuracy.py compares the two.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from edge_moe.cache_admission import (AdmissionConfig, AdmissionPolicy, AdmissionRule, CostModel,
-                                      parse_admission_rule)
+from edge_moe.cache_admission import AdmissionConfig, AdmissionPolicy, AdmissionRule, parse_admission_rule
+from edge_moe.cost_model import MachineFigures
 from edge_moe.expert_cache import CacheConfig, ExpertCache
-
-
-@dataclass(frozen=True)
-class MachineFigures:
-    """Bandwidths (GB/s, 1e9 bytes/s) and per-expert GPU time the cost model needs."""
-
-    dram_gbps: float  # CPU expert path reading host DRAM
-    pcie_gbps: float  # host to GPU copies (fills)
-    gpu_expert_seconds: float  # one cached expert's FFN on the GPU
-    base_token_seconds: float = 0.002  # everything but routed experts (attention, dense, sampling)
-
-    def __post_init__(self) -> None:
-        for name in ("dram_gbps", "pcie_gbps", "gpu_expert_seconds", "base_token_seconds"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"MachineFigures.{name} must be a positive number, got {value!r}")
-
-    @property
-    def dram_bandwidth(self) -> float:
-        return self.dram_gbps * 1e9
-
-    @property
-    def pcie_bandwidth(self) -> float:
-        return self.pcie_gbps * 1e9
-
-    def cost_model(self, expert_bytes: int) -> CostModel:
-        """The same figures in the form the reuse admission rule weighs fills with."""
-        return CostModel(expert_bytes, self.dram_bandwidth, self.pcie_bandwidth, self.gpu_expert_seconds)
-
-    def token_seconds(self, hits: int, misses: int, fills: int, expert_bytes: int) -> float:
-        """DESIGN.md's cost model for one token (see the module docstring)."""
-        gpu = hits * self.gpu_expert_seconds
-        cpu = (misses + fills) * expert_bytes / self.dram_bandwidth
-        pcie = fills * expert_bytes / self.pcie_bandwidth
-        return self.base_token_seconds + max(gpu, cpu, pcie)
 
 
 def admission_config(rule: str | AdmissionRule, quota: int | None, machine: MachineFigures,
@@ -111,6 +71,9 @@ class SimulationResult:
     # no cache: every lookup a CPU miss, no fills
     baseline_seconds_per_token: float
     baseline_tokens_per_second: float
+    # the per-layer model's inputs, per token
+    cpu_calls_per_token: float = 0.0  # layers with at least one miss (one ggml call each)
+    resident_tokens: int = 0  # tokens that began with every expert cached (one-graph tokens)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -143,10 +106,15 @@ def simulate(experts: np.ndarray, config: CacheConfig, expert_bytes: int, n_expe
     cache = ExpertCache(config, n_layers, n_experts, expert_bytes, admission_policy)
     stats = cache.stats
     total_seconds = 0.0
+    every_expert = n_layers * n_experts
+    calls = resident_tokens = 0
     for token in trace.tolist():  # plain ints: the cache is pure Python
-        h0, m0, f0 = stats.hits, stats.misses, stats.fills
+        resident = cache.n_cached == every_expert
+        resident_tokens += resident
+        layers = []  # (hits, misses, fills) per layer
         cache.begin_token()
         for layer, ids in enumerate(token):
+            f0 = stats.fills
             hit_slots = []
             missed = set()
             for expert in ids:
@@ -160,11 +128,13 @@ def simulate(experts: np.ndarray, config: CacheConfig, expert_bytes: int, n_expe
                 cache.admit(layer, expert)  # the simulator only counts; nothing to copy
             for slot in hit_slots:
                 cache.unpin(slot)
+            calls += bool(missed)
+            layers.append((len(hit_slots), len(missed), stats.fills - f0))  # one ggml call: distinct misses
         cache.end_token()
-        total_seconds += machine.token_seconds(stats.hits - h0, stats.misses - m0, stats.fills - f0, expert_bytes)
+        total_seconds += machine.token_seconds(layers, expert_bytes, resident)
 
     seconds = total_seconds / n_tokens
-    baseline = machine.token_seconds(0, n_layers * k, 0, expert_bytes)
+    baseline = machine.no_cache_seconds(n_layers, k, expert_bytes)
     by_layer = tuple(h / (h + m) if h + m else 0.0 for h, m in zip(stats.hits_by_layer, stats.misses_by_layer))
     adm = config.admission
     return SimulationResult(
@@ -181,6 +151,7 @@ def simulate(experts: np.ndarray, config: CacheConfig, expert_bytes: int, n_expe
         cpu_miss_bytes_per_token=stats.cpu_dram_bytes / n_tokens,
         seconds_per_token=seconds, tokens_per_second=1.0 / seconds,
         baseline_seconds_per_token=baseline, baseline_tokens_per_second=1.0 / baseline,
+        cpu_calls_per_token=calls / n_tokens, resident_tokens=resident_tokens,
     )
 
 
@@ -197,6 +168,12 @@ def format_report(result: SimulationResult) -> str:
         ("machine", f"DRAM {m.dram_gbps:g} GB/s, PCIe {m.pcie_gbps:g} GB/s, GPU expert "
                     f"{m.gpu_expert_seconds * 1e6:g} us, base {m.base_token_seconds * 1e3:g} ms, "
                     f"expert {r.expert_bytes / 2**20:.1f} MiB"),
+        ("per layer us", f"{m.layer_seconds * 1e6:g} fixed, ggml call {m.cpu_call_seconds * 1e6:g}, "
+                         f"GPU hits {m.gpu_layer_seconds * 1e6:g}, fill issue {m.fill_issue_seconds * 1e6:g}"
+                         + ("" if m.resident_token_seconds is None else
+                            f"; all cached {m.resident_token_seconds * 1e3:.2f} ms/token")),
+        ("CPU calls", f"{r.cpu_calls_per_token:.1f}/token of {r.n_layers} layers; "
+                      f"{r.resident_tokens} of {r.tokens} tokens with every expert cached"),
         ("hit rate", f"{r.hit_rate:.3f} ({r.hits} hits, {r.misses} misses)"),
         ("fills", f"{r.fills} ({r.fills_per_token:.2f}/token), {r.evictions} evictions, "
                   f"{r.declined} declined, {r.blocked} blocked"),
@@ -205,7 +182,7 @@ def format_report(result: SimulationResult) -> str:
         ("PCIe MB/token", f"{r.pcie_bytes_per_token / mb:.1f}"),
         ("predicted", f"{r.tokens_per_second:.2f} tok/s ({r.seconds_per_token * 1e3:.2f} ms/token)"),
         ("no cache", f"{r.baseline_tokens_per_second:.2f} tok/s ({r.baseline_seconds_per_token * 1e3:.2f} ms/token)"),
-        ("per layer", layers),
+        ("hit rate/layer", layers),
     ]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)

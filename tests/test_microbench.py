@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ def test_measure_on_cpu(hw: HardwareInfo) -> None:
     if not torch.cuda.is_available():
         assert m.pcie_h2d_gbps is None and m.gpu_gemv_gbps is None
     assert m.machine_key == mb.machine_key(hw) and m.threads == 1
+    assert m.cpu_call_us is not None and m.cpu_call_us > 0
 
 
 def test_cache_round_trip_and_corrupt_file(hw: HardwareInfo, tmp_path: Path,
@@ -64,3 +66,44 @@ def test_measurements_validated() -> None:
         mb.MachineMeasurements(1.0, float("nan"), None, 1, "t", "k")
     with pytest.raises(ValueError):
         mb.DramBenchShape(n_embd=100)
+
+
+def test_cpu_call_cost_is_measured_and_cached(hw: HardwareInfo, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # schema 2 adds cpu_call_us (and dram_gbps is net of it): a schema-1 file is re-measured
+    calls: list[int] = []
+    real = mb.measure
+
+    def counting(*a: object, **k: object) -> mb.MachineMeasurements:
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(mb, "measure", counting)
+    path = mb.cache_path(hw, tmp_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = {"schema": 1, "dram_gbps": 25.0, "pcie_h2d_gbps": None, "gpu_gemv_gbps": None, "threads": 1,
+           "measured_at": "2026-11-24T00:00:00+00:00", "machine_key": mb.machine_key(hw)}
+    path.write_text(json.dumps(old))
+    assert mb.load_cached(1, hw, tmp_path) is None
+    m = mb.load_or_measure(1, cache_dir=tmp_path, hw=hw, seconds_budget=0.1, dram_shape=TINY)
+    assert len(calls) == 1 and m.cpu_call_us is not None and m.cpu_call_us > 0
+    saved = json.loads(path.read_text())
+    assert saved["schema"] == mb.SCHEMA == 2 and saved["cpu_call_us"] == m.cpu_call_us
+    assert mb.MachineMeasurements.from_dict(saved) == m
+    assert mb.load_or_measure(1, cache_dir=tmp_path, hw=hw, seconds_budget=0.1, dram_shape=TINY) == m
+    assert len(calls) == 1  # cached
+    saved.pop("cpu_call_us")  # a schema-2 file without the figure is malformed: measured again
+    path.write_text(json.dumps(saved))
+    assert mb.load_cached(1, hw, tmp_path) is None
+
+
+def test_cpu_call_us_validated() -> None:
+    ok = mb.MachineMeasurements(1.0, None, None, 1, "t", "k")  # not measured: the planner's constant
+    assert ok.cpu_call_us is None
+    for bad in (0.0, -5.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="cpu_call_us"):
+            mb.MachineMeasurements(1.0, None, None, 1, "t", "k", cpu_call_us=bad)
+
+
+def test_measure_cpu_call_us_on_cpu() -> None:
+    assert mb.measure_cpu_call_us(threads=1, calls=20) > 0

@@ -208,3 +208,42 @@ def test_vram_budget_is_capped_by_free_vram(model: Path, tmp_path: Path) -> None
 def test_vram_budget_validated(bad: dict) -> None:
     with pytest.raises(ValueError):
         PlanOverrides(**bad)
+
+
+# ---- the per-layer cost model (edge_moe/cost_model.py) in the plan -------------------------------
+
+
+def test_cpu_device_prediction_by_hand(model: Path, tmp_path: Path) -> None:
+    from edge_moe import cost_model as cm
+    from edge_moe.planner import _model_sizes
+
+    hw, profile = machine("cpu_only", tmp_path)
+    m = MachineMeasurements(30.0, None, None, threads=16, measured_at="t", machine_key="k")  # no call figure
+    p = make_plan(model, hw, profile, m)
+    s = _model_sizes(model)
+    # dense weights from DRAM, then per layer: the loop's estimate + one ggml call + k experts' bytes
+    per_layer = cm.CPU_DEVICE_LAYER_S + cm.CPU_CALL_FIXED_S + s.k * s.expert_bytes / 30e9
+    assert 1 / p.no_cache_decode_tps == pytest.approx(p.dense_bytes / 30e9 + s.n_layer * per_layer)
+    assert any("ggml call 25 us fixed: cost_model" in n for n in p.notes)
+    # a measured call cost replaces the constant: exactly (500 - 25) us more per layer
+    slow = dataclasses.replace(m, cpu_call_us=500.0)
+    q = make_plan(model, hw, profile, slow)
+    assert 1 / q.no_cache_decode_tps - 1 / p.no_cache_decode_tps == pytest.approx(s.n_layer * 475e-6)
+    assert any("ggml call 500 us fixed: measured" in n for n in q.notes)
+
+
+def test_full_cache_is_priced_as_one_graph(model: Path, tmp_path: Path) -> None:
+    from edge_moe.planner import _figures, _model_sizes
+
+    hw, profile = machine("h100_box", tmp_path)
+    m = MachineMeasurements(40.0, 50.0, 2000.0, threads=16, measured_at="t", machine_key="k", cpu_call_us=30.0)
+    p = make_plan(model, hw, profile, m, overrides=PlanOverrides(admission="all"))
+    s = _model_sizes(model)
+    assert (p.cache.n_sets, p.cache.n_ways) == (s.n_layer, s.n_expert)
+    fig = _figures(s, p.dense_bytes, 40.0, 50.0, 2000.0, 30e-6, True)
+    assert p.predicted_decode_tps == pytest.approx(1 / fig.resident_token_seconds)
+    assert any("one CUDA graph" in n for n in p.notes)
+    # no cache: every layer pays its loop, one ggml call and k misses
+    assert 1 / p.no_cache_decode_tps == pytest.approx(fig.no_cache_seconds(s.n_layer, s.k, s.expert_bytes))
+    per_layer = fig.layer_seconds + 30e-6 + s.k * s.expert_bytes / 40e9
+    assert 1 / p.no_cache_decode_tps == pytest.approx(fig.base_token_seconds + s.n_layer * per_layer)

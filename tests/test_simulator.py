@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import subprocess
@@ -104,23 +105,105 @@ def test_random_is_reproducible_and_consistent() -> None:
 
 
 def test_bytes_and_time_by_hand() -> None:
-    # 1 MB experts, DRAM 1 GB/s, PCIe 0.25 GB/s, GPU hit 0.1 ms, base 1 ms. Trace [0, 0]:
-    # t1: miss + fill: CPU (1 + 1) MB / 1 GB/s = 2 ms, PCIe 1 MB / 0.25 GB/s = 4 ms -> 1 + 4 = 5 ms
-    # t2: hit: GPU 0.1 ms -> 1.1 ms. Mean 3.05 ms.
+    # 1 MB experts, DRAM 1 GB/s, PCIe 0.25 GB/s, GPU hit 0.1 ms, base 1 ms, no per-layer costs.
+    # Trace [0, 0]. t1: miss + fill: the layer's CPU call 1 MB / 1 GB/s = 1 ms -> serial 1 + 1 = 2 ms;
+    # the fill's copy overlaps the loop, but its 1 MB / 0.25 GB/s = 4 ms of PCIe bound the token -> 4 ms
+    # (the bandwidth-only model charged 1 + 4 = 5 ms: it added the copy to the base).
+    # t2: hit: GPU 0.1 ms -> 1.1 ms. Mean 2.55 ms.
     machine = MachineFigures(1.0, 0.25, 1e-4, 1e-3)
     r = run(one_layer([0, 0]), 2, machine=machine)
     assert counts(r) == (1, 1, 1, 0)
     assert r.dram_bytes_per_token == pytest.approx(1e6)  # (1 miss + 1 fill) MB over 2 tokens
     assert r.pcie_bytes_per_token == pytest.approx(0.5e6)
     assert r.cpu_miss_bytes_per_token == pytest.approx(0.5e6)
-    assert r.seconds_per_token == pytest.approx(3.05e-3)
-    assert r.tokens_per_second == pytest.approx(1 / 3.05e-3)
+    assert r.seconds_per_token == pytest.approx(2.55e-3)
+    assert r.tokens_per_second == pytest.approx(1 / 2.55e-3)
+    assert r.cpu_calls_per_token == pytest.approx(0.5) and r.resident_tokens == 0
     # no cache: one 1 ms CPU miss per token + 1 ms base
     assert r.baseline_seconds_per_token == pytest.approx(2e-3)
     assert r.baseline_tokens_per_second == pytest.approx(500.0)
-    # a slow GPU becomes the bound of the hit token: t2 = 1 + 10 ms; t1 stays 5 ms
+    # a slow GPU becomes the bound of the hit token: t2 = 1 + 10 ms; t1 stays 4 ms
     slow_gpu = MachineFigures(1.0, 0.25, 1e-2, 1e-3)
-    assert run(one_layer([0, 0]), 2, machine=slow_gpu).seconds_per_token == pytest.approx(8e-3)
+    assert run(one_layer([0, 0]), 2, machine=slow_gpu).seconds_per_token == pytest.approx(7.5e-3)
+
+
+# per layer: 0.2 ms fixed, a ggml call 0.5 ms + 1 ms per 1 MB miss, hits 0.03 ms + 0.1 ms each,
+# 0.1 ms to issue a fill; base 1 ms per token
+LAYERED = MachineFigures(dram_gbps=1.0, pcie_gbps=1.0, gpu_expert_seconds=1e-4, base_token_seconds=1e-3,
+                         layer_seconds=2e-4, cpu_call_seconds=5e-4, gpu_layer_seconds=3e-5,
+                         fill_issue_seconds=1e-4)
+
+
+def test_token_is_a_sum_over_layers_by_hand() -> None:
+    # layer 0: 2 hits -> 0.2 + max(0, 0.03 + 2 x 0.1) = 0.43 ms
+    # layer 1: 1 miss, 1 fill -> 0.2 + max(0.5 + 1, 0) + 0.1 = 1.8 ms
+    # serial 1 + 0.43 + 1.8 = 3.23 ms > PCIe 1 MB / 1 GB/s = 1 ms and DRAM (1 + 1) MB = 2 ms
+    # (one max over the whole token would say 1 + max(GPU 0.2, CPU 2, PCIe 1) = 3 ms)
+    assert LAYERED.token_seconds([(2, 0, 0), (0, 1, 1)], MB) == pytest.approx(3.23e-3)
+    # the same misses in one layer pay one ggml call, in two layers two: exactly 0.5 ms apart
+    one_call = LAYERED.token_seconds([(0, 2, 0), (0, 0, 0)], MB)
+    two_calls = LAYERED.token_seconds([(0, 1, 0), (0, 1, 0)], MB)
+    assert one_call == pytest.approx(1e-3 + 0.2e-3 + (0.5e-3 + 2e-3) + 0.2e-3)  # 3.9 ms
+    assert two_calls - one_call == pytest.approx(5e-4)
+    # a layer without a miss or a hit costs its fixed part only
+    assert LAYERED.layer_time(0, 0, 0, MB) == pytest.approx(2e-4)
+    # many fills: their PCIe bytes (5 x 1 ms) exceed the loop (1 + 0.2 + 1.5 + 5 x 0.1 = 3.2 ms)
+    assert LAYERED.token_seconds([(0, 1, 5)], MB) == pytest.approx(6e-3)  # DRAM (1 + 5) MB: 6 ms
+    # a one-graph token where the figures have one, else the per-layer sum
+    resident = dataclasses.replace(LAYERED, resident_token_seconds=7e-4)
+    assert resident.token_seconds([(2, 0, 0)] * 3, MB, resident=True) == pytest.approx(7e-4)
+    assert LAYERED.token_seconds([(2, 0, 0)], MB, resident=True) == pytest.approx(1.43e-3)
+
+
+def test_two_layer_replay_by_hand() -> None:
+    # 2 sets x 1 way, LRU, admit all; k=1. t1: layer 0 misses 0 (fill), layer 1 misses 1 (fill);
+    # t2: layer 0 hits 0, layer 1 misses 2 (fill, evicts 1).
+    # t1: 2 x (0.2 + 0.5 + 1 + 0.1) + 1 = 4.6 ms (> PCIe 2 ms, DRAM 4 ms)
+    # t2: layer 0 0.2 + 0.03 + 0.1 = 0.33, layer 1 1.8 -> 1 + 2.13 = 3.13 ms. Mean 3.865 ms.
+    trace = np.array([[[0], [1]], [[0], [2]]])
+    r = simulate(trace, CacheConfig(2, 1), MB, 4, LAYERED)
+    assert counts(r) == (1, 3, 3, 1)
+    assert r.seconds_per_token == pytest.approx(3.865e-3)
+    assert r.cpu_calls_per_token == pytest.approx(1.5)  # 3 layers of 4 had a miss
+    # no cache: 1 + 2 x (0.2 + 0.5 + 1) = 4.4 ms
+    assert r.baseline_seconds_per_token == pytest.approx(4.4e-3)
+
+
+def test_tokens_with_every_expert_cached_are_one_graph() -> None:
+    # 1 layer, 2 experts, 2 ways, k=2: t1 fills both; t2, t3 start with every expert cached
+    # t1: serial 1 + 0.2 + (0.5 + 2) + 2 x 0.1 = 3.9 ms, but DRAM (2 misses + 2 fills) x 1 ms = 4 ms
+    # bounds it; t2, t3: 0.7 ms each -> mean 5.4 / 3 ms
+    machine = dataclasses.replace(LAYERED, resident_token_seconds=7e-4)
+    trace = np.array([[0, 1], [0, 1], [1, 0]]).reshape(3, 1, 2)
+    r = simulate(trace, CacheConfig(1, 2), MB, 2, machine)
+    assert r.resident_tokens == 2 and r.hits == 4
+    assert r.seconds_per_token == pytest.approx(5.4e-3 / 3)
+    # without a one-graph figure they are per-layer tokens: 1 + 0.2 + 0.03 + 0.2 = 1.43 ms
+    assert simulate(trace, CacheConfig(1, 2), MB, 2, LAYERED).seconds_per_token == pytest.approx(
+        (4e-3 + 2 * 1.43e-3) / 3)
+
+
+def test_decode_figures_follow_the_documented_constants() -> None:
+    from edge_moe import cost_model as cm
+
+    # the H100 all-GPU Qwen3 token the constants were derived from: 48 layers x (52 kernels +
+    # 8 Q4_0 experts of 2.65 MB) at a 2.73 TB/s fp16 GEMV -> 8.4 ms of GPU time measured
+    qwen3 = cm.resident_seconds(48, 8, 2_654_208, 2730.0, 0.0)
+    experts = 48 * (cm.EXPERT_KERNELS_FIXED_S + 8 * 2_654_208 / (cm.Q4_0_GEMV_FRACTION * 2730e9))
+    assert qwen3 == pytest.approx(48 * 52 * cm.PER_KERNEL_S + experts)
+    assert experts == pytest.approx(2.1e-3, rel=0.05) and qwen3 == pytest.approx(8.4e-3, rel=0.05)
+    f = cm.decode_figures(n_layer=48, k=8, slot_bytes=2_654_208, layer_dense_bytes=1e6, outside_dense_bytes=8.736e7,
+                          dram_gbps=47.0, pcie_gbps=55.0, gpu_gemv_gbps=2730.0, all_cached=True)
+    assert f.layer_seconds == pytest.approx(cm.LAYER_FRONT_S + cm.HOST_LOOKUP_S + cm.EXPERTS_LAUNCH_S + cm.JOIN_S)
+    assert f.layer_seconds == pytest.approx(0.34e-3)
+    assert f.cpu_call_seconds == cm.CPU_CALL_FIXED_S and f.fill_issue_seconds == cm.FILL_ISSUE_S
+    assert f.base_token_seconds == pytest.approx(8.736e7 / (0.32 * 2730e9))  # the LM head at the Q4_0 rate
+    assert f.resident_token_seconds == pytest.approx(qwen3 + f.base_token_seconds)
+    # a front whose dense bytes take longer than its kernels is bound by the bytes
+    heavy = cm.decode_figures(n_layer=48, k=8, slot_bytes=2_654_208, layer_dense_bytes=1e9, outside_dense_bytes=0,
+                              dram_gbps=47.0, pcie_gbps=55.0, gpu_gemv_gbps=2730.0)
+    assert heavy.layer_seconds == pytest.approx(1e9 / (0.32 * 2730e9) + cm.LAYER_HOST_S)
+    assert heavy.resident_token_seconds is None
 
 
 def test_admission_all_quota_reuse_by_hand() -> None:
@@ -164,6 +247,10 @@ def test_bad_inputs_raise_clear_errors() -> None:
         run(one_layer([0]), 5)
     with pytest.raises(ValueError, match="pcie_gbps"):
         MachineFigures(1.0, 0.0, 1e-4, 1e-3)
+    with pytest.raises(ValueError, match="cpu_call_seconds"):
+        MachineFigures(1.0, 1.0, 1e-4, 1e-3, cpu_call_seconds=-1e-6)
+    with pytest.raises(ValueError, match="resident_token_seconds"):
+        MachineFigures(1.0, 1.0, 1e-4, 1e-3, resident_token_seconds=0.0)
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

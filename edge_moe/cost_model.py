@@ -1,0 +1,198 @@
+"""What one decode token costs: the per-layer model behind the simulator's and the planner's tok/s.
+
+DESIGN.md ("The cost model") says which bytes a token moves; this module says how the decode
+loop turns them into seconds. On CUDA the loop is serial per layer (edge_moe/decode_graphs.py):
+
+    front graph (attention, router) + sync -> host lookup, pair table -> experts graph launched
+    (the hits) while ggml computes the misses on the CPU -> join -> fills issued
+
+so, for a token whose layer l has h_l hits, m_l misses and f_l fills (F fills, M misses in all):
+
+    cpu(m)   = cpu_call_seconds + m x expert_bytes / dram_bandwidth     0 when m = 0
+    gpu(h)   = gpu_layer_seconds + h x gpu_expert_seconds                0 when h = 0
+    t_layer  = layer_seconds + max(cpu(m_l), gpu(h_l)) + f_l x fill_issue_seconds
+    t_token  = max(base_token_seconds + sum over layers of t_layer,
+                   F x expert_bytes / pcie_bandwidth,            a fill's copy overlaps the loop
+                   (M + F) x expert_bytes / dram_bandwidth)      ... but shares PCIe and DRAM
+
+When every expert of the model is cached a token is one CUDA graph, no host in the loop:
+t_token = resident_token_seconds (`resident_seconds`). The "no cache" baseline is t_token with
+every lookup a miss and no fills.
+
+Constants (H100 machine lent to this project: one H100 80 GB, 16 Xeon cores, Q4_0 synthetic
+Qwen3-30B-A3B / Mixtral-8x7B shapes; session of 2026-11-24 unless said otherwise). The figures a
+user's machine can measure in well under a second come from edge_moe/microbench.py instead
+(DRAM bandwidth of the CPU expert path, ggml's per-call cost, PCIe, GPU GEMV bandwidth); the
+ones below are the fallbacks or the parts no micro-benchmark covers yet.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from edge_moe.cache_admission import CostModel
+
+# ---- per layer, the CUDA-graph decode path (Qwen3 shape: 48 layers, n_embd 2048) -------------
+# front graph + its host sync: ~0.17-0.18 ms per layer. GPU time of ~40 tiny kernels: it scales
+# with the kernel count, not with the dense bytes (their bytes / GPU bandwidth is a lower bound).
+LAYER_FRONT_S = 0.175e-3
+FRONT_KERNELS = 40
+HOST_LOOKUP_S = 0.10e-3  # cache lookup + pair table on the host, per layer
+EXPERTS_LAUNCH_S = 0.035e-3  # launching the experts graph, per layer
+JOIN_S = 0.03e-3  # waiting for / merging the CPU's and the GPU's halves, per layer
+LAYER_HOST_S = HOST_LOOKUP_S + EXPERTS_LAUNCH_S + JOIN_S  # the host's per-layer Python, ~0.165 ms
+LAYER_SECONDS = LAYER_FRONT_S + LAYER_HOST_S  # 0.34 ms per layer whatever the routing
+# ---- the CPU miss path: one ggml call per layer with misses, T = 1 ---------------------------
+# Per call, m distinct 2.65 MB experts, 16 threads spinning between calls (not OMP passive):
+# m=1 0.08 ms, m=3 0.17-0.18 ms, m=8 0.46 ms. With the ~47 GB/s slope that path reaches
+# (Mixtral's 99 MB experts: 46-58 GB/s), m=1 leaves 0.08 - 2.65 MB / 47 GB/s = ~0.025 ms fixed
+# (m=3 then 0.19, m=8 0.48 ms). Fallback only: microbench.measure_cpu_call_us measures it.
+CPU_CALL_FIXED_S = 25e-6
+# ---- fills ------------------------------------------------------------------------------------
+# Host time a fill costs the decode thread. With the staging memcpy on the decode thread (up to
+# 2026-11-24) one 2.65 MB fill cost it 0.5-1.2 ms; with fills issued to a background thread it
+# costs ~0.05 ms, the copy (DRAM -> pinned staging -> PCIe) overlapping the loop. The model
+# follows the background-thread design: FILL_ISSUE_SYNC_S is the older figure (its midpoint), for
+# judging results measured before it (benchmarks/planner_accuracy.py).
+FILL_ISSUE_S = 0.05e-3
+FILL_ISSUE_SYNC_S = 0.85e-3
+# ---- the GPU ----------------------------------------------------------------------------------
+# Every expert cached (resident): one CUDA graph per token. Qwen3 shape: 2,487 kernels, 8.4 ms of
+# GPU time per token, of which the expert matvecs 2.1 ms (~0.5 TB/s of Q4_0 bytes). The other
+# kernels: (8.4 - 2.1) ms / 2,487 = ~2.5 us each; 2,487 / 48 layers = ~52 kernels per layer.
+PER_KERNEL_S = (8.4e-3 - 2.1e-3) / 2487
+KERNELS_PER_LAYER = 52
+# Q4_0 expert matvecs (benchmarks/quant_kernels_bench.py, one decode layer, CUDA-graph GPU time,
+# H100, 2026-11-23; README "Quantized experts on the GPU"): Mixtral 4096x14336 top-2 at 0.32 of
+# the fp16 GEMV's bandwidth (861 of 2,730 GB/s), Qwen3 2048x768 top-8 at 0.17 (470 GB/s). A
+# per-layer fixed part reconciles the two: Qwen3's 8 x 2.65 MB take 45.2 us at 470 GB/s, of which
+# 8 x 2.65 MB / (0.32 x 2,730 GB/s) = 24.3 us are bytes: ~21 us per layer for the two launches
+# (Mixtral then: 21 + 227 us against 230 us measured). Other types read faster (0.36-0.46).
+Q4_0_GEMV_FRACTION = 0.32
+EXPERT_KERNELS_FIXED_S = 21e-6
+# Without a CUDA-graph decode path (the CPU device): per layer, a first estimate, not measured.
+CPU_DEVICE_LAYER_S = 40e-6
+
+
+def _check(name: str, value: float, positive: bool) -> None:
+    ok = isinstance(value, (int, float)) and math.isfinite(value) and (value > 0 if positive else value >= 0)
+    if not ok:
+        raise ValueError(f"MachineFigures.{name} must be a {'positive' if positive else 'non-negative'} "
+                         f"number, got {value!r}")
+
+
+@dataclass(frozen=True)
+class MachineFigures:
+    """Bandwidths (GB/s, 1e9 bytes/s) and seconds the per-layer token model needs (module docstring).
+
+    The per-layer fields default to 0 (not modelled), so a bare MachineFigures(dram, pcie, gpu)
+    is the bandwidth-only model; `decode_figures` fills them in for a model on a machine.
+    """
+
+    dram_gbps: float  # CPU expert path reading host DRAM (net of the per-call fixed cost)
+    pcie_gbps: float  # host to GPU copies (fills)
+    gpu_expert_seconds: float  # one cached expert's FFN on the GPU (its bytes at the kernels' rate)
+    base_token_seconds: float = 0.002  # per token, outside the layers (LM head, embedding, sampling)
+    layer_seconds: float = 0.0  # per layer whatever the routing: front graph + sync + host work
+    cpu_call_seconds: float = 0.0  # fixed part of one ggml call (a layer with misses)
+    gpu_layer_seconds: float = 0.0  # fixed part of a layer's hit kernels (a layer with hits)
+    fill_issue_seconds: float = 0.0  # decode-thread time to issue one fill
+    resident_token_seconds: float | None = None  # every expert cached: one graph; None = no such mode
+
+    def __post_init__(self) -> None:
+        for name in ("dram_gbps", "pcie_gbps", "gpu_expert_seconds"):
+            _check(name, getattr(self, name), positive=True)
+        for name in ("base_token_seconds", "layer_seconds", "cpu_call_seconds", "gpu_layer_seconds",
+                     "fill_issue_seconds"):
+            _check(name, getattr(self, name), positive=False)
+        if self.resident_token_seconds is not None:
+            _check("resident_token_seconds", self.resident_token_seconds, positive=True)
+
+    @property
+    def dram_bandwidth(self) -> float:
+        return self.dram_gbps * 1e9
+
+    @property
+    def pcie_bandwidth(self) -> float:
+        return self.pcie_gbps * 1e9
+
+    def cost_model(self, expert_bytes: int) -> CostModel:
+        """The same figures in the form the reuse admission rule weighs fills with."""
+        return CostModel(expert_bytes, self.dram_bandwidth, self.pcie_bandwidth, self.gpu_expert_seconds)
+
+    def cpu_seconds(self, misses: int, expert_bytes: int) -> float:
+        """One layer's ggml call for `misses` distinct experts (no call without a miss)."""
+        return self.cpu_call_seconds + misses * expert_bytes / self.dram_bandwidth if misses > 0 else 0.0
+
+    def gpu_seconds(self, hits: int) -> float:
+        return self.gpu_layer_seconds + hits * self.gpu_expert_seconds if hits > 0 else 0.0
+
+    def layer_time(self, hits: int, misses: int, fills: int, expert_bytes: int) -> float:
+        """One layer of the serial loop (module docstring), fills' copies not included."""
+        return (self.layer_seconds + max(self.cpu_seconds(misses, expert_bytes), self.gpu_seconds(hits))
+                + fills * self.fill_issue_seconds)
+
+    def token_seconds(self, layers: Iterable[tuple[int, int, int]], expert_bytes: int,
+                      resident: bool = False) -> float:
+        """One token from its layers' (hits, misses, fills); `resident`: every expert is cached
+        (the one-graph token, where the figures have one)."""
+        if resident and self.resident_token_seconds is not None:
+            return self.resident_token_seconds
+        serial, misses, fills = self.base_token_seconds, 0, 0
+        for h, m, f in layers:
+            serial += self.layer_time(h, m, f, expert_bytes)
+            misses += m
+            fills += f
+        return max(serial, fills * expert_bytes / self.pcie_bandwidth,
+                   (misses + fills) * expert_bytes / self.dram_bandwidth)
+
+    def no_cache_seconds(self, n_layers: int, k: int, expert_bytes: int) -> float:
+        """Every lookup a CPU miss, no fills."""
+        return self.token_seconds([(0, k, 0)] * n_layers, expert_bytes)
+
+
+def quant_gbps(gpu_gemv_gbps: float) -> float:
+    """GB/s the GPU's Q4_0 matvec kernels read, from the fp16 GEMV figure (see Q4_0_GEMV_FRACTION)."""
+    return Q4_0_GEMV_FRACTION * gpu_gemv_gbps
+
+
+def resident_seconds(n_layer: int, k: int, slot_bytes: int, gpu_gemv_gbps: float,
+                     base_token_seconds: float) -> float:
+    """Every expert cached: one graph of ~KERNELS_PER_LAYER kernels per layer plus the k hits'
+    matvecs per layer (Qwen3 shape: 48 x (52 x 2.5 + 21 + 8 x 3.0) us = 8.5 ms, 8.4 measured)."""
+    experts = EXPERT_KERNELS_FIXED_S + k * slot_bytes / (quant_gbps(gpu_gemv_gbps) * 1e9)
+    return base_token_seconds + n_layer * (KERNELS_PER_LAYER * PER_KERNEL_S + experts)
+
+
+def decode_figures(*, n_layer: int, k: int, slot_bytes: int, layer_dense_bytes: float, outside_dense_bytes: float,
+                   dram_gbps: float, pcie_gbps: float, gpu_gemv_gbps: float,
+                   cpu_call_seconds: float = CPU_CALL_FIXED_S, fill_issue_seconds: float = FILL_ISSUE_S,
+                   all_cached: bool = False) -> MachineFigures:
+    """The figures of a CUDA decode for one model on one machine. `layer_dense_bytes`: one layer's
+    non-expert weights as the GPU holds them (a lower bound of the front's time at the kernels'
+    rate); `outside_dense_bytes`: what a token reads outside the layers (the LM head);
+    `all_cached`: the cache holds every expert, so a token in steady state is one graph."""
+    qbw = quant_gbps(gpu_gemv_gbps) * 1e9
+    base = outside_dense_bytes / qbw
+    front = max(LAYER_FRONT_S, layer_dense_bytes / qbw)
+    resident = resident_seconds(n_layer, k, slot_bytes, gpu_gemv_gbps, base) if all_cached else None
+    return MachineFigures(dram_gbps=dram_gbps, pcie_gbps=pcie_gbps, gpu_expert_seconds=slot_bytes / qbw,
+                          base_token_seconds=base, layer_seconds=front + LAYER_HOST_S,
+                          cpu_call_seconds=cpu_call_seconds, gpu_layer_seconds=EXPERT_KERNELS_FIXED_S,
+                          fill_issue_seconds=fill_issue_seconds, resident_token_seconds=resident)
+
+
+def prefill_tps(chunk: int, *, n_layer: int, n_expert: int, k: int, expert_bytes: int, n_embd: int, n_ff: int,
+                cached_per_layer: int, dense_s: float, dram_gbps: float, gpu_gbps: float | None,
+                layer_s: float) -> float:
+    """First estimate of prefill tok/s, bandwidth only (CPU and GPU compute ignored, so it is
+    optimistic for large chunks): per chunk of `chunk` tokens each layer touches nearly every
+    expert once; cached ones are read from VRAM (fp16 after dequantization), the others by the
+    CPU from DRAM; `layer_s`: the fixed time a layer costs (its loop overhead and ggml call)."""
+    touched = n_expert * (1 - (1 - k / n_expert) ** chunk)
+    on_cpu = max(touched - cached_per_layer, 0.0)
+    gpu = 0.0 if gpu_gbps is None else min(cached_per_layer, touched) * 6 * n_embd * n_ff / (gpu_gbps * 1e9)
+    per_layer = max(on_cpu * expert_bytes / (dram_gbps * 1e9), gpu) + layer_s
+    return chunk / (dense_s + n_layer * per_layer)
