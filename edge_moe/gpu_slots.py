@@ -55,13 +55,12 @@ from edge_moe.ordered_worker import OrderedWorker
 
 HostBytes = np.ndarray | torch.Tensor
 READ_EVENTS = 256  # ring of events marking slot reads (mark_read_many)
-# Segments of 1 MiB: a Qwen3-sized expert (2.65 MB) is copied by 3 threads instead of one
-# (one thread moves ~5.9 GB/s: 0.45 ms for it, the bottleneck of a prefill that streams ~2,000
-# such experts); a segment's DMA launch and wake-up (~20 us) stay small beside ~40 us of copy.
-CHUNK_BYTES = 1 << 20
+# A few MB: large enough that a segment's DMA and wake-up cost little (~80 us at 49 GB/s for
+# 4 MiB), small enough that a 99 MB expert gives every thread work and the pipeline fills fast.
+CHUNK_BYTES = 4 << 20
 # Copy threads: a few saturate DRAM (a copy reads and writes). Fills now overlap the next
 # layers, so they share the cores and DRAM with ggml's threads while they run; only experts
-# larger than `chunk_bytes` wake them at all.
+# larger than `chunk_bytes` (Mixtral's 99 MB, not Qwen3's 2.65 MB) wake them at all.
 DEFAULT_COPY_THREADS = max(1, min(8, os.cpu_count() or 1))
 
 

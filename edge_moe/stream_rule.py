@@ -19,10 +19,10 @@ from edge_moe.gpu_slots import CHUNK_BYTES
 STREAM_PCIE_BYTES_PER_S = 25e9
 CPU_EXPERT_FLOPS = 0.2e12
 # A streamed expert's host side, measured on the H100 box (benchmarks/fill_bench.py): the
-# staging copy runs at 5.9 GB/s on one thread (experts up to gpu_slots.CHUNK_BYTES) and
-# 23 GB/s on 8 (larger ones, split in CHUNK_BYTES segments), and each expert costs ~0.1 ms of
-# launches and waits besides. (A 512-token Qwen3 prefill at 12 GiB once spent ~1.8 s
-# streaming its experts through one copy thread, ~1 ms each.)
+# staging copy runs at 5.9 GB/s on one thread (experts up to gpu_slots.CHUNK_BYTES, Qwen3's)
+# and 23 GB/s on 8 (larger ones, Mixtral's), and each expert costs ~0.1 ms of launches and
+# waits besides. Without these, 2.65 MB experts were streamed from 11 tokens on, and a
+# 512-token Qwen3 prefill at 12 GiB spent ~1.8 s streaming ~1 ms per expert.
 STAGING_BYTES_PER_S_ONE, STAGING_BYTES_PER_S_MANY = 5.9e9, 23e9
 STREAM_FIXED_S = 1e-4
 STREAM_SLOTS = 2  # ring of the stream slots: one expert computed while the next is copied
