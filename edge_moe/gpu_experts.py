@@ -407,11 +407,10 @@ class GpuExperts:
                          tok: np.ndarray, widx: np.ndarray, y: torch.Tensor) -> None:
         """y += every pair (slot, token row, weight index) [P] through the grouped kernels: one
         launch for gate/up, one for down, over tiles of pairs sharing an expert."""
-        from edge_moe.grouped_kernels import grouped_ffn, tile_pairs, tile_table
+        from edge_moe.grouped_kernels import grouped_ffn, tile_table
 
         gate, _, down = self._layouts[layer]
-        bt = tile_pairs(slot.shape[0], np.unique(slot).shape[0])
-        tile_slot, start, count, ptok, pwidx = tile_table(slot, tok, widx, bt)
+        tile_slot, start, count, ptok, pwidx = tile_table(slot, tok, widx)
         n_tiles = tile_slot.shape[0]
         # one host->device copy: [gate, up, down byte offsets, start, count] x tiles, then token, weight index x pairs
         host = np.concatenate([(tile_slot[None] * self._stride + self._part_offsets).reshape(-1), start, count,
@@ -425,7 +424,7 @@ class GpuExperts:
         pair_widx = dev[n3 + 2 * n_tiles + ptok.shape[0]:]
         grouped_ffn(self._buf.bytes, self._buf.words, gate.ggml_type, down.ggml_type, self.cfg.n_embd,
                     self.cfg.n_ff_expert, gate.row_bytes, down.row_bytes, tile_off, tile_start, tile_count,
-                    pair_tok, pair_widx, weights.reshape(-1), h.contiguous(), y, bt)
+                    pair_tok, pair_widx, weights.reshape(-1), h.contiguous(), y)
 
     def _dequantized(self, m: "object", byte_offset: int) -> torch.Tensor:
         """The matrix at `byte_offset` dequantized into the scratch buffer (valid until the next call)."""

@@ -24,15 +24,8 @@ import triton.language as tl
 from edge_moe.quant_kernels import Q4_0, Q8_0
 
 GROUPED_TYPES = frozenset({Q4_0, Q8_0})
-BT, BN, NB = 16, 64, 2  # pairs per tile (the smallest), rows per program, 32-column blocks per K step
+BT, BN, NB = 16, 64, 2  # pairs per tile, rows per program, 32-column blocks per K step
 BK = NB * 32
-BT_LARGE = 64  # pairs per tile when experts average >= BT_LARGE_FROM pairs: an expert's weights
-BT_LARGE_FROM = 48  # are read once per tile, and Mixtral's 512-token prefill gives ~128 each
-
-
-def tile_pairs(n_pairs: int, n_slots: int) -> int:
-    """Pairs per tile for a call: larger tiles when experts have many tokens each."""
-    return BT_LARGE if n_slots and n_pairs / n_slots >= BT_LARGE_FROM else BT
 
 
 @triton.jit
@@ -129,13 +122,11 @@ def grouped_supported(gate_type: int, up_type: int, down_type: int, n_embd: int,
             and n_embd % BK == 0 and n_ff % BK == 0)
 
 
-def tile_table(slot: "object", tok: "object", widx: "object", bt: int = BT) -> tuple:
+def tile_table(slot: "object", tok: "object", widx: "object") -> tuple:
     """Host-side tiling of a layer's pairs (numpy arrays [P]: slot, token row, weight index):
-    pairs sorted by slot, each slot's pairs cut into tiles of at most `bt`. Returns (tile_slot,
+    pairs sorted by slot, each slot's pairs cut into tiles of at most BT. Returns (tile_slot,
     tile_start, tile_count, pair_tok, pair_widx), numpy, the pairs in tile order."""
     import numpy as np
-
-    BT = bt  # noqa: N806
 
     order = np.argsort(slot, kind="stable")
     s, t, w = slot[order], tok[order], widx[order]
@@ -151,12 +142,12 @@ def tile_table(slot: "object", tok: "object", widx: "object", bt: int = BT) -> t
 def grouped_ffn(bytes_: torch.Tensor, words: torch.Tensor, gate_type: int, down_type: int, n_embd: int, n_ff: int,
                 row_bytes_in: int, row_bytes_down: int, tile_off: torch.Tensor, tile_start: torch.Tensor,
                 tile_count: torch.Tensor, pair_tok: torch.Tensor, pair_widx: torch.Tensor, weights: torch.Tensor,
-                x: torch.Tensor, y: torch.Tensor, bt: int = BT) -> None:
+                x: torch.Tensor, y: torch.Tensor) -> None:
     """y [T, E] fp32 += sum over pairs of weights[widx_p] * FFN_{slot_p}(x[tok_p]).
 
     tile_off: int64 [3, n_tiles] byte offsets of each tile's gate, up and down; tile_start,
     tile_count: int32 [n_tiles]; pair_tok: int32 [P], pair_widx: int64 [P] (into the flat
-    `weights`); x [T, E] fp16/bf16/fp32, contiguous; bt: the tiles' size (`tile_table`'s)."""
+    `weights`); x [T, E] fp16/bf16/fp32, contiguous."""
     n_tiles, n_pairs = tile_start.shape[0], pair_tok.shape[0]
     if n_tiles == 0:
         return
@@ -165,8 +156,8 @@ def grouped_ffn(bytes_: torch.Tensor, words: torch.Tensor, gate_type: int, down_
     _grouped_glu_kernel[(n_tiles, triton.cdiv(n_ff, BN))](
         bytes_, words, tile_off, tile_start, tile_count, pair_tok, x, act,
         n_ff, n_embd, row_bytes_in, x.stride(0), act.stride(0), n_tiles,
-        QTYPE=gate_type, BT=bt, BN=BN, NB=NB, FP16=fp16, num_warps=4)
+        QTYPE=gate_type, BT=BT, BN=BN, NB=NB, FP16=fp16, num_warps=4)
     _grouped_down_kernel[(n_tiles, triton.cdiv(n_embd, BN))](
         bytes_, words, tile_off, tile_start, tile_count, pair_tok, pair_widx, weights, act, y,
         n_embd, n_ff, row_bytes_down, act.stride(0), y.stride(0), n_tiles,
-        QTYPE=down_type, BT=bt, BN=BN, NB=NB, FP16=fp16, num_warps=4)
+        QTYPE=down_type, BT=BT, BN=BN, NB=NB, FP16=fp16, num_warps=4)

@@ -10,7 +10,7 @@ from gguf.constants import GGMLQuantizationType as T
 
 pytest.importorskip("triton")
 
-from edge_moe.grouped_kernels import BT, BT_LARGE, grouped_ffn, grouped_supported, tile_pairs, tile_table  # noqa: E402
+from edge_moe.grouped_kernels import BT, grouped_ffn, grouped_supported, tile_table  # noqa: E402
 from tests.test_quant_kernels import DEVICE, _buffer, _quantized  # noqa: E402
 
 E, F, N_EXPERT = 64, 128, 3
@@ -36,15 +36,10 @@ def test_supported_layouts() -> None:
     assert not grouped_supported(int(T.Q4_0), int(T.Q4_0), int(T.Q4_0), 2048, 96)  # F not a multiple of 64
 
 
-def test_tile_size_grows_with_tokens_per_expert() -> None:
-    assert tile_pairs(512 * 8, 128) == BT and tile_pairs(512 * 2, 8) == BT_LARGE and tile_pairs(0, 0) == BT
-
-
-@pytest.mark.parametrize("bt", [BT, BT_LARGE])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize("types", [(T.Q4_0, T.Q4_0), (T.Q8_0, T.Q4_0), (T.Q4_0, T.Q8_0)],
                          ids=lambda t: f"{t[0].name}-{t[1].name}")
-def test_grouped_ffn_matches_reference(types: tuple[T, T], dtype: torch.dtype, bt: int) -> None:
+def test_grouped_ffn_matches_reference(types: tuple[T, T], dtype: torch.dtype) -> None:
     qin, qdown = types
     rng = np.random.default_rng(int(qin) * 10 + int(qdown))
     mats = []  # per expert: gate, up, down (raw, dequantized)
@@ -60,7 +55,7 @@ def test_grouped_ffn_matches_reference(types: tuple[T, T], dtype: torch.dtype, b
     xr = xt.float().cpu().numpy()
     tok, j = np.nonzero(np.ones_like(ids, bool))
     slot = ids[tok, j]
-    tile_slot, start, count, ptok, pwidx = tile_table(slot, tok, tok * k + j, bt)
+    tile_slot, start, count, ptok, pwidx = tile_table(slot, tok, tok * k + j)
     tile_off = np.stack([[offs[3 * s + part] for s in tile_slot] for part in range(3)])  # [3, n_tiles]
     y = torch.zeros((n_tok, E), dtype=torch.float32, device=DEVICE)
     row_in = mats[0][0][0].shape[1]
@@ -69,7 +64,7 @@ def test_grouped_ffn_matches_reference(types: tuple[T, T], dtype: torch.dtype, b
                 torch.from_numpy(tile_off.astype(np.int64)).to(DEVICE),
                 torch.from_numpy(start.astype(np.int32)).to(DEVICE), torch.from_numpy(count.astype(np.int32)).to(DEVICE),
                 torch.from_numpy(ptok.astype(np.int32)).to(DEVICE), torch.from_numpy(pwidx.astype(np.int64)).to(DEVICE),
-                torch.from_numpy(w.reshape(-1)).to(DEVICE), xt, y, bt)
+                torch.from_numpy(w.reshape(-1)).to(DEVICE), xt, y)
     want = np.zeros((n_tok, E), np.float32)
     for t in range(n_tok):
         for jj in range(k):
