@@ -114,8 +114,11 @@ class SlotStore:
             self._next_read_event = 0
             self._last_read = [self._read_events[0]] * n_slots  # never recorded: a wait on it returns at once
             self._next_staging = 0
-            self._worker: OrderedWorker | None = OrderedWorker("edge-moe-fills")
-            weakref.finalize(self, self._worker.close)
+            # EDGE_MOE_SYNC_FILLS=1: fills on the calling thread, as before the worker (A/B runs)
+            sync = os.environ.get("EDGE_MOE_SYNC_FILLS") == "1"
+            self._worker: OrderedWorker | None = None if sync else OrderedWorker("edge-moe-fills")
+            if self._worker is not None:
+                weakref.finalize(self, self._worker.close)
             self._ticket = [0] * n_slots  # the worker's ticket of each slot's latest fill
         else:
             self._worker = None
