@@ -81,14 +81,14 @@ class GatedModel:
         self.release = threading.Event()
         self.fail = fail
 
-    def forward(self, tokens: Any, force_ids: Any = None) -> Any:
+    def forward(self, tokens: Any, force_ids: Any = None, **kwargs: Any) -> Any:
         self.calls += 1
         if self.fail is not None:
             raise self.fail
         if self.calls == 6:
             self.reached.set()
             self.release.wait(timeout=30)
-        return self._model.forward(tokens, force_ids=force_ids)
+        return self._model.forward(tokens, force_ids=force_ids, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._model, name)
@@ -160,8 +160,11 @@ async def test_escape_stops_and_keeps_the_partial_reply(demo_dir: Path, tmp_path
         await settle(pilot)
         app.query_one(ChatInput).text = "hello"
         await pilot.press("enter")
-        while not gate["model"].reached.is_set():  # the worker is now mid-reply
+        for _ in range(3000):  # up to ~30 s: a worker that died must fail the test, not hang it
+            if gate["model"].reached.is_set():  # the worker is now mid-reply
+                break
             await pilot.pause(0.01)
+        assert gate["model"].reached.is_set(), "the reply never reached the gated forward"
         assert app.generating
         await pilot.press("escape")
         gate["model"].release.set()
