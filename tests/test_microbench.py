@@ -30,8 +30,8 @@ def test_measure_on_cpu(hw: HardwareInfo) -> None:
     assert m.cpu_call_us is not None and m.cpu_call_us > 0
 
 
-def test_cache_round_trip_and_corrupt_file(hw: HardwareInfo, tmp_path: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def count_measures(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """mb.measure, counted: one entry per real measurement."""
     calls: list[int] = []
     real = mb.measure
 
@@ -40,6 +40,12 @@ def test_cache_round_trip_and_corrupt_file(hw: HardwareInfo, tmp_path: Path,
         return real(*a, **k)
 
     monkeypatch.setattr(mb, "measure", counting)
+    return calls
+
+
+def test_cache_round_trip_and_corrupt_file(hw: HardwareInfo, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = count_measures(monkeypatch)
     kw = dict(cache_dir=tmp_path, hw=hw, seconds_budget=0.1, dram_shape=TINY)
     first = mb.load_or_measure(1, **kw)
     assert mb.load_or_measure(1, **kw) == first and len(calls) == 1  # cached
@@ -71,14 +77,7 @@ def test_measurements_validated() -> None:
 def test_cpu_call_cost_is_measured_and_cached(hw: HardwareInfo, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     # schema 2 adds cpu_call_us (and dram_gbps is net of it): a schema-1 file is re-measured
-    calls: list[int] = []
-    real = mb.measure
-
-    def counting(*a: object, **k: object) -> mb.MachineMeasurements:
-        calls.append(1)
-        return real(*a, **k)
-
-    monkeypatch.setattr(mb, "measure", counting)
+    calls = count_measures(monkeypatch)
     path = mb.cache_path(hw, tmp_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     old = {"schema": 1, "dram_gbps": 25.0, "pcie_h2d_gbps": None, "gpu_gemv_gbps": None, "threads": 1,
