@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,7 +109,6 @@ class HybridModel:
                           self.device, self.dtype)
         cpu_cfg = CpuExpertConfig() if self.config.n_threads is None else CpuExpertConfig(n_threads=self.config.n_threads)
         self.cpu = CpuExpertEngine(cpu_cfg)
-        self._cpu_pool: ThreadPoolExecutor | None = None  # the CPU's misses beside a prefill's stream
         self.cpu_layers: list[LayerTensors] = [self.cpu.prepare(self._expert_weights(i))
                                                for i in range(self.cfg.n_layer)]
         self.gpu = GpuExperts(self.gguf, self.cfg, self.device, self.dtype, self.config.cache)
@@ -268,12 +266,6 @@ class HybridModel:
         # The queue is empty here (the router sync just drained it), so copying h to the host
         # costs only the copy; then the hits are enqueued and run while the CPU does the misses.
         h_host = h.float().cpu().numpy() if not on_gpu.all() else None  # [T, E]
-        # with experts streamed (prefill), the host spends the call feeding the stream: the CPU's
-        # misses run meanwhile on a helper thread (ggml releases the GIL), not after it
-        cpu_job = None
-        if h_host is not None and streamed.any():
-            cpu_job = self._cpu_thread().submit(forward_misses, self.cpu, self.cpu_layers[il], h_host, ids_host,
-                                                w_host, on_gpu)
         if prof is not None and on_gpu.any():
             prof.gpu_begin()
         y = self.gpu.compute(il, h, weights, slots, ids_host, streamed) if on_gpu.any() else None
@@ -284,8 +276,7 @@ class HybridModel:
         if prof is not None:
             prof.lap(il, "gpu_enqueue", sync=False)
         if h_host is not None:
-            y_cpu = torch.from_numpy(cpu_job.result() if cpu_job is not None else
-                                     forward_misses(self.cpu, self.cpu_layers[il], h_host, ids_host, w_host, on_gpu))
+            y_cpu = torch.from_numpy(forward_misses(self.cpu, self.cpu_layers[il], h_host, ids_host, w_host, on_gpu))
             y_cpu = y_cpu.to(device=h.device, dtype=h.dtype, non_blocking=True)
             y = y_cpu if y is None else y + y_cpu
         t3 = time.perf_counter()
@@ -319,15 +310,7 @@ class HybridModel:
         """Forget the context after its first `keep` tokens."""
         self.kv.truncate(keep)
 
-    def _cpu_thread(self) -> ThreadPoolExecutor:
-        if self._cpu_pool is None:
-            self._cpu_pool = ThreadPoolExecutor(1, thread_name_prefix="edge-moe-cpu-misses")
-        return self._cpu_pool
-
     def close(self) -> None:
-        if self._cpu_pool is not None:
-            self._cpu_pool.shutdown(wait=True)
-            self._cpu_pool = None
         self.cpu.close()
         self.gpu.close()
 

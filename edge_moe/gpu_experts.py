@@ -41,9 +41,7 @@ import torch.nn.functional as F
 from edge_moe.dense_weights import tensor_to_numpy
 from edge_moe.gguf_file import GGUFFile, GGUFTensor
 from edge_moe.model_config import MoEConfig
-from edge_moe.stream_rule import (  # noqa: F401 (stream_threshold, stream_vram_bytes: re-exported)
-    STREAM_SLOTS, balanced_stream, cpu_seconds_per_token, stream_seconds, stream_threshold, stream_vram_bytes,
-)
+from edge_moe.stream_rule import STREAM_SLOTS, stream_threshold, stream_vram_bytes  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     from edge_moe.expert_cache import CacheConfig, ExpertCache
@@ -260,12 +258,7 @@ class GpuExperts:
         if n is None or ids.shape[0] < n:
             return np.zeros(ids.shape, dtype=bool)
         uses = np.bincount(ids[~hit], minlength=self.cfg.n_expert)  # [n_expert] missed uses
-        if self.config.stream_min_tokens is not None:  # forced (tests): every expert from n tokens
-            return ~hit & (uses >= n)[ids]
-        # the executor runs the CPU's misses while the stream runs: split the misses between them
-        chosen = balanced_stream(uses, n, stream_seconds(self.expert_bytes),
-                                 cpu_seconds_per_token(self.cfg.n_embd, self.cfg.n_ff_expert))
-        return ~hit & chosen[ids]
+        return ~hit & (uses >= n)[ids]
 
     def compute(self, layer: int, h: torch.Tensor, weights: torch.Tensor, slots: np.ndarray,
                 ids: np.ndarray | None = None, streamed: np.ndarray | None = None) -> torch.Tensor:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from edge_moe.gpu_slots import CHUNK_BYTES
 
 # Streaming rule: PCIe through pinned staging (the ~49 GB/s link, with the staging copy on
@@ -38,36 +36,10 @@ def stream_threshold(expert_bytes: int, n_embd: int, n_ff: int,
     tokens it is DRAM-bound and reads the bytes once, no slower than the copy), the copy being
     STREAM_FIXED_S + expert_bytes at the slower of PCIe and the staging copy.
     Never below 2: a decode step's misses stay on the CPU (a fill is the admission's call)."""
-    return max(2, math.ceil(stream_seconds(expert_bytes, pcie_bytes_per_s) / cpu_seconds_per_token(n_embd, n_ff,
-                                                                                                   cpu_flops)))
-
-
-def stream_seconds(expert_bytes: int, pcie_bytes_per_s: float = STREAM_PCIE_BYTES_PER_S) -> float:
-    """Host and link time of streaming one expert: fixed cost + bytes at the slower of PCIe and staging."""
     staging = STAGING_BYTES_PER_S_ONE if expert_bytes <= CHUNK_BYTES else STAGING_BYTES_PER_S_MANY
-    return STREAM_FIXED_S + expert_bytes / min(pcie_bytes_per_s, staging)
-
-
-def cpu_seconds_per_token(n_embd: int, n_ff: int, cpu_flops: float = CPU_EXPERT_FLOPS) -> float:
-    """The CPU's time for one token through one expert (gate, up, down) in a prefill call."""
-    return 6 * n_embd * n_ff / cpu_flops
-
-
-def balanced_stream(uses: np.ndarray, min_tokens: int, copy_s: float, cpu_s_per_token: float) -> np.ndarray:
-    """Which missed experts [n_expert] to stream when the CPU computes the others at the same
-    time (the executor overlaps them): candidates (>= min_tokens uses) go to the stream, most
-    used first, while that shortens max(stream time, CPU time). Returns a bool [n_expert]."""
-    out = np.zeros(uses.shape, dtype=bool)
-    cpu = float(uses.sum()) * cpu_s_per_token
-    stream = 0.0
-    for e in np.argsort(-uses, kind="stable"):
-        c = uses[e] * cpu_s_per_token
-        if uses[e] < min_tokens or max(stream + copy_s, cpu - c) >= max(stream, cpu):
-            break
-        out[e] = True
-        stream += copy_s
-        cpu -= c
-    return out
+    copy_s = STREAM_FIXED_S + expert_bytes / min(pcie_bytes_per_s, staging)
+    cpu_s_per_token = 6 * n_embd * n_ff / cpu_flops
+    return max(2, math.ceil(copy_s / cpu_s_per_token))
 
 
 def stream_vram_bytes(slot_bytes: int, n_embd: int, n_ff: int, dtype_bytes: int = 2,

@@ -169,16 +169,3 @@ def test_small_experts_stay_on_the_matvec_path_longer() -> None:
     qwen3, mixtral = dequant_min_tokens(2_654_208), dequant_min_tokens(99_090_432)
     assert mixtral == DEQUANT_MIN_TOKENS and 30 <= qwen3 <= 40
     assert dequant_min_tokens(1_000) > 10_000  # tiny test experts: matvec unless forced
-
-
-def test_balanced_stream_splits_misses_between_the_stream_and_the_cpu() -> None:
-    """Most used first, while max(stream time, CPU time) shrinks (both run at once)."""
-    from edge_moe.stream_rule import balanced_stream
-
-    uses = np.array([30, 40, 5, 0, 2])
-    # CPU 0.1 s a token: 7.7 s in all; each streamed expert 1 s. Stream 40 -> max(1, 3.7);
-    # then 30 -> max(2, 0.7); then 5 -> max(3, 0.2) is no better than 2: stop.
-    assert balanced_stream(uses, 3, 1.0, 0.1).tolist() == [True, True, False, False, False]
-    # a slow stream (10 s an expert) takes nothing; min_tokens keeps rare experts on the CPU
-    assert not balanced_stream(uses, 3, 10.0, 0.1).any()
-    assert balanced_stream(uses, 35, 1.0, 0.1).tolist() == [False, True, False, False, False]
