@@ -11,9 +11,9 @@ Hit compute ("triton" kernels, the default on CUDA): the hits of a layer with fe
 each run as two launches over all (token, expert) pairs (quant_ops.glu_pairs, then
 scatter_pairs). From GROUPED_MIN_TOKENS tokens on, Q4_0 / Q8_0 layers run all their hits
 as two launches of the grouped tile kernels (edge_moe/grouped_kernels.py); other formats
-dequantize an expert used by many tokens into a scratch matrix and multiply with torch. "reference" dequantizes the
-slot's bytes with gguf.quants on the host (the CPU device in tests, and any type the
-kernels do not read).
+dequantize an expert used by many tokens into a scratch matrix and multiply with torch.
+"reference" dequantizes the slot's bytes with gguf.quants on the host (the CPU device in
+tests, and any type the kernels do not read).
 
 Prefill streaming: a *missed* expert that many tokens of one call use is cheaper to copy
 to the GPU and compute there than to compute on the CPU (the CPU's time grows with the
@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from edge_moe.dense_weights import tensor_to_numpy
 from edge_moe.gguf_file import GGUFFile, GGUFTensor
 from edge_moe.model_config import MoEConfig
-from edge_moe.stream_rule import STREAM_SLOTS, stream_threshold, stream_vram_bytes  # noqa: F401 (re-exported)
+from edge_moe.stream_rule import STREAM_SLOTS, stream_threshold, stream_vram_bytes
 
 if TYPE_CHECKING:
     from edge_moe.expert_cache import CacheConfig, ExpertCache
@@ -67,6 +67,8 @@ GROUPED_MIN_TOKENS = 16
 def dequant_min_tokens(expert_bytes: int) -> int:
     """Tokens of one call from which a cached expert takes the dequantize + matmul path."""
     return max(DEQUANT_MIN_TOKENS, math.ceil(DEQUANT_HOST_S * MATVEC_BYTES_PER_S / expert_bytes))
+
+
 PARTS = ("gate", "up", "down")
 
 

@@ -33,9 +33,10 @@ the fills were asked for: `fill` queues the job and returns at once, so the deco
 not wait for host copies (they took it 0.5-1.2 ms per Qwen3-sized fill). `wait_filled` first
 waits, on the host, until the slot's latest fill job has run (recorded `filled[slot]`): it
 blocks only when a slot is read right after its fill. The job waits for the read event the
-slot had when the fill was asked for (events are recorded later, never earlier, than that). The staging copy costs DRAM bandwidth (read and write)
-on top of the DMA's read; sources that are already pinned torch tensors skip it and are
-copied straight to the slot (they must stay unchanged until the fill is done).
+slot had when the fill was asked for (events are recorded later, never earlier, than that).
+The staging copy costs DRAM bandwidth (read and write) on top of the DMA's read; sources that
+are already pinned torch tensors skip it and are copied straight to the slot (they must stay
+unchanged until the fill is done).
 
 On a CPU device (tests, no GPU) the same calls copy synchronously and the event calls do
 nothing.
@@ -194,7 +195,7 @@ class SlotStore:
         try:
             self.synchronize()
         finally:
-            if self.is_cuda and self._worker is not None:
+            if self._worker is not None:
                 self._worker.close()
             self._pool.close()
 
@@ -205,9 +206,7 @@ class SlotStore:
     def _copy_to_host(self, dst_parts: Sequence[np.ndarray], host_parts: Sequence[HostBytes]) -> None:
         """Copy each part to the start of its destination (CPU device: the slot itself)."""
         if sum(_nbytes(p) for p in host_parts) <= self.chunk_bytes:
-            for dst, src in zip(dst_parts, host_parts):
-                src = _host_bytes(src)
-                np.copyto(dst[:src.size], src)
+            _copy_parts(dst_parts, host_parts)
             return
         self._pool.copy([pieces for _, _, pieces in self._segments(dst_parts, host_parts)])
 
@@ -244,9 +243,7 @@ class SlotStore:
         side.wait_event(last_read)
         try:
             if sum(_nbytes(p) for p in host_parts) <= self.chunk_bytes:  # small: this thread, one DMA
-                for part, src in zip(self._staging_parts[i], host_parts):
-                    src = _host_bytes(src)
-                    np.copyto(part[:src.size], src)
+                _copy_parts(self._staging_parts[i], host_parts)
                 end = max(o + _nbytes(p) for o, p in zip(self.part_offsets, host_parts))
                 with torch.cuda.stream(side):
                     dst[:end].copy_(staging[:end], non_blocking=True)
@@ -278,6 +275,13 @@ class SlotStore:
 
 def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
+
+
+def _copy_parts(dst_parts: Sequence[np.ndarray], host_parts: Sequence[HostBytes]) -> None:
+    """Each part to the start of its destination, on this thread."""
+    for dst, src in zip(dst_parts, host_parts):
+        src = _host_bytes(src)
+        np.copyto(dst[:src.size], src)
 
 
 def _nbytes(src: HostBytes) -> int:

@@ -17,6 +17,7 @@ that same column order, so no shuffling of weights is needed. BK = NB * 32 colum
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -122,12 +123,11 @@ def grouped_supported(gate_type: int, up_type: int, down_type: int, n_embd: int,
             and n_embd % BK == 0 and n_ff % BK == 0)
 
 
-def tile_table(slot: "object", tok: "object", widx: "object") -> tuple:
+def tile_table(slot: np.ndarray, tok: np.ndarray, widx: np.ndarray,
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Host-side tiling of a layer's pairs (numpy arrays [P]: slot, token row, weight index):
     pairs sorted by slot, each slot's pairs cut into tiles of at most BT. Returns (tile_slot,
     tile_start, tile_count, pair_tok, pair_widx), numpy, the pairs in tile order."""
-    import numpy as np
-
     order = np.argsort(slot, kind="stable")
     s, t, w = slot[order], tok[order], widx[order]
     uniq, first, counts = np.unique(s, return_index=True, return_counts=True)

@@ -219,7 +219,7 @@ def make_plan(model_path: str | Path, hw: HardwareInfo, profile: HardwareProfile
               measurements: MachineMeasurements | None = None, routing: np.ndarray | None = None,
               overrides: PlanOverrides = PlanOverrides()) -> Plan:
     """Plan a run of `model_path` on `hw` (see the module docstring). Loads no weights."""
-    from edge_moe.gpu_experts import stream_threshold, stream_vram_bytes
+    from edge_moe.stream_rule import stream_threshold, stream_vram_bytes
     o, d = overrides, profile.defaults
     m = _model_sizes(model_path)
     notes: list[str] = []

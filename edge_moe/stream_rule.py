@@ -3,7 +3,7 @@
 A missed expert that many tokens of one call use is cheaper to copy to the GPU and compute
 there than to compute on the CPU: the CPU's time grows with the tokens, the copy's does not.
 `stream_threshold` is the crossover; `stream_vram_bytes` what the ring of stream slots
-costs in VRAM (the planner reserves it). Used by edge_moe/gpu_experts.py.
+costs in VRAM (the planner reserves it). Used by edge_moe/gpu_experts.py and the planner.
 """
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ import torch
 
 from edge_moe.executor import ExecutorConfig, HybridModel
 from edge_moe.expert_cache import CacheConfig
-from edge_moe.gpu_experts import GpuExpertsConfig, stream_threshold, stream_vram_bytes
+from edge_moe.gpu_experts import GpuExpertsConfig
+from edge_moe.stream_rule import stream_threshold, stream_vram_bytes
 
 MIXTRAL_Q4_0 = 3 * 4096 * 14336 * 18 // 32  # bytes of one expert
 

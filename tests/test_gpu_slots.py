@@ -63,19 +63,24 @@ def test_fill_copies_numpy_and_torch_sources() -> None:
     store.synchronize()
 
 
+def traced_fills(store: SlotStore, sources: list, n: int) -> tuple[int, int]:
+    """n fills (slot i % n_slots from source i % len(sources)) under tracemalloc: (current, peak) bytes."""
+    tracemalloc.start()
+    try:
+        for i in range(n):
+            store.fill(i % store.n_slots, sources[i % len(sources)])
+        return tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+
 def test_many_fills_allocate_nothing() -> None:
     store = SlotStore(8, PARTS, "cpu")
     storage, ptr = store.storage, store.storage.data_ptr()
     views = [store.parts(s) for s in range(8)]
     sources = [expert_bytes(seed) for seed in range(4)]
     store.fill(0, sources[0])  # warm up
-    tracemalloc.start()
-    try:
-        for i in range(400):
-            store.fill(i % 8, sources[i % 4])
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    _, peak = traced_fills(store, sources, 400)
     assert peak < min(PARTS), f"fills allocated {peak} bytes"  # no copy of a part was made
     assert store.storage is storage and store.storage.data_ptr() == ptr
     assert all(store.parts(s) is views[s] for s in range(8))
@@ -172,13 +177,7 @@ def test_chunked_fills_allocate_nothing_per_fill() -> None:
     storage, ptr = store.storage, store.storage.data_ptr()
     sources = [expert_bytes(seed, big) for seed in range(3)]
     store.fill(0, sources[0])  # warm up: starts the threads
-    tracemalloc.start()
-    try:
-        for i in range(100):
-            store.fill(i % 4, sources[i % 3])
-        current, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    current, peak = traced_fills(store, sources, 100)
     # segment lists and array views only (a few KB), never a copy of a part; nothing kept
     assert peak < 64_000, f"fills allocated {peak} bytes at peak"
     assert current < 4_000, f"fills kept {current} bytes"
