@@ -18,6 +18,12 @@ Q4_0/Q8_0, 256 weights otherwise), accumulating weight * x elementwise in fp32 a
 once at the end. Q4_0 and Q8_0 are read as 16-bit words (4 or 2 weights per load) against x
 in the same interleaved order; the other formats are dequantized in natural order by byte
 gathers. Integers become floats by the 2**23 mantissa trick, not the (slow) convert unit.
+
+Q4_0 and Q8_0 by default take x quantized to int8 in blocks of 32 (`_quantize_x_kernel`,
+ggml's Q8_0 rounding, plus each block's sum) and multiply with `dp4a`: four int8 products
+per instruction, so the kernel reads its bytes instead of waiting on ~6 float ops a weight
+(llama.cpp's CPU and CUDA paths quantize x the same way for these formats). Where the
+interpreter runs the kernels (no inline PTX), `_dp4a` computes the same sums in plain ints.
 """
 
 from __future__ import annotations
@@ -200,6 +206,90 @@ def _terms_q8_0(ww, row, xp, c, K, NBLK: tl.constexpr):
     return qf * (d[:, :, None, None] * x[None])
 
 
+# ---- int8 dot products (x quantized to Q8_0-style blocks) ------------------------------
+
+@triton.jit
+def _dp4a(a, b, c, ASM: tl.constexpr):
+    """c + the dot of the four signed bytes of a and of b (int32 tensors of one shape)."""
+    if ASM:
+        return tl.inline_asm_elementwise("dp4a.s32.s32 $0, $1, $2, $3;", "=r,r,r,r", [a, b, c],
+                                         dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        s = c
+        for i in tl.static_range(4):
+            s += ((a << (24 - 8 * i)) >> 24) * ((b << (24 - 8 * i)) >> 24)  # sign-extended byte i
+        return s
+
+
+@triton.jit
+def _qs_words(ww, word0, m):
+    """int32 words m of block quants starting at 16-bit word index word0 [ROWS, NBLK]: the
+    blocks are only 2-byte aligned, so each int32 is put together from two 16-bit loads."""
+    at = word0[:, :, None] + 2 * m[None, None, :]
+    lo = tl.load(ww + at).to(tl.int32) & 0xFFFF
+    hi = tl.load(ww + at + 1).to(tl.int32)
+    return lo | (hi << 16)  # [ROWS, NBLK, len(m)]
+
+
+@triton.jit
+def _int8_dot(ww, row, xq, xd, xs, c, K, QTYPE: tl.constexpr, NBLK: tl.constexpr, ASM: tl.constexpr):
+    """Per-block dot of the rows [ROWS] with the int8 x of blocks c*NBLK.. -> [ROWS, NBLK] fp32.
+    xq: x as int32 words (4 int8 each, natural order), xd: each block's scale, xs: its scale
+    times the sum of its int8 values (Q4_0's -8 offset)."""
+    j = c * NBLK + tl.arange(0, NBLK)
+    valid = j < K // 32
+    jc = tl.minimum(j, K // 32 - 1)
+    if QTYPE == 2:  # Q4_0: 18-byte blocks; byte i holds weight i (low nibble) and i + 16 (high)
+        m = tl.arange(0, 4)
+        base = row[:, None] // 2 + jc[None, :] * 9  # 16-bit word index [ROWS, NBLK]
+        q = _qs_words(ww, base + 1, m)  # [ROWS, NBLK, 4]
+        x_lo = tl.load(xq + jc[:, None] * 8 + m[None, :])  # [NBLK, 4] x[4m .. 4m+3]
+        x_hi = tl.load(xq + jc[:, None] * 8 + 4 + m[None, :])  # x[16+4m ..]
+        zero = tl.zeros(q.shape, tl.int32)
+        s = _dp4a(q & 0x0F0F0F0F, x_lo[None, :, :] + zero, zero, ASM)
+        s = _dp4a((q >> 4) & 0x0F0F0F0F, x_hi[None, :, :] + zero, s, ASM)
+        dot = tl.sum(s, axis=2).to(tl.float32)  # [ROWS, NBLK], nibbles unsigned
+        dx = tl.load(xd + jc)
+        r = _fp16_bits(tl.load(ww + base)) * (dot * dx[None, :] - 8.0 * tl.load(xs + jc)[None, :])
+    else:  # Q8_0: 34-byte blocks of 32 int8
+        m = tl.arange(0, 8)
+        base = row[:, None] // 2 + jc[None, :] * 17
+        q = _qs_words(ww, base + 1, m)  # [ROWS, NBLK, 8]
+        xw = tl.load(xq + jc[:, None] * 8 + m[None, :])  # [NBLK, 8]
+        zero = tl.zeros(q.shape, tl.int32)
+        dot = tl.sum(_dp4a(q, xw[None, :, :] + zero, zero, ASM), axis=2).to(tl.float32)
+        r = _fp16_bits(tl.load(ww + base)) * (dot * tl.load(xd + jc)[None, :])
+    return tl.where(valid[None, :], r, 0.0)
+
+
+@triton.jit
+def _int8_row_dots(ww, row, xq, xd, xs, K: tl.constexpr, QTYPE: tl.constexpr, NBLK: tl.constexpr,
+                   ASM: tl.constexpr):
+    acc = _int8_dot(ww, row, xq, xd, xs, 0, K, QTYPE, NBLK, ASM)
+    for c in range(1, (K // 32 + NBLK - 1) // NBLK):
+        acc += _int8_dot(ww, row, xq, xd, xs, c, K, QTYPE, NBLK, ASM)
+    return tl.sum(acc, axis=1)
+
+
+@triton.jit
+def _quantize_x_kernel(x_ptr, x_stride, q_ptr, d_ptr, s_ptr, K, NB: tl.constexpr):
+    """Row t of x [T, K] -> int8 q [T, K], scales d [T, K/32] and d * sum(q) [T, K/32], ggml's
+    Q8_0 rounding (d = amax / 127 kept as fp16, q = round half away from zero of x / d)."""
+    t = tl.program_id(0).to(tl.int64)
+    b = tl.program_id(1) * NB + tl.arange(0, NB)
+    bmask = b < K // 32
+    col = b[:, None] * 32 + tl.arange(0, 32)[None, :]  # [NB, 32]
+    v = tl.load(x_ptr + t * x_stride + col, mask=bmask[:, None], other=0.0).to(tl.float32)
+    d = tl.max(tl.abs(v), axis=1) / 127.0
+    inv = tl.where(d > 0.0, 1.0 / tl.maximum(d, 1e-30), 0.0)
+    a = v * inv[:, None]
+    q = tl.where(a >= 0.0, tl.floor(a + 0.5), -tl.floor(0.5 - a))
+    d16 = d.to(tl.float16).to(tl.float32)
+    tl.store(q_ptr + t * K + col, q.to(tl.int8), mask=bmask[:, None])
+    tl.store(d_ptr + t * (K // 32) + b, d16, mask=bmask)
+    tl.store(s_ptr + t * (K // 32) + b, d16 * tl.sum(q, axis=1), mask=bmask)
+
+
 @triton.jit
 def _q4_0_position(r):
     """Where input r of a Q4_0 row sits in the permuted order of `_terms_q4_0`."""
@@ -233,10 +323,12 @@ def _row_dots(wb, ww, row, xp, K: tl.constexpr, QTYPE: tl.constexpr, NBLK: tl.co
 # ---- kernels ---------------------------------------------------------------------------
 
 @triton.jit
-def _matvec_kernel(wb, ww, a_off, b_off, x_ptr, x_row, scale_ptr, scale_idx, out_ptr, out_row,
+def _matvec_kernel(wb, ww, a_off, b_off, x_ptr, xd_ptr, xs_ptr, x_row, scale_ptr, scale_idx, out_ptr, out_row,
                    N, K: tl.constexpr, row_bytes, x_stride, out_stride,
                    QTYPE: tl.constexpr, MODE: tl.constexpr, ROWS: tl.constexpr, PERM_OUT: tl.constexpr,
-                   NBLK: tl.constexpr, CHUNK: tl.constexpr):
+                   NBLK: tl.constexpr, CHUNK: tl.constexpr, INT8_X: tl.constexpr, ASM: tl.constexpr):
+    """INT8_X: x_ptr is x quantized (int32 words, `_quantize_x_kernel`) with block scales at
+    xd_ptr and scaled sums at xs_ptr (x_stride in words; scales have K // 32 a row)."""
     p = tl.program_id(0)
     a_base = tl.load(a_off + p)
     if a_base < 0:  # a padded pair (a miss in a fixed-size pair table, edge_moe/decode_graphs.py)
@@ -244,12 +336,21 @@ def _matvec_kernel(wb, ww, a_off, b_off, x_ptr, x_row, scale_ptr, scale_idx, out
     rows = tl.program_id(1) * ROWS + tl.arange(0, ROWS)
     rmask = rows < N
     rows_c = tl.minimum(rows, N - 1).to(tl.int64)  # rows past N read row N-1; never stored
-    xp = x_ptr + tl.load(x_row + p).to(tl.int64) * x_stride
+    xr = tl.load(x_row + p).to(tl.int64)
+    xp = x_ptr + xr * x_stride
+    xd = xd_ptr + xr * (K // 32)
+    xs = xs_ptr + xr * (K // 32)
     a_row = a_base + rows_c * row_bytes
-    acc = _row_dots(wb, ww, a_row, xp, K, QTYPE, NBLK, ROWS, CHUNK)
+    if INT8_X:
+        acc = _int8_row_dots(ww, a_row, xp, xd, xs, K, QTYPE, NBLK, ASM)
+    else:
+        acc = _row_dots(wb, ww, a_row, xp, K, QTYPE, NBLK, ROWS, CHUNK)
     if MODE == 1:
         b_row = tl.load(b_off + p) + rows_c * row_bytes
-        acc_b = _row_dots(wb, ww, b_row, xp, K, QTYPE, NBLK, ROWS, CHUNK)
+        if INT8_X:
+            acc_b = _int8_row_dots(ww, b_row, xp, xd, xs, K, QTYPE, NBLK, ASM)
+        else:
+            acc_b = _row_dots(wb, ww, b_row, xp, K, QTYPE, NBLK, ROWS, CHUNK)
     if MODE == 1:
         act = acc / (1.0 + tl.exp(-acc)) * acc_b  # silu(gate) * up
         if PERM_OUT:  # the down matrix is Q4_0: write act in its input order

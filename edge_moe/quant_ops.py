@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from edge_moe.quant_kernels import BLOCKS, MODE_GLU, MODE_SCATTER, MODE_STORE, Q4_0, Q8_0, _dequant_kernel, _matvec_kernel
+from edge_moe.quant_kernels import (BLOCKS, MODE_GLU, MODE_SCATTER, MODE_STORE, Q4_0, Q8_0, _dequant_kernel,
+                                    _matvec_kernel, _quantize_x_kernel)
 
 SUPPORTED_TYPES = frozenset(BLOCKS)
 # Rows per program and warps, chosen on the H100 (benchmarks/quant_kernels_bench.py);
@@ -25,6 +26,10 @@ MATVEC_ROWS = int(os.environ.get("EDGE_MOE_QROWS", "8"))
 MATVEC_WARPS = int(os.environ.get("EDGE_MOE_QWARPS", "4"))
 MATVEC_BLOCKS = int(os.environ.get("EDGE_MOE_QBLOCKS", "16"))  # Q4_0/Q8_0 blocks per row per loop step
 DEQUANT_ROWS = int(os.environ.get("EDGE_MOE_QROWS_DEQUANT", "8"))
+# Q4_0/Q8_0 matvecs take x quantized to int8 ("int8", dp4a) or in float ("float": the older
+# kernels, kept for A/B runs of quant_kernels_bench).
+INT8_TYPES = frozenset() if os.environ.get("EDGE_MOE_QDOT", "int8") == "float" else frozenset((Q4_0, Q8_0))
+QUANTIZE_BLOCKS = 32  # x blocks per program of the quantizing kernel
 
 
 @dataclass(frozen=True)
@@ -80,10 +85,26 @@ def triton_cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def quantize_x(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x [T, K] (K a multiple of 32) -> (int8 q [T, K], fp32 scales [T, K/32], fp32 scale *
+    sum(q) [T, K/32]): ggml's Q8_0 quantization of each block of 32, for the int8 kernels."""
+    t, k = x.shape
+    if k % 32 or x.stride(1) != 1:
+        raise ValueError(f"quantize_x needs rows of a multiple of 32 contiguous values, got {tuple(x.shape)}")
+    q = torch.empty((t, k), dtype=torch.int8, device=x.device)
+    d = torch.empty((t, k // 32), dtype=torch.float32, device=x.device)
+    s = torch.empty((t, k // 32), dtype=torch.float32, device=x.device)
+    if t:
+        _quantize_x_kernel[(t, triton_cdiv(k // 32, QUANTIZE_BLOCKS))](x, x.stride(0), q, d, s, k,
+                                                                      NB=QUANTIZE_BLOCKS, num_warps=4)
+    return q, d, s
+
+
 def kernel_input(x: torch.Tensor, m: QuantMatrix) -> torch.Tensor:
-    """x [T, n_cols] in the order the kernel for `m` reads it: Q4_0 reads each 32-block as
-    (word w, nibble n) -> input 16 * (n % 2) + 2 * w + n // 2 (quant_kernels._terms_q4_0)."""
-    if m.ggml_type != Q4_0:
+    """x [T, n_cols] in the order the kernel for `m` reads it: the float Q4_0 kernel reads each
+    32-block as (word w, nibble n) -> input 16 * (n % 2) + 2 * w + n // 2 (_terms_q4_0); the
+    int8 kernels read x in natural order (and quantize it in `_launch`)."""
+    if m.ggml_type != Q4_0 or Q4_0 in INT8_TYPES:
         return x
     t = x.shape[0]
     return x.view(t, -1, 2, 8, 2).permute(0, 1, 3, 4, 2).reshape(t, -1)  # [T, blocks, w, p, h]
@@ -93,11 +114,17 @@ def _launch(buf: QuantBuffer, m: QuantMatrix, mode: int, n_pairs: int, a_off: to
             x: torch.Tensor, x_row: torch.Tensor, scales: torch.Tensor, scale_idx: torch.Tensor,
             out: torch.Tensor, out_row: torch.Tensor, perm_out: bool = False) -> None:
     """One launch of the matvec kernel over n_pairs pairs of `m`-shaped matrices."""
+    int8_x = m.ggml_type in INT8_TYPES
+    if int8_x:
+        q, xd, xs = quantize_x(x)
+        xw, x_stride = q.view(torch.int32), m.n_cols // 4
+    else:
+        xw, xd, xs, x_stride = x, x, x, x.stride(0)
     _matvec_kernel[_grid(n_pairs, m.n_rows)](
-        buf.bytes, buf.words, a_off, b_off, x, x_row, scales, scale_idx, out, out_row,
-        m.n_rows, m.n_cols, m.row_bytes, x.stride(0), out.stride(0),
+        buf.bytes, buf.words, a_off, b_off, xw, xd, xs, x_row, scales, scale_idx, out, out_row,
+        m.n_rows, m.n_cols, m.row_bytes, x_stride, out.stride(0),
         QTYPE=m.ggml_type, MODE=mode, ROWS=MATVEC_ROWS, PERM_OUT=perm_out, NBLK=MATVEC_BLOCKS,
-        CHUNK=_chunk(m.ggml_type), num_warps=MATVEC_WARPS)
+        CHUNK=_chunk(m.ggml_type), INT8_X=int8_x, ASM=buf.device.type == "cuda", num_warps=MATVEC_WARPS)
 
 
 def glu_pairs(buf: QuantBuffer, gate: QuantMatrix, up: QuantMatrix, gate_off: torch.Tensor,
@@ -114,7 +141,7 @@ def glu_pairs(buf: QuantBuffer, gate: QuantMatrix, up: QuantMatrix, gate_off: to
     x = kernel_input(x, gate)
     act = torch.empty((p, gate.n_rows), dtype=torch.float32, device=buf.device)
     _launch(buf, gate, MODE_GLU, p, gate_off, up_off, x, x_row, act, x_row, act, x_row,
-            perm_out=down is not None and down.ggml_type == Q4_0)
+            perm_out=down is not None and down.ggml_type == Q4_0 and Q4_0 not in INT8_TYPES)
     return act
 
 

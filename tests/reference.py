@@ -170,3 +170,19 @@ def preround_checkpoint(src: Path, dst: Path, outtype: str) -> Path:
                 tensors[name] = dequantize(encode_rows(rows, qtype), qtype).reshape(rows.shape).astype(w.dtype)
         save_file(tensors, f, metadata={"format": "pt"})
     return dst
+
+
+def x_as_int8_kernels_see(x: np.ndarray, ggml_type: int) -> np.ndarray:
+    """x [T, K] as the GPU matvec for `ggml_type` multiplies it: the int8 kernels (Q4_0, Q8_0)
+    take x through ggml's Q8_0 quantization, as llama.cpp's CPU and CUDA paths do for these
+    formats; the other kernels take it as it is."""
+    from gguf.constants import GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    from edge_moe.ggml_lib import quantize_rows
+    from edge_moe.quant_ops import INT8_TYPES
+
+    if ggml_type not in INT8_TYPES:
+        return x
+    q8 = GGMLQuantizationType.Q8_0
+    return dequantize(quantize_rows(np.ascontiguousarray(x, dtype=np.float32), q8), q8).reshape(x.shape).astype(np.float32)

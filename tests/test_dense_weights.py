@@ -24,6 +24,7 @@ from edge_moe.ggml_lib import quantize_rows  # noqa: E402
 from edge_moe.gguf_file import GGUFFile  # noqa: E402
 from edge_moe.model_config import read_config  # noqa: E402
 from edge_moe.quant_ops import QuantMatrix  # noqa: E402
+from tests.reference import x_as_int8_kernels_see  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -56,12 +57,15 @@ def test_linear_equals_dequantize_matmul(qtype: T) -> None:
     (a, b), (va, vb) = _store(rng, qtype, [(40, k), (24, k)], scratch=16 * k)  # a: 3 chunks, b: 2
     bias = torch.from_numpy(rng.standard_normal(40).astype(np.float32)).to(DEVICE)
     for t in (1, 3, 9):
-        x = torch.from_numpy(rng.standard_normal((t, k)).astype(np.float32)).to(DEVICE)
+        x_np = rng.standard_normal((t, k)).astype(np.float32)
+        x = torch.from_numpy(x_np).to(DEVICE)
+        # the matvec kernel's x (int8 for Q4_0/Q8_0); dequantize + matmul takes x as it is
+        xs = torch.from_numpy(x_as_int8_kernels_see(x_np, int(qtype)) if t <= dl.MATVEC_MAX_TOKENS else x_np).to(DEVICE)
         for w, v in ((a, va), (b, vb)):
-            torch.testing.assert_close(dl.linear(x, w), x @ v.T, rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(dl.linear(x, a, bias), x @ va.T + bias, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(dl.linear(x, w), xs @ v.T, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(dl.linear(x, a, bias), xs @ va.T + bias, rtol=1e-4, atol=1e-4)
         stacked = dl.linear(x, dl.RowStack((a, vb)))  # mixed: blocks and a float tensor
-        torch.testing.assert_close(stacked, torch.cat([x @ va.T, x @ vb.T], 1), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(stacked, torch.cat([xs @ va.T, x @ vb.T], 1), rtol=1e-4, atol=1e-4)
 
 
 def test_matvec_reads_no_scratch_and_accepts_views() -> None:
@@ -71,7 +75,8 @@ def test_matvec_reads_no_scratch_and_accepts_views() -> None:
     (w,), (v,) = _store(rng, T.Q8_0, [(16, 256)], scratch=0)
     x = torch.from_numpy(rng.standard_normal((2, 512)).astype(np.float32)).to(DEVICE)[:, ::2]
     assert dl.MATVEC_MAX_TOKENS >= 2
-    torch.testing.assert_close(dl.linear(x, w), x @ v.T, rtol=1e-4, atol=1e-4)
+    xs = torch.from_numpy(x_as_int8_kernels_see(x.cpu().numpy(), int(T.Q8_0))).to(DEVICE)
+    torch.testing.assert_close(dl.linear(x, w), xs @ v.T, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("qtype", [T.Q4_0, T.Q6_K], ids=lambda t: t.name)

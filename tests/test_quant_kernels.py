@@ -14,8 +14,9 @@ from gguf.quants import dequantize
 pytest.importorskip("triton")
 
 from edge_moe.ggml_lib import quantize_rows  # noqa: E402
-from edge_moe.quant_ops import (QuantBuffer, QuantMatrix, dequantize as q_dequantize, glu_pairs,  # noqa: E402
-                                matvec_pairs, scatter_pairs)
+from edge_moe.quant_ops import (QuantBuffer, QuantMatrix, dequantize as q_dequantize,  # noqa: E402
+                                glu_pairs, matvec_pairs, quantize_x, scatter_pairs)
+from tests.reference import x_as_int8_kernels_see  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TYPES = [T.Q4_0, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K, T.F16, T.BF16]
@@ -29,8 +30,8 @@ def _quantized(rng: np.random.Generator, qtype: T, n: int, k: int) -> tuple[np.n
     elif qtype == T.BF16:
         raw = (w.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8).reshape(n, -1)
     else:
-        raw = quantize_rows(w, qtype)
-    return raw, dequantize(raw, qtype).reshape(n, k).astype(np.float32)
+        raw = quantize_rows(w, int(qtype))
+    return raw, dequantize(raw, int(qtype)).reshape(n, k).astype(np.float32)
 
 
 def _buffer(parts: list[np.ndarray], pad: int = 7) -> tuple[QuantBuffer, list[int]]:
@@ -65,7 +66,7 @@ def test_matvec_and_dequantize_match_gguf_reference(qtype: T) -> None:
     assert m.row_bytes == raw_a.shape[1]
     x = rng.standard_normal((3, k)).astype(np.float32)
     xt = torch.from_numpy(x).to(DEVICE, torch.float16)
-    xr = xt.float().cpu().numpy()
+    xr = x_as_int8_kernels_see(xt.float().cpu().numpy(), int(qtype))
 
     out = matvec_pairs(buf, m, _i64([off_a, off_b, off_a]), xt, _i32([0, 2, 1])).cpu().numpy()
     want = np.stack([ref_a @ xr[0], ref_b @ xr[2], ref_a @ xr[1]])
@@ -95,7 +96,7 @@ def test_expert_ffn_pairs_match_reference(qtype: T) -> None:
     # pairs: token 0 -> experts 0, 1; token 1 -> expert 1 (token 1's other expert is "on the CPU")
     pairs = [(0, 0, 0), (0, 1, 1), (1, 1, 0)]  # (token, expert, k index)
     xt = torch.from_numpy(x).to(DEVICE, torch.float16)
-    xr = xt.float().cpu().numpy()
+    xr = x_as_int8_kernels_see(xt.float().cpu().numpy(), int(qtype))
     act = glu_pairs(buf, gate, gate, _i64([offs[3 * ex] for _, ex, _ in pairs]),
                     _i64([offs[3 * ex + 1] for _, ex, _ in pairs]), xt, _i32([t for t, _, _ in pairs]), down)
     y = torch.zeros((2, e), dtype=torch.float32, device=DEVICE)
@@ -107,8 +108,24 @@ def test_expert_ffn_pairs_match_reference(qtype: T) -> None:
     for t, ex, j in pairs:
         gr, ur, dr = experts[ex][1]
         a = gr @ xr[t]
-        want[t] += wr[t, j] * (dr @ (a / (1 + np.exp(-a)) * (ur @ xr[t])))
+        act_ref = x_as_int8_kernels_see((a / (1 + np.exp(-a)) * (ur @ xr[t]))[None], int(qtype))[0]
+        want[t] += wr[t, j] * (dr @ act_ref)
     np.testing.assert_allclose(y.cpu().numpy(), want, rtol=2e-3, atol=2e-3 * np.abs(want).max())
+
+
+def test_quantize_x_matches_ggml_q8_0() -> None:
+    """The int8 kernels' x: ggml's Q8_0 values and scales, plus each block's scaled sum."""
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((3, 96)) * [[0.01], [1.0], [30.0]]).astype(np.float32)
+    x[1, 32:64] = 0.0  # an all-zero block: scale 0, no division by it
+    q, d, s = (a.cpu().numpy() for a in quantize_x(torch.from_numpy(x).to(DEVICE)))
+    ref = quantize_rows(x, T.Q8_0).reshape(3, 3, 34)
+    want_d = ref[:, :, :2].copy().view(np.float16)[..., 0].astype(np.float32)
+    want_q = ref[:, :, 2:].view(np.int8).reshape(3, 96)
+    np.testing.assert_array_equal(d, want_d)
+    assert np.abs(q.astype(np.int32) - want_q).max() <= 1  # ties may round apart (1 / d in fp32)
+    assert (q == want_q).mean() > 0.99
+    np.testing.assert_allclose(s, d * q.reshape(3, 3, 32).sum(axis=2, dtype=np.float32), rtol=1e-6)
 
 
 def test_layouts_refuse_what_no_kernel_reads() -> None:
