@@ -329,11 +329,11 @@ def _matvec_kernel(wb, ww, a_off, b_off, x_ptr, xd_ptr, xs_ptr, x_row, scale_ptr
                    NBLK: tl.constexpr, CHUNK: tl.constexpr, INT8_X: tl.constexpr, ASM: tl.constexpr):
     """INT8_X: x_ptr is x quantized (int32 words, `_quantize_x_kernel`) with block scales at
     xd_ptr and scaled sums at xs_ptr (x_stride in words; scales have K // 32 a row)."""
-    p = tl.program_id(0)
+    p = tl.program_id(1)  # pairs on axis 1 (<= 65535), rows on axis 0 (a vocabulary's rows exceed that)
     a_base = tl.load(a_off + p)
     if a_base < 0:  # a padded pair (a miss in a fixed-size pair table, edge_moe/decode_graphs.py)
         return
-    rows = tl.program_id(1) * ROWS + tl.arange(0, ROWS)
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     rmask = rows < N
     rows_c = tl.minimum(rows, N - 1).to(tl.int64)  # rows past N read row N-1; never stored
     xr = tl.load(x_row + p).to(tl.int64)

@@ -20,11 +20,13 @@ from edge_moe.quant_kernels import (BLOCKS, MODE_GLU, MODE_SCATTER, MODE_STORE, 
                                     _matvec_kernel, _quantize_x_kernel)
 
 SUPPORTED_TYPES = frozenset(BLOCKS)
-# Rows per program and warps, chosen on the H100 (benchmarks/quant_kernels_bench.py);
-# EDGE_MOE_QROWS / EDGE_MOE_QWARPS override them for tuning runs.
-MATVEC_ROWS = int(os.environ.get("EDGE_MOE_QROWS", "8"))
-MATVEC_WARPS = int(os.environ.get("EDGE_MOE_QWARPS", "4"))
-MATVEC_BLOCKS = int(os.environ.get("EDGE_MOE_QBLOCKS", "16"))  # Q4_0/Q8_0 blocks per row per loop step
+# Rows per program, warps and blocks per loop step, chosen on the H100 by a sweep of
+# benchmarks/quant_kernels_bench.py (session 5: one row per one-warp program, 32 blocks a step,
+# was the fastest for the int8 kernels on both shapes); EDGE_MOE_QROWS / EDGE_MOE_QWARPS /
+# EDGE_MOE_QBLOCKS override them for tuning runs.
+MATVEC_ROWS = int(os.environ.get("EDGE_MOE_QROWS", "1"))
+MATVEC_WARPS = int(os.environ.get("EDGE_MOE_QWARPS", "1"))
+MATVEC_BLOCKS = int(os.environ.get("EDGE_MOE_QBLOCKS", "32"))  # Q4_0/Q8_0 blocks per row per loop step
 DEQUANT_ROWS = int(os.environ.get("EDGE_MOE_QROWS_DEQUANT", "8"))
 # Q4_0/Q8_0 matvecs take x quantized to int8 ("int8", dp4a) or in float ("float": the older
 # kernels, kept for A/B runs of quant_kernels_bench).
@@ -78,7 +80,9 @@ def _chunk(ggml_type: int) -> int:
 
 
 def _grid(n_pairs: int, n_rows: int) -> tuple[int, int]:
-    return (n_pairs, triton_cdiv(n_rows, MATVEC_ROWS))
+    if n_pairs > 65535:
+        raise ValueError(f"{n_pairs} (token, matrix) pairs in one launch: at most 65535 (CUDA's grid)")
+    return (triton_cdiv(n_rows, MATVEC_ROWS), n_pairs)
 
 
 def triton_cdiv(a: int, b: int) -> int:
