@@ -19,7 +19,7 @@ once at the end. Q4_0 and Q8_0 are read as 16-bit words (4 or 2 weights per load
 in the same interleaved order; the other formats are dequantized in natural order by byte
 gathers. Integers become floats by the 2**23 mantissa trick, not the (slow) convert unit.
 
-Q4_0 and Q8_0 by default take x quantized to int8 in blocks of 32 (`_quantize_x_kernel`,
+Q4_0, Q8_0 and Q4_K by default take x quantized to int8 in blocks of 32 (`_quantize_x_kernel`,
 ggml's Q8_0 rounding, plus each block's sum) and multiply with `dp4a`: four int8 products
 per instruction, so the kernel reads its bytes instead of waiting on ~6 float ops a weight
 (llama.cpp's CPU and CUDA paths quantize x the same way for these formats). Where the
@@ -88,11 +88,12 @@ def _vals_q8_0(wb, ww, row, c, K):
 
 @triton.jit
 def _scale_min_k4(wb, sb, j):
-    """The 6-bit scales and mins of sub-blocks j [8] from the 12 scale bytes at sb [ROWS]."""
-    qa = tl.load(wb + sb[:, None] + j[None, :]).to(tl.int32)  # q[j]
-    qb = tl.load(wb + sb[:, None] + j[None, :] + 4).to(tl.int32)  # q[j + 4]
-    qc = tl.load(wb + sb[:, None] + tl.where(j >= 4, j - 4, j)[None, :]).to(tl.int32)  # q[j - 4]
-    lo = (j < 4)[None, :]
+    """The 6-bit scales and mins of sub-blocks j (0..7) from the 12 scale bytes at byte sb;
+    sb and j broadcast against each other (the result has their common shape)."""
+    qa = tl.load(wb + sb + j).to(tl.int32)  # q[j]
+    qb = tl.load(wb + sb + j + 4).to(tl.int32)  # q[j + 4]
+    qc = tl.load(wb + sb + tl.where(j >= 4, j - 4, j)).to(tl.int32)  # q[j - 4]
+    lo = j < 4
     sc = tl.where(lo, qa & 63, (qb & 15) | ((qc >> 6) << 4))
     mn = tl.where(lo, qb & 63, (qb >> 4) | ((qa >> 6) << 4))
     return sc.to(tl.float32), mn.to(tl.float32)
@@ -111,7 +112,7 @@ def _vals_q4_k(wb, ww, row, c, K, HIGH_BIT: tl.constexpr):
         qs_at = 16
     d = _fp16_bits(tl.load(ww + base // 2))  # [ROWS]
     dmin = _fp16_bits(tl.load(ww + base // 2 + 1))
-    sc, mn = _scale_min_k4(wb, base + 4, j)  # [ROWS, 8]
+    sc, mn = _scale_min_k4(wb, (base + 4)[:, None], j[None, :])  # [ROWS, 8]
     q = tl.load(wb + base[:, None, None] + qs_at + ((j // 2) * 32)[None, :, None] + l[None, None, :]).to(tl.int32)
     q = (q >> ((j % 2) * 4)[None, :, None]) & 15  # [ROWS, 8, 32]
     if HIGH_BIT:
@@ -232,13 +233,16 @@ def _qs_words(ww, word0, m):
 
 
 @triton.jit
-def _int8_dot(ww, row, xq, xd, xs, c, K, QTYPE: tl.constexpr, NBLK: tl.constexpr, ASM: tl.constexpr):
+def _int8_dot(wb, ww, row, xq, xd, xs, c, K, QTYPE: tl.constexpr, NBLK: tl.constexpr, ASM: tl.constexpr):
     """Per-block dot of the rows [ROWS] with the int8 x of blocks c*NBLK.. -> [ROWS, NBLK] fp32.
     xq: x as int32 words (4 int8 each, natural order), xd: each block's scale, xs: its scale
     times the sum of its int8 values (Q4_0's -8 offset)."""
     j = c * NBLK + tl.arange(0, NBLK)
     valid = j < K // 32
     jc = tl.minimum(j, K // 32 - 1)
+    if QTYPE == 12:  # Q4_K: 144-byte super-blocks of 8 x 32 weights (NBLK // 8 of them a step)
+        r = _int8_dot_q4_k(wb, ww, row, xq, xd, xs, c, K, NBLK // 8, ASM)
+        return r
     if QTYPE == 2:  # Q4_0: 18-byte blocks; byte i holds weight i (low nibble) and i + 16 (high)
         m = tl.arange(0, 4)
         base = row[:, None] // 2 + jc[None, :] * 9  # 16-bit word index [ROWS, NBLK]
@@ -263,11 +267,41 @@ def _int8_dot(ww, row, xq, xd, xs, c, K, QTYPE: tl.constexpr, NBLK: tl.constexpr
 
 
 @triton.jit
-def _int8_row_dots(ww, row, xq, xd, xs, K: tl.constexpr, QTYPE: tl.constexpr, NBLK: tl.constexpr,
+def _int8_dot_q4_k(wb, ww, row, xq, xd, xs, c, K, NSB: tl.constexpr, ASM: tl.constexpr):
+    """Per-super-block dot of Q4_K rows [ROWS] with int8 x -> [ROWS, NSB]. Super-block: d, dmin
+    (fp16), 12 bytes of 6-bit scales and mins, then 4 runs of 32 bytes: run j holds sub-block
+    2j in its low nibbles and 2j + 1 in its high ones; weight = d * sc * q - dmin * m."""
+    sbk = c * NSB + tl.arange(0, NSB)
+    valid = sbk < K // 256
+    kc = tl.minimum(sbk, K // 256 - 1)
+    jj = tl.arange(0, 4)
+    w = tl.arange(0, 8)
+    base = row[:, None] + kc[None, :] * 144  # byte offset [ROWS, NSB]
+    at = (base // 2 + 8)[:, :, None, None] + (jj * 16)[None, None, :, None] + (2 * w)[None, None, None, :]
+    q = (tl.load(ww + at).to(tl.int32) & 0xFFFF) | (tl.load(ww + at + 1).to(tl.int32) << 16)  # [ROWS, NSB, 4, 8]
+    xb = kc[:, None] * 8 + 2 * jj[None, :]  # x block of sub-block 2j [NSB, 4]
+    x_lo = tl.load(xq + xb[:, :, None] * 8 + w[None, None, :])  # [NSB, 4, 8]
+    x_hi = tl.load(xq + (xb + 1)[:, :, None] * 8 + w[None, None, :])
+    zero = tl.zeros(q.shape, tl.int32)
+    s_lo = tl.sum(_dp4a(q & 0x0F0F0F0F, x_lo[None] + zero, zero, ASM), axis=3).to(tl.float32)  # [ROWS, NSB, 4]
+    s_hi = tl.sum(_dp4a((q >> 4) & 0x0F0F0F0F, x_hi[None] + zero, zero, ASM), axis=3).to(tl.float32)
+    sb = (base + 4)[:, :, None]
+    sc_lo, mn_lo = _scale_min_k4(wb, sb, (2 * jj)[None, None, :])  # [ROWS, NSB, 4]
+    sc_hi, mn_hi = _scale_min_k4(wb, sb, (2 * jj + 1)[None, None, :])
+    d = _fp16_bits(tl.load(ww + base // 2))[:, :, None]
+    dmin = _fp16_bits(tl.load(ww + base // 2 + 1))[:, :, None]
+    dot = sc_lo * s_lo * tl.load(xd + xb)[None] + sc_hi * s_hi * tl.load(xd + xb + 1)[None]
+    offset = mn_lo * tl.load(xs + xb)[None] + mn_hi * tl.load(xs + xb + 1)[None]
+    r = tl.sum(d * dot - dmin * offset, axis=2)  # [ROWS, NSB]
+    return tl.where(valid[None, :], r, 0.0)
+
+
+@triton.jit
+def _int8_row_dots(wb, ww, row, xq, xd, xs, K: tl.constexpr, QTYPE: tl.constexpr, NBLK: tl.constexpr,
                    ASM: tl.constexpr):
-    acc = _int8_dot(ww, row, xq, xd, xs, 0, K, QTYPE, NBLK, ASM)
+    acc = _int8_dot(wb, ww, row, xq, xd, xs, 0, K, QTYPE, NBLK, ASM)
     for c in range(1, (K // 32 + NBLK - 1) // NBLK):
-        acc += _int8_dot(ww, row, xq, xd, xs, c, K, QTYPE, NBLK, ASM)
+        acc += _int8_dot(wb, ww, row, xq, xd, xs, c, K, QTYPE, NBLK, ASM)
     return tl.sum(acc, axis=1)
 
 
@@ -342,13 +376,13 @@ def _matvec_kernel(wb, ww, a_off, b_off, x_ptr, xd_ptr, xs_ptr, x_row, scale_ptr
     xs = xs_ptr + xr * (K // 32)
     a_row = a_base + rows_c * row_bytes
     if INT8_X:
-        acc = _int8_row_dots(ww, a_row, xp, xd, xs, K, QTYPE, NBLK, ASM)
+        acc = _int8_row_dots(wb, ww, a_row, xp, xd, xs, K, QTYPE, NBLK, ASM)
     else:
         acc = _row_dots(wb, ww, a_row, xp, K, QTYPE, NBLK, ROWS, CHUNK)
     if MODE == 1:
         b_row = tl.load(b_off + p) + rows_c * row_bytes
         if INT8_X:
-            acc_b = _int8_row_dots(ww, b_row, xp, xd, xs, K, QTYPE, NBLK, ASM)
+            acc_b = _int8_row_dots(wb, ww, b_row, xp, xd, xs, K, QTYPE, NBLK, ASM)
         else:
             acc_b = _row_dots(wb, ww, b_row, xp, K, QTYPE, NBLK, ROWS, CHUNK)
     if MODE == 1:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from edge_moe.quant_kernels import (BLOCKS, MODE_GLU, MODE_SCATTER, MODE_STORE, Q4_0, Q8_0, _dequant_kernel,
+from edge_moe.quant_kernels import (BLOCKS, MODE_GLU, MODE_SCATTER, MODE_STORE, Q4_0, Q4_K, Q8_0, _dequant_kernel,
                                     _matvec_kernel, _quantize_x_kernel)
 
 SUPPORTED_TYPES = frozenset(BLOCKS)
@@ -28,9 +28,12 @@ MATVEC_ROWS = int(os.environ.get("EDGE_MOE_QROWS", "1"))
 MATVEC_WARPS = int(os.environ.get("EDGE_MOE_QWARPS", "1"))
 MATVEC_BLOCKS = int(os.environ.get("EDGE_MOE_QBLOCKS", "32"))  # Q4_0/Q8_0 blocks per row per loop step
 DEQUANT_ROWS = int(os.environ.get("EDGE_MOE_QROWS_DEQUANT", "8"))
-# Q4_0/Q8_0 matvecs take x quantized to int8 ("int8", dp4a) or in float ("float": the older
+if MATVEC_BLOCKS < 8 or MATVEC_BLOCKS & (MATVEC_BLOCKS - 1) or MATVEC_ROWS & (MATVEC_ROWS - 1):
+    raise ValueError(f"EDGE_MOE_QBLOCKS ({MATVEC_BLOCKS}) must be a power of two >= 8 (a Q4_K super-block "
+                     f"is 8 blocks) and EDGE_MOE_QROWS ({MATVEC_ROWS}) a power of two")
+# Q4_0/Q8_0/Q4_K matvecs take x quantized to int8 ("int8", dp4a) or in float ("float": the older
 # kernels, kept for A/B runs of quant_kernels_bench).
-INT8_TYPES = frozenset() if os.environ.get("EDGE_MOE_QDOT", "int8") == "float" else frozenset((Q4_0, Q8_0))
+INT8_TYPES = frozenset() if os.environ.get("EDGE_MOE_QDOT", "int8") == "float" else frozenset((Q4_0, Q8_0, Q4_K))
 QUANTIZE_BLOCKS = 32  # x blocks per program of the quantizing kernel
 
 
