@@ -65,13 +65,14 @@ FILL_ISSUE_SYNC_S = 0.85e-3
 PER_KERNEL_S = (8.4e-3 - 2.1e-3) / 2487
 KERNELS_PER_LAYER = 52
 # Q4_0 expert matvecs (benchmarks/quant_kernels_bench.py, one decode layer, CUDA-graph GPU time,
-# H100, 2026-11-23; README "Quantized experts on the GPU"): Mixtral 4096x14336 top-2 at 0.32 of
-# the fp16 GEMV's bandwidth (861 of 2,730 GB/s), Qwen3 2048x768 top-8 at 0.17 (470 GB/s). A
-# per-layer fixed part reconciles the two: Qwen3's 8 x 2.65 MB take 45.2 us at 470 GB/s, of which
-# 8 x 2.65 MB / (0.32 x 2,730 GB/s) = 24.3 us are bytes: ~21 us per layer for the two launches
-# (Mixtral then: 21 + 227 us against 230 us measured). Other types read faster (0.36-0.46).
-Q4_0_GEMV_FRACTION = 0.32
-EXPERT_KERNELS_FIXED_S = 21e-6
+# H100, 2026-11-24, the int8/dp4a kernels; README "Quantized experts on the GPU"): Mixtral
+# 4096x14336 top-2 (198 MB) in 80.7 us, Qwen3 2048x768 top-8 (21.2 MB) in 26.0 us, the fp16 GEMV
+# at 2,730 GB/s in the same runs. Fixed part + bytes / rate fits both: the bytes stream at
+# 1.18 x the fp16 GEMV's rate (3.2 TB/s, near the HBM's peak; cuBLAS's fp16 GEMV does not reach
+# it) after ~19 us per layer for the four launches (quantize x, gate+up, quantize act, down).
+# The float kernels before them: 0.32 and a 21 us fixed part.
+Q4_0_GEMV_FRACTION = 1.18
+EXPERT_KERNELS_FIXED_S = 19e-6
 # Without a CUDA-graph decode path (the CPU device): per layer, a first estimate, not measured.
 CPU_DEVICE_LAYER_S = 40e-6
 
@@ -154,14 +155,14 @@ class MachineFigures:
 
 
 def quant_gbps(gpu_gemv_gbps: float) -> float:
-    """GB/s the GPU's Q4_0 matvec kernels read, from the fp16 GEMV figure (see Q4_0_GEMV_FRACTION)."""
+    """GB/s the GPU's Q4_0 matvec kernels stream, from the fp16 GEMV figure (Q4_0_GEMV_FRACTION)."""
     return Q4_0_GEMV_FRACTION * gpu_gemv_gbps
 
 
 def resident_seconds(n_layer: int, k: int, slot_bytes: int, gpu_gemv_gbps: float,
                      base_token_seconds: float) -> float:
     """Every expert cached: one graph of ~KERNELS_PER_LAYER kernels per layer plus the k hits'
-    matvecs per layer (Qwen3 shape: 48 x (52 x 2.5 + 21 + 8 x 3.0) us = 8.5 ms, 8.4 measured)."""
+    matvecs per layer (Qwen3 shape: 48 x (52 x 2.5 + 19 + 8 x 0.8) us = 7.5 ms; 8.1 measured)."""
     experts = EXPERT_KERNELS_FIXED_S + k * slot_bytes / (quant_gbps(gpu_gemv_gbps) * 1e9)
     return base_token_seconds + n_layer * (KERNELS_PER_LAYER * PER_KERNEL_S + experts)
 

@@ -233,16 +233,13 @@ def _qs_words(ww, word0, m):
 
 
 @triton.jit
-def _int8_dot(wb, ww, row, xq, xd, xs, c, K, QTYPE: tl.constexpr, NBLK: tl.constexpr, ASM: tl.constexpr):
+def _int8_dot(ww, row, xq, xd, xs, c, K, QTYPE: tl.constexpr, NBLK: tl.constexpr, ASM: tl.constexpr):
     """Per-block dot of the rows [ROWS] with the int8 x of blocks c*NBLK.. -> [ROWS, NBLK] fp32.
     xq: x as int32 words (4 int8 each, natural order), xd: each block's scale, xs: its scale
     times the sum of its int8 values (Q4_0's -8 offset)."""
     j = c * NBLK + tl.arange(0, NBLK)
     valid = j < K // 32
     jc = tl.minimum(j, K // 32 - 1)
-    if QTYPE == 12:  # Q4_K: 144-byte super-blocks of 8 x 32 weights (NBLK // 8 of them a step)
-        r = _int8_dot_q4_k(wb, ww, row, xq, xd, xs, c, K, NBLK // 8, ASM)
-        return r
     if QTYPE == 2:  # Q4_0: 18-byte blocks; byte i holds weight i (low nibble) and i + 16 (high)
         m = tl.arange(0, 4)
         base = row[:, None] // 2 + jc[None, :] * 9  # 16-bit word index [ROWS, NBLK]
@@ -299,10 +296,19 @@ def _int8_dot_q4_k(wb, ww, row, xq, xd, xs, c, K, NSB: tl.constexpr, ASM: tl.con
 @triton.jit
 def _int8_row_dots(wb, ww, row, xq, xd, xs, K: tl.constexpr, QTYPE: tl.constexpr, NBLK: tl.constexpr,
                    ASM: tl.constexpr):
-    acc = _int8_dot(wb, ww, row, xq, xd, xs, 0, K, QTYPE, NBLK, ASM)
-    for c in range(1, (K // 32 + NBLK - 1) // NBLK):
-        acc += _int8_dot(wb, ww, row, xq, xd, xs, c, K, QTYPE, NBLK, ASM)
-    return tl.sum(acc, axis=1)
+    """Dot of each row [ROWS] with the int8 x: per-block terms accumulate over the steps of
+    NBLK blocks (Q4_K: NBLK // 8 super-blocks) and are reduced once at the end."""
+    if QTYPE == 12:  # (one function per shape: Triton wants one return type per function)
+        acc = _int8_dot_q4_k(wb, ww, row, xq, xd, xs, 0, K, NBLK // 8, ASM)
+        for c in range(1, (K // 32 + NBLK - 1) // NBLK):
+            acc += _int8_dot_q4_k(wb, ww, row, xq, xd, xs, c, K, NBLK // 8, ASM)
+        out = tl.sum(acc, axis=1)
+    else:
+        acc = _int8_dot(ww, row, xq, xd, xs, 0, K, QTYPE, NBLK, ASM)
+        for c in range(1, (K // 32 + NBLK - 1) // NBLK):
+            acc += _int8_dot(ww, row, xq, xd, xs, c, K, QTYPE, NBLK, ASM)
+        out = tl.sum(acc, axis=1)
+    return out
 
 
 @triton.jit
