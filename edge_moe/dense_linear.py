@@ -102,8 +102,8 @@ def _matvec(x: torch.Tensor, w: QuantWeight) -> torch.Tensor:
     from edge_moe.quant_ops import matvec_pairs
 
     s, t = w.store, x.shape[0]
-    out = matvec_pairs(s.buf, w.m, s.pair_offsets[w.index, :t], x.contiguous(), s.token_rows[:t])  # [T, N] fp32
-    return out.to(x.dtype)
+    # [T, N] in x's dtype, written by the kernel (no cast kernel after it)
+    return matvec_pairs(s.buf, w.m, s.pair_offsets[w.index, :t], x.contiguous(), s.token_rows[:t], x.dtype)
 
 
 def _dequant_linear(x: torch.Tensor, w: QuantWeight) -> torch.Tensor:

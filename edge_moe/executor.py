@@ -12,6 +12,7 @@ With no GPU it still runs: torch on the CPU for the dense parts, ggml for the ex
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -118,6 +119,9 @@ class HybridModel:
         # callbacks (layer, router logits [T, n_expert] float32 host, ids [T, k], hit mask [T, k]): tracing
         self.on_route: list[Callable[[int, np.ndarray, np.ndarray, np.ndarray], None]] = []
         self.decode_graphs = self._decode_graphs(self.config.decode_graphs)
+        # q/k norm + rope + KV store in one Triton launch on CUDA (EDGE_MOE_FUSED_QK=0: torch ops)
+        self._fused_qk = (self.device.type == "cuda" and self.ops.fused_qk != ""
+                          and os.environ.get("EDGE_MOE_FUSED_QK", "1") != "0")
 
     def _decode_graphs(self, mode: str) -> DecodeGraphs | None:
         if mode == "auto":
@@ -232,9 +236,17 @@ class HybridModel:
         n, d, kv = h.shape[0], cfg.head_dim, cfg.n_head_kv
         group = cfg.n_head // kv  # query head h reads KV head h // group (llama.cpp's broadcast)
         qkv = linear(h, lw.wqkv, lw.bqkv)  # [T, (H + 2 KV) * D]
-        q, k, v = qkv.split([cfg.n_head * d, kv * d, kv * d], dim=-1)
-        q, k = self.ops.prepare_qk(q.view(n, cfg.n_head, d), k.view(n, kv, d), lw, cfg, rope)  # [T, H|KV, D]
-        keys, values = self.kv.store(il, positions, k, v.view(n, kv, d), mask.shape[1])  # [S, KV, D]
+        if self._fused_qk:
+            from edge_moe.attn_kernels import qk_prepare
+
+            norm = self.ops.fused_qk == "head_norm"
+            q = qk_prepare(qkv, cfg.n_head, kv, d, positions, rope, lw.q_norm if norm else None,
+                           lw.k_norm if norm else None, cfg.norm_eps, self.kv.k[il], self.kv.v[il])  # [T, H, D]
+            keys, values = self.kv.k[il, :mask.shape[1]], self.kv.v[il, :mask.shape[1]]  # [S, KV, D]
+        else:
+            q, k, v = qkv.split([cfg.n_head * d, kv * d, kv * d], dim=-1)
+            q, k = self.ops.prepare_qk(q.view(n, cfg.n_head, d), k.view(n, kv, d), lw, cfg, rope)  # [T, H|KV, D]
+            keys, values = self.kv.store(il, positions, k, v.view(n, kv, d), mask.shape[1])  # [S, KV, D]
         # The query heads of one KV head become rows of one attention problem (no repeated K/V):
         # q [T, H, D] -> [KV, group * T, D], row g * T + t
         qg = q.reshape(n, kv, group, d).permute(1, 2, 0, 3).reshape(1, kv, group * n, d)

@@ -376,7 +376,10 @@ def _matvec_kernel(wb, ww, a_off, b_off, x_ptr, xd_ptr, xs_ptr, x_row, scale_ptr
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     rmask = rows < N
     rows_c = tl.minimum(rows, N - 1).to(tl.int64)  # rows past N read row N-1; never stored
-    xr = tl.load(x_row + p).to(tl.int64)
+    if MODE == 2:  # down: act row p belongs to pair p
+        xr = p.to(tl.int64)
+    else:
+        xr = tl.load(x_row + p).to(tl.int64)
     xp = x_ptr + xr * x_stride
     xd = xd_ptr + xr * (K // 32)
     xs = xs_ptr + xr * (K // 32)

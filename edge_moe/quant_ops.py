@@ -160,17 +160,17 @@ def scatter_pairs(buf: QuantBuffer, down: QuantMatrix, down_off: torch.Tensor, a
     y: float32 [T, n_rows], accumulated atomically (pairs of one token add to one row)."""
     if y.dtype != torch.float32:
         raise ValueError("scatter_pairs accumulates into a float32 output")
-    p = down_off.shape[0]
-    pair_rows = torch.arange(p, device=buf.device, dtype=torch.int32) if p else out_row
-    _launch(buf, down, MODE_SCATTER, p, down_off, down_off, act, pair_rows, scales, scale_idx, y, out_row)
+    p = down_off.shape[0]  # the kernel reads act row p for pair p (no index table)
+    _launch(buf, down, MODE_SCATTER, p, down_off, down_off, act, out_row, scales, scale_idx, y, out_row)
 
 
 def matvec_pairs(buf: QuantBuffer, m: QuantMatrix, off: torch.Tensor, x: torch.Tensor,
-                 x_row: torch.Tensor) -> torch.Tensor:
-    """out[p] = M_p @ x[x_row[p]] -> float32 [P, n_rows]; x [T, n_cols] in natural order."""
+                 x_row: torch.Tensor, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """out[p] = M_p @ x[x_row[p]] -> [P, n_rows] in out_dtype (the kernel accumulates in
+    float32 and rounds once on store); x [T, n_cols] in natural order."""
     p = off.shape[0]
     x = kernel_input(x, m)
-    out = torch.empty((p, m.n_rows), dtype=torch.float32, device=buf.device)
+    out = torch.empty((p, m.n_rows), dtype=out_dtype, device=buf.device)
     _launch(buf, m, MODE_STORE, p, off, off, x, x_row, out, x_row, out, x_row)
     return out
 

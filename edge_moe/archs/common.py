@@ -91,3 +91,6 @@ class ArchOps:
     prepare_qk: PrepareQK
     route: RouteFn
     has_shared_expert: bool
+    # what prepare_qk does, for the one-launch CUDA path (edge_moe/attn_kernels.py): "rope",
+    # "head_norm" (RMSNorm per head, then rope), or "" (something else: the torch path only)
+    fused_qk: str = ""

@@ -19,4 +19,5 @@ def route(logits: torch.Tensor, cfg: MoEConfig) -> tuple[torch.Tensor, torch.Ten
     return softmax_topk(logits, cfg.n_expert_used, normalize=cfg.normalize_topk, scale=cfg.expert_weights_scale)
 
 
-OPS = ArchOps(norm=rms_norm, rope=RopeLayout.NORM, prepare_qk=prepare_qk, route=route, has_shared_expert=False)
+OPS = ArchOps(norm=rms_norm, rope=RopeLayout.NORM, prepare_qk=prepare_qk, route=route,
+             has_shared_expert=False, fused_qk="rope")

@@ -12,4 +12,5 @@ from edge_moe.archs.mixtral import route
 from edge_moe.archs.qwen3moe import rope_only
 from edge_moe.model_config import RopeLayout
 
-OPS = ArchOps(norm=rms_norm, rope=RopeLayout.NEOX, prepare_qk=rope_only, route=route, has_shared_expert=False)
+OPS = ArchOps(norm=rms_norm, rope=RopeLayout.NEOX, prepare_qk=rope_only, route=route,
+             has_shared_expert=False, fused_qk="rope")

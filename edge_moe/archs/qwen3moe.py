@@ -22,4 +22,5 @@ def prepare_qk(q: torch.Tensor, k: torch.Tensor, lw: object, cfg: MoEConfig, rop
     return rope_qk(q, k, rope)
 
 
-OPS = ArchOps(norm=rms_norm, rope=RopeLayout.NEOX, prepare_qk=prepare_qk, route=route, has_shared_expert=False)
+OPS = ArchOps(norm=rms_norm, rope=RopeLayout.NEOX, prepare_qk=prepare_qk, route=route,
+             has_shared_expert=False, fused_qk="head_norm")
