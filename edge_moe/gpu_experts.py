@@ -9,9 +9,10 @@ the budget counts quantized bytes.
 
 Hit compute ("triton" kernels, the default on CUDA): the hits of a layer with few tokens
 each run as two launches over all (token, expert) pairs (quant_ops.glu_pairs, then
-scatter_pairs). From GROUPED_MIN_TOKENS tokens on, Q4_0 / Q8_0 layers run all their hits
-as two launches of the grouped tile kernels (edge_moe/grouped_kernels.py); other formats
-dequantize an expert used by many tokens into a scratch matrix and multiply with torch.
+scatter_pairs). From GROUPED_MIN_TOKENS tokens on, Q4_0 / Q8_0 layers run their hits
+as two launches of the grouped tile kernels (edge_moe/grouped_kernels.py), but for experts
+with DEQUANT_OVER_GROUPED_TOKENS tokens or more; those, and in other formats any expert used
+by many tokens, are dequantized into a scratch matrix and multiplied with torch.
 "reference" dequantizes the slot's bytes with gguf.quants on the host (the CPU device in
 tests, and any type the kernels do not read).
 
@@ -62,6 +63,10 @@ DEQUANT_HOST_S, MATVEC_BYTES_PER_S = 150e-6, 0.6e12
 # kernels (edge_moe/grouped_kernels.py) for all their hits: one tile of 16 pairs reads an
 # expert once. Below it (decode, short prompts) the matvec / dequantize paths above.
 GROUPED_MIN_TOKENS = 16
+# ...except experts with this many tokens or more: a tile re-reads its expert once per 16 of
+# them, while dequantizing once + cuBLAS reads it once (Mixtral 32 GiB prefill, ~128 tokens an
+# expert: grouped-only 0.18-0.24x of llama.cpp, dequantize-only 0.30x in session 3).
+DEQUANT_OVER_GROUPED_TOKENS = 64
 
 
 def dequant_min_tokens(expert_bytes: int) -> int:
@@ -383,12 +388,13 @@ class GpuExperts:
         k = slots.shape[1]
         tok, j = np.nonzero(slots >= 0)
         slot = slots[tok, j]
-        if h.shape[0] >= GROUPED_MIN_TOKENS and self._grouped[layer]:
-            self._compute_grouped(layer, h, weights, slot, tok, tok * k + j, y)
-            return
+        grouped = h.shape[0] >= GROUPED_MIN_TOKENS and self._grouped[layer]
         uses = np.bincount(slot, minlength=self.store.n_slots) if slot.size else np.zeros(0, np.int64)
-        big = uses[slot] >= self._dequant_min if slot.size else np.zeros(0, bool)
-        if (~big).any():  # pairs of rarely used slots: matvec kernels, two launches for all
+        big = uses[slot] >= (DEQUANT_OVER_GROUPED_TOKENS if grouped else self._dequant_min) if slot.size \
+            else np.zeros(0, bool)
+        if grouped and (~big).any():  # the grouped tile kernels, two launches for all these pairs
+            self._compute_grouped(layer, h, weights, slot[~big], tok[~big], (tok * k + j)[~big], y)
+        elif (~big).any():  # pairs of rarely used slots: matvec kernels, two launches for all
             t, jj, s = tok[~big], j[~big], slot[~big]
             # one host->device copy: byte offsets of gate/up/down [3, P], token [P], weight index [P]
             host = np.concatenate([s[None] * self._stride + self._part_offsets, t[None], (t * k + jj)[None]])

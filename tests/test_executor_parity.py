@@ -186,7 +186,8 @@ def test_triton_kernels_match_llama_cpp(arch: str, outtype: str, hit_path: str, 
                                         tiny_gguf: Callable[[str, str], Path]) -> None:
     """Cached experts computed from their GGUF blocks by the Triton kernels (interpreted on a
     CPU-only machine, compiled on CUDA): matvec pairs for few tokens, dequantize + matmul for
-    many, or (Q4_0 / Q8_0) the grouped tile kernels for the prefill's hits."""
+    many, or (Q4_0 / Q8_0) the grouped tile kernels for the prefill's hits (with dequantize +
+    matmul for the experts many tokens use)."""
     pytest.importorskip("triton")
     import edge_moe.gpu_experts as ge
 
@@ -194,6 +195,7 @@ def test_triton_kernels_match_llama_cpp(arch: str, outtype: str, hit_path: str, 
         pytest.skip("the grouped kernels read Q4_0 and Q8_0 only")
     monkeypatch.setattr(ge, "dequant_min_tokens", lambda expert_bytes: 10**9 if hit_path == "matvec" else 1)
     monkeypatch.setattr(ge, "GROUPED_MIN_TOKENS", 2 if hit_path == "grouped" else 10**9)
+    monkeypatch.setattr(ge, "DEQUANT_OVER_GROUPED_TOKENS", 3)  # grouped: experts with 3+ tokens dequantize
     path, tokens = _case(arch, outtype, tiny_gguf)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     cache = GpuExpertsConfig(CacheConfig(2, 8), preload="all", kernels="triton")
