@@ -207,16 +207,18 @@ class DecodeGraphs:
 
     def _all_layers(self, length: int, forced: bool) -> None:
         for il in range(self.m.cfg.n_layer):
-            self._front(il, length, forced, to_host=False)
+            self._front(il, length, forced, to_host=False, resident=True)
             self.pairs.copy_(self.m.gpu.resident_pair_table(il, self.ids))  # [5, k]
             self._experts(il)
 
     # ---- segments (captured) -------------------------------------------------------------
 
-    def _front(self, il: int, length: int, forced: bool, to_host: bool = True) -> None:
+    def _front(self, il: int, length: int, forced: bool, to_host: bool = True, resident: bool = False) -> None:
         m = self.m
         if il == 0:
             x = self.x_in
+        elif resident:  # every expert on the GPU: y_cpu stays zero, two kernels a layer saved
+            x = self.x[il % 2] + self.y_gpu
         else:  # the previous layer's residual plus its experts
             x = self.x[il % 2] + (self.y_gpu + self.y_cpu.to(self.x_in.dtype))
         x, h = m.front(il, x, self.rope, self.positions, self._masks[length])
@@ -235,11 +237,11 @@ class DecodeGraphs:
         y = torch.zeros((1, m.cfg.n_embd), dtype=torch.float32, device=m.device)  # [1, E]
         if m.gpu.cache is not None:
             m.gpu.pairs_ffn(il, self.h, self.weights.view(-1), self.pairs, y)
-        out = y.to(m.dtype)
         lw = m.dense.layers[il]
         if lw.shexp_gate is not None:
-            out = out + m.shared_expert(lw, self.h)
-        self.y_gpu.copy_(out)
+            self.y_gpu.copy_(y.to(m.dtype) + m.shared_expert(lw, self.h))
+        else:
+            self.y_gpu.copy_(y)  # copy_ casts float32 -> the model dtype (no separate cast kernel)
 
     def _head(self) -> None:
         x = self.x[self.m.cfg.n_layer % 2]
