@@ -84,7 +84,7 @@ def bench_layer(shape: str, qname: str, rng: np.random.Generator) -> dict[str, f
     def run() -> None:  # rotate through the held experts between calls
         g_off, u_off, d_off = (idx[cur[0]] for idx in offsets)  # precomputed [k] offsets on the device
         cur[0] = (cur[0] + 1) % len(offsets[0])
-        act = glu_pairs(buf, gate, gate, g_off, u_off, x, zeros, down)
+        act = glu_pairs(buf, gate, gate, g_off, u_off, x, zeros)
         y = torch.zeros(1, e, device="cuda", dtype=torch.float32)
         scatter_pairs(buf, down, d_off, act, w.view(-1), kidx, zeros, y)
 

@@ -371,14 +371,14 @@ class GpuExperts:
                   y: torch.Tensor) -> None:
         """y[row_p] += w_flat[idx_p] * FFN_p(h[row_p]) for the pairs p of the table pairs [5, P]
         (device int64, `pair_table`'s layout); y float32 [T, E]. Two launches for all pairs."""
-        from edge_moe.quant_ops import glu_pairs, kernel_input, matvec_pairs, scatter_pairs
+        from edge_moe.quant_ops import glu_pairs, matvec_pairs, scatter_pairs
 
         gate, up, down = self._layouts[layer]
         if gate == up:
-            act = glu_pairs(self._buf, gate, up, pairs[0], pairs[1], h, pairs[3], down)
+            act = glu_pairs(self._buf, gate, up, pairs[0], pairs[1], h, pairs[3])
         else:  # gate and up in different types: two plain launches
             g = matvec_pairs(self._buf, gate, pairs[0], h, pairs[3])
-            act = kernel_input(F.silu(g) * matvec_pairs(self._buf, up, pairs[1], h, pairs[3]), down).contiguous()
+            act = F.silu(g) * matvec_pairs(self._buf, up, pairs[1], h, pairs[3])
         scatter_pairs(self._buf, down, pairs[2], act, w_flat, pairs[4], pairs[3], y)
 
     def _compute_triton(self, layer: int, h: torch.Tensor, weights: torch.Tensor, slots: np.ndarray,

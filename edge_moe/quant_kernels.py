@@ -13,17 +13,15 @@ Kernels (one launch each, over every (token, expert) pair of a layer):
     _dequant_kernel:              W fp16 [N, K] from its blocks (prefill: then torch matmul), or
                                   chosen rows of it (GATHER: a quantized token embedding)
 
-Each program takes ROWS rows of one pair and walks K in chunks (NBLK blocks of 32 for
-Q4_0/Q8_0, 256 weights otherwise), accumulating weight * x elementwise in fp32 and reducing
-once at the end. Q4_0 and Q8_0 are read as 16-bit words (4 or 2 weights per load) against x
-in the same interleaved order; the other formats are dequantized in natural order by byte
-gathers. Integers become floats by the 2**23 mantissa trick, not the (slow) convert unit.
-
-Q4_0, Q8_0 and Q4_K by default take x quantized to int8 in blocks of 32 (`_quantize_x_kernel`,
-ggml's Q8_0 rounding, plus each block's sum) and multiply with `dp4a`: four int8 products
-per instruction, so the kernel reads its bytes instead of waiting on ~6 float ops a weight
-(llama.cpp's CPU and CUDA paths quantize x the same way for these formats). Where the
+Each program takes ROWS rows of one pair and walks K in steps. Q4_0, Q8_0 and Q4_K take x
+quantized to int8 in blocks of 32 (`_quantize_x_kernel`, ggml's Q8_0 rounding, plus each
+block's sum) and multiply with `dp4a`: four int8 products per instruction, so the kernel
+reads its bytes instead of waiting on ~6 float ops a weight, as the float kernels before it
+did (llama.cpp's CPU and CUDA paths quantize x the same way for these formats). Where the
 interpreter runs the kernels (no inline PTX), `_dp4a` computes the same sums in plain ints.
+The other formats take float x: dequantized 256 weights a step by byte gathers, accumulated
+elementwise in fp32 and reduced once at the end; integers become floats by the 2**23
+mantissa trick, not the (slow) convert unit.
 """
 
 from __future__ import annotations
@@ -36,7 +34,6 @@ F16, Q4_0, Q8_0, Q4_K, Q5_K, Q6_K, BF16 = 1, 2, 8, 12, 13, 14, 30
 # elements, bytes per block
 BLOCKS: dict[int, tuple[int, int]] = {F16: (1, 2), BF16: (1, 2), Q4_0: (32, 18), Q8_0: (32, 34),
                                       Q4_K: (256, 144), Q5_K: (256, 176), Q6_K: (256, 210)}
-CHUNK = 256  # weights per row per loop step
 MODE_STORE, MODE_GLU, MODE_SCATTER = 0, 1, 2
 
 
@@ -171,42 +168,6 @@ def _u2f(q):
     return (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
 
 
-@triton.jit
-def _terms_q4_0(ww, row, xp, c, K, NBLK: tl.constexpr):
-    """weight * x for NBLK Q4_0 blocks per row -> [ROWS, NBLK, 8, 4], summed by the caller once
-    after its loop (no reduction inside the loop). Word w of a block (bytes 2w, 2w+1) holds 4
-    weights at bits 4n (n = 0..3); x must come permuted (`kernel_input`) so that their inputs
-    are x[32b + 4w + n]: contiguous, loaded as a vector."""
-    j = c * NBLK + tl.arange(0, NBLK)
-    w = tl.arange(0, 8)
-    n = tl.arange(0, 4)
-    base = row[:, None] // 2 + tl.minimum(j, K // 32 - 1)[None, :] * 9  # word index [ROWS, NBLK]
-    d = _fp16_bits(tl.load(ww + base))
-    q = tl.load(ww + base[:, :, None] + 1 + w[None, None, :]).to(tl.int32)  # [ROWS, NBLK, 8]
-    q = (q[:, :, :, None] >> (n * 4)[None, None, None, :]) & 15  # [ROWS, NBLK, 8, 4]
-    xo = j[:, None, None] * 32 + w[None, :, None] * 4 + n[None, None, :]  # [NBLK, 8, 4]
-    x = tl.load(xp + xo, mask=(j < K // 32)[:, None, None], other=0.0).to(tl.float32)
-    qf = (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388616.0  # nibble - 8, no int->float convert
-    return qf * (d[:, :, None, None] * x[None])
-
-
-@triton.jit
-def _terms_q8_0(ww, row, xp, c, K, NBLK: tl.constexpr):
-    """weight * x for NBLK Q8_0 blocks per row -> [ROWS, NBLK, 16, 2]; word w holds the int8
-    weights 2w and 2w+1."""
-    j = c * NBLK + tl.arange(0, NBLK)
-    w = tl.arange(0, 16)
-    p = tl.arange(0, 2)
-    base = row[:, None] // 2 + tl.minimum(j, K // 32 - 1)[None, :] * 17
-    d = _fp16_bits(tl.load(ww + base))
-    q = tl.load(ww + base[:, :, None] + 1 + w[None, None, :]).to(tl.int32)  # [ROWS, NBLK, 16]
-    q = ((q[:, :, :, None] >> (p * 8)[None, None, None, :]) & 255) ^ 128  # int8 + 128 [ROWS, NBLK, 16, 2]
-    xo = j[:, None, None] * 32 + w[None, :, None] * 2 + p[None, None, :]  # [NBLK, 16, 2]
-    x = tl.load(xp + xo, mask=(j < K // 32)[:, None, None], other=0.0).to(tl.float32)
-    qf = (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388736.0  # the int8 value
-    return qf * (d[:, :, None, None] * x[None])
-
-
 # ---- int8 dot products (x quantized to Q8_0-style blocks) ------------------------------
 
 @triton.jit
@@ -331,33 +292,16 @@ def _quantize_x_kernel(x_ptr, x_stride, q_ptr, d_ptr, s_ptr, K, NB: tl.constexpr
 
 
 @triton.jit
-def _q4_0_position(r):
-    """Where input r of a Q4_0 row sits in the permuted order of `_terms_q4_0`."""
-    return (r // 32) * 32 + ((r % 16) // 2) * 4 + (r % 2) * 2 + (r % 32) // 16
-
-
-@triton.jit
-def _chunk_terms(wb, ww, row, xp, c, K, QTYPE: tl.constexpr, NBLK: tl.constexpr):
-    """weight * x of chunk c of the rows (NBLK blocks of 32 for Q4_0/Q8_0, 256 weights otherwise)."""
-    if QTYPE == 2:
-        t = _terms_q4_0(ww, row, xp, c, K, NBLK)
-    elif QTYPE == 8:
-        t = _terms_q8_0(ww, row, xp, c, K, NBLK)
-    else:
+def _row_dots(wb, ww, row, xp, K: tl.constexpr, QTYPE: tl.constexpr, ROWS: tl.constexpr):
+    """Dot of each row [ROWS] with float x, 256 weights a step: terms accumulate in their own
+    shape over the steps and are reduced once at the end (reducing every step cost more than
+    the dequantization)."""
+    v, col = _chunk_vals(wb, ww, row, 0, K, QTYPE)
+    acc = v * tl.load(xp + col, mask=col < K, other=0.0).to(tl.float32)[None]
+    for c in range(1, (K + 255) // 256):
         v, col = _chunk_vals(wb, ww, row, c, K, QTYPE)
-        t = v * tl.load(xp + col, mask=col < K, other=0.0).to(tl.float32)[None]
-    return t
-
-
-@triton.jit
-def _row_dots(wb, ww, row, xp, K: tl.constexpr, QTYPE: tl.constexpr, NBLK: tl.constexpr, ROWS: tl.constexpr,
-              CHUNK: tl.constexpr):
-    """Dot of each row [ROWS] with x: terms accumulate in their own shape over the chunks and
-    are reduced once at the end (reducing every chunk cost more than the dequantization)."""
-    acc = _chunk_terms(wb, ww, row, xp, 0, K, QTYPE, NBLK)
-    for c in range(1, (K + CHUNK - 1) // CHUNK):
-        acc += _chunk_terms(wb, ww, row, xp, c, K, QTYPE, NBLK)
-    return tl.sum(tl.reshape(acc, [ROWS, CHUNK]), axis=1)
+        acc += v * tl.load(xp + col, mask=col < K, other=0.0).to(tl.float32)[None]
+    return tl.sum(tl.reshape(acc, [ROWS, 256]), axis=1)
 
 
 # ---- kernels ---------------------------------------------------------------------------
@@ -365,8 +309,8 @@ def _row_dots(wb, ww, row, xp, K: tl.constexpr, QTYPE: tl.constexpr, NBLK: tl.co
 @triton.jit
 def _matvec_kernel(wb, ww, a_off, b_off, x_ptr, xd_ptr, xs_ptr, x_row, scale_ptr, scale_idx, out_ptr, out_row,
                    N, K: tl.constexpr, row_bytes, x_stride, out_stride,
-                   QTYPE: tl.constexpr, MODE: tl.constexpr, ROWS: tl.constexpr, PERM_OUT: tl.constexpr,
-                   NBLK: tl.constexpr, CHUNK: tl.constexpr, INT8_X: tl.constexpr, ASM: tl.constexpr):
+                   QTYPE: tl.constexpr, MODE: tl.constexpr, ROWS: tl.constexpr, NBLK: tl.constexpr,
+                   INT8_X: tl.constexpr, ASM: tl.constexpr):
     """INT8_X: x_ptr is x quantized (int32 words, `_quantize_x_kernel`) with block scales at
     xd_ptr and scaled sums at xs_ptr (x_stride in words; scales have K // 32 a row)."""
     p = tl.program_id(1)  # pairs on axis 1 (<= 65535), rows on axis 0 (a vocabulary's rows exceed that)
@@ -387,19 +331,16 @@ def _matvec_kernel(wb, ww, a_off, b_off, x_ptr, xd_ptr, xs_ptr, x_row, scale_ptr
     if INT8_X:
         acc = _int8_row_dots(wb, ww, a_row, xp, xd, xs, K, QTYPE, NBLK, ASM)
     else:
-        acc = _row_dots(wb, ww, a_row, xp, K, QTYPE, NBLK, ROWS, CHUNK)
+        acc = _row_dots(wb, ww, a_row, xp, K, QTYPE, ROWS)
     if MODE == 1:
         b_row = tl.load(b_off + p) + rows_c * row_bytes
         if INT8_X:
             acc_b = _int8_row_dots(wb, ww, b_row, xp, xd, xs, K, QTYPE, NBLK, ASM)
         else:
-            acc_b = _row_dots(wb, ww, b_row, xp, K, QTYPE, NBLK, ROWS, CHUNK)
+            acc_b = _row_dots(wb, ww, b_row, xp, K, QTYPE, ROWS)
     if MODE == 1:
         act = acc / (1.0 + tl.exp(-acc)) * acc_b  # silu(gate) * up
-        if PERM_OUT:  # the down matrix is Q4_0: write act in its input order
-            tl.store(out_ptr + p * out_stride + _q4_0_position(rows), act, mask=rmask)
-        else:
-            tl.store(out_ptr + p * out_stride + rows, act, mask=rmask)
+        tl.store(out_ptr + p * out_stride + rows, act, mask=rmask)
     elif MODE == 2:
         s = tl.load(scale_ptr + tl.load(scale_idx + p)).to(tl.float32)
         o = tl.load(out_row + p).to(tl.int64)

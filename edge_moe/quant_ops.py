@@ -26,14 +26,13 @@ SUPPORTED_TYPES = frozenset(BLOCKS)
 # EDGE_MOE_QBLOCKS override them for tuning runs.
 MATVEC_ROWS = int(os.environ.get("EDGE_MOE_QROWS", "1"))
 MATVEC_WARPS = int(os.environ.get("EDGE_MOE_QWARPS", "1"))
-MATVEC_BLOCKS = int(os.environ.get("EDGE_MOE_QBLOCKS", "32"))  # Q4_0/Q8_0 blocks per row per loop step
+MATVEC_BLOCKS = int(os.environ.get("EDGE_MOE_QBLOCKS", "32"))  # int8 kernels: blocks of 32 per row per loop step
 DEQUANT_ROWS = int(os.environ.get("EDGE_MOE_QROWS_DEQUANT", "8"))
 if MATVEC_BLOCKS < 8 or MATVEC_BLOCKS & (MATVEC_BLOCKS - 1) or MATVEC_ROWS & (MATVEC_ROWS - 1):
     raise ValueError(f"EDGE_MOE_QBLOCKS ({MATVEC_BLOCKS}) must be a power of two >= 8 (a Q4_K super-block "
                      f"is 8 blocks) and EDGE_MOE_QROWS ({MATVEC_ROWS}) a power of two")
-# Q4_0/Q8_0/Q4_K matvecs take x quantized to int8 ("int8", dp4a) or in float ("float": the older
-# kernels, kept for A/B runs of quant_kernels_bench).
-INT8_TYPES = frozenset() if os.environ.get("EDGE_MOE_QDOT", "int8") == "float" else frozenset((Q4_0, Q8_0, Q4_K))
+# Formats whose matvecs take x quantized to int8 (dp4a); the others take it in float.
+INT8_TYPES = frozenset((Q4_0, Q8_0, Q4_K))
 QUANTIZE_BLOCKS = 32  # x blocks per program of the quantizing kernel
 
 
@@ -77,11 +76,6 @@ class QuantBuffer:
         return self.bytes.device
 
 
-def _chunk(ggml_type: int) -> int:
-    """Weights per row per loop step of the matvec kernel."""
-    return MATVEC_BLOCKS * 32 if ggml_type in (Q4_0, Q8_0) else 256
-
-
 def _grid(n_pairs: int, n_rows: int) -> tuple[int, int]:
     if n_pairs > 65535:
         raise ValueError(f"{n_pairs} (token, matrix) pairs in one launch: at most 65535 (CUDA's grid)")
@@ -107,19 +101,9 @@ def quantize_x(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     return q, d, s
 
 
-def kernel_input(x: torch.Tensor, m: QuantMatrix) -> torch.Tensor:
-    """x [T, n_cols] in the order the kernel for `m` reads it: the float Q4_0 kernel reads each
-    32-block as (word w, nibble n) -> input 16 * (n % 2) + 2 * w + n // 2 (_terms_q4_0); the
-    int8 kernels read x in natural order (and quantize it in `_launch`)."""
-    if m.ggml_type != Q4_0 or Q4_0 in INT8_TYPES:
-        return x
-    t = x.shape[0]
-    return x.view(t, -1, 2, 8, 2).permute(0, 1, 3, 4, 2).reshape(t, -1)  # [T, blocks, w, p, h]
-
-
 def _launch(buf: QuantBuffer, m: QuantMatrix, mode: int, n_pairs: int, a_off: torch.Tensor, b_off: torch.Tensor,
             x: torch.Tensor, x_row: torch.Tensor, scales: torch.Tensor, scale_idx: torch.Tensor,
-            out: torch.Tensor, out_row: torch.Tensor, perm_out: bool = False) -> None:
+            out: torch.Tensor, out_row: torch.Tensor) -> None:
     """One launch of the matvec kernel over n_pairs pairs of `m`-shaped matrices."""
     int8_x = m.ggml_type in INT8_TYPES
     if int8_x:
@@ -130,25 +114,20 @@ def _launch(buf: QuantBuffer, m: QuantMatrix, mode: int, n_pairs: int, a_off: to
     _matvec_kernel[_grid(n_pairs, m.n_rows)](
         buf.bytes, buf.words, a_off, b_off, xw, xd, xs, x_row, scales, scale_idx, out, out_row,
         m.n_rows, m.n_cols, m.row_bytes, x_stride, out.stride(0),
-        QTYPE=m.ggml_type, MODE=mode, ROWS=MATVEC_ROWS, PERM_OUT=perm_out, NBLK=MATVEC_BLOCKS,
-        CHUNK=_chunk(m.ggml_type), INT8_X=int8_x, ASM=buf.device.type == "cuda", num_warps=MATVEC_WARPS)
+        QTYPE=m.ggml_type, MODE=mode, ROWS=MATVEC_ROWS, NBLK=MATVEC_BLOCKS, INT8_X=int8_x,
+        ASM=buf.device.type == "cuda", num_warps=MATVEC_WARPS)
 
 
 def glu_pairs(buf: QuantBuffer, gate: QuantMatrix, up: QuantMatrix, gate_off: torch.Tensor,
-              up_off: torch.Tensor, x: torch.Tensor, x_row: torch.Tensor,
-              down: QuantMatrix | None = None) -> torch.Tensor:
+              up_off: torch.Tensor, x: torch.Tensor, x_row: torch.Tensor) -> torch.Tensor:
     """act[p] = silu(gate_p @ x[x_row[p]]) * (up_p @ x[x_row[p]]) -> float32 [P, n_rows].
 
-    gate_off/up_off: int64 [P] byte offsets of each pair's matrices; x [T, n_cols] in natural
-    order. act comes in the input order of `down`'s kernel (for `scatter_pairs`), natural
-    when `down` is None."""
+    gate_off/up_off: int64 [P] byte offsets of each pair's matrices; x [T, n_cols]."""
     if gate != up:
         raise ValueError("gate and up must share one layout for the fused kernel")
     p = gate_off.shape[0]
-    x = kernel_input(x, gate)
     act = torch.empty((p, gate.n_rows), dtype=torch.float32, device=buf.device)
-    _launch(buf, gate, MODE_GLU, p, gate_off, up_off, x, x_row, act, x_row, act, x_row,
-            perm_out=down is not None and down.ggml_type == Q4_0 and Q4_0 not in INT8_TYPES)
+    _launch(buf, gate, MODE_GLU, p, gate_off, up_off, x, x_row, act, x_row, act, x_row)
     return act
 
 
@@ -156,7 +135,7 @@ def scatter_pairs(buf: QuantBuffer, down: QuantMatrix, down_off: torch.Tensor, a
                   scales: torch.Tensor, scale_idx: torch.Tensor, out_row: torch.Tensor, y: torch.Tensor) -> None:
     """y[out_row[p]] += scales[scale_idx[p]] * (down_p @ act[p]) for every pair p.
 
-    act: from `glu_pairs(..., down=down)` (already in the kernel's input order).
+    act: float [P, n_cols] (`glu_pairs`), row p for pair p.
     y: float32 [T, n_rows], accumulated atomically (pairs of one token add to one row)."""
     if y.dtype != torch.float32:
         raise ValueError("scatter_pairs accumulates into a float32 output")
@@ -167,9 +146,8 @@ def scatter_pairs(buf: QuantBuffer, down: QuantMatrix, down_off: torch.Tensor, a
 def matvec_pairs(buf: QuantBuffer, m: QuantMatrix, off: torch.Tensor, x: torch.Tensor,
                  x_row: torch.Tensor, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """out[p] = M_p @ x[x_row[p]] -> [P, n_rows] in out_dtype (the kernel accumulates in
-    float32 and rounds once on store); x [T, n_cols] in natural order."""
+    float32 and rounds once on store); x [T, n_cols]."""
     p = off.shape[0]
-    x = kernel_input(x, m)
     out = torch.empty((p, m.n_rows), dtype=out_dtype, device=buf.device)
     _launch(buf, m, MODE_STORE, p, off, off, x, x_row, out, x_row, out, x_row)
     return out

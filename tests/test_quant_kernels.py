@@ -98,8 +98,8 @@ def test_expert_ffn_pairs_match_reference(qtype: T) -> None:
     xt = torch.from_numpy(x).to(DEVICE, torch.float16)
     xr = x_as_int8_kernels_see(xt.float().cpu().numpy(), int(qtype))
     act = glu_pairs(buf, gate, gate, _i64([offs[3 * ex] for _, ex, _ in pairs]),
-                    _i64([offs[3 * ex + 1] for _, ex, _ in pairs]), xt, _i32([t for t, _, _ in pairs]), down)
-    int8 = int(qtype) in INT8_TYPES  # then act comes in natural order, and down quantizes it
+                    _i64([offs[3 * ex + 1] for _, ex, _ in pairs]), xt, _i32([t for t, _, _ in pairs]))
+    int8 = int(qtype) in INT8_TYPES  # then down quantizes act to int8
     y = torch.zeros((2, e), dtype=torch.float32, device=DEVICE)
     wt = torch.from_numpy(weights).to(DEVICE, torch.float16)
     scatter_pairs(buf, down, _i64([offs[3 * ex + 2] for _, ex, _ in pairs]), act, wt.view(-1),
