@@ -207,13 +207,15 @@ class DecodeGraphs:
 
     def _all_layers(self, length: int, forced: bool) -> None:
         for il in range(self.m.cfg.n_layer):
-            self._front(il, length, forced, to_host=False, resident=True)
+            self._front(il, length, forced, resident=True)
             self.pairs.copy_(self.m.gpu.resident_pair_table(il, self.ids))  # [5, k]
             self._experts(il)
 
     # ---- segments (captured) -------------------------------------------------------------
 
-    def _front(self, il: int, length: int, forced: bool, to_host: bool = True, resident: bool = False) -> None:
+    def _front(self, il: int, length: int, forced: bool, resident: bool = False) -> None:
+        """resident: inside the one-graph token (every expert cached): no CPU share to add,
+        and the routing stays on the device instead of going to the host."""
         m = self.m
         if il == 0:
             x = self.x_in
@@ -226,7 +228,7 @@ class DecodeGraphs:
         self.h.copy_(h)
         logits, weights, ids = m.route(il, h, self.forced[il] if forced else None)
         self.weights.copy_(weights)
-        if to_host:
+        if not resident:
             routed = torch.cat([ids.float(), weights.float(), logits.float(), h.float()], dim=1)  # [1, cols]
             self.routed_host.copy_(routed, non_blocking=True)
         else:

@@ -242,7 +242,7 @@ class HybridModel:
             norm = self.ops.fused_qk == "head_norm"
             q = qk_prepare(qkv, cfg.n_head, kv, d, positions, rope, lw.q_norm if norm else None,
                            lw.k_norm if norm else None, cfg.norm_eps, self.kv.k[il], self.kv.v[il])  # [T, H, D]
-            keys, values = self.kv.k[il, :mask.shape[1]], self.kv.v[il, :mask.shape[1]]  # [S, KV, D]
+            keys, values = self.kv.keys_values(il, mask.shape[1])  # [S, KV, D]
         else:
             q, k, v = qkv.split([cfg.n_head * d, kv * d, kv * d], dim=-1)
             q, k = self.ops.prepare_qk(q.view(n, cfg.n_head, d), k.view(n, kv, d), lw, cfg, rope)  # [T, H|KV, D]

@@ -390,8 +390,8 @@ class GpuExperts:
         slot = slots[tok, j]
         grouped = h.shape[0] >= GROUPED_MIN_TOKENS and self._grouped[layer]
         uses = np.bincount(slot, minlength=self.store.n_slots) if slot.size else np.zeros(0, np.int64)
-        big = uses[slot] >= (DEQUANT_OVER_GROUPED_TOKENS if grouped else self._dequant_min) if slot.size \
-            else np.zeros(0, bool)
+        threshold = DEQUANT_OVER_GROUPED_TOKENS if grouped else self._dequant_min  # tokens of a "big" slot
+        big = uses[slot] >= threshold if slot.size else np.zeros(0, bool)
         if grouped and (~big).any():  # the grouped tile kernels, two launches for all these pairs
             self._compute_grouped(layer, h, weights, slot[~big], tok[~big], (tok * k + j)[~big], y)
         elif (~big).any():  # pairs of rarely used slots: matvec kernels, two launches for all

@@ -28,6 +28,10 @@ class KVCache:
         graph can replay it at any position); return the first `length` keys/values [S, KV, D]."""
         self.k[layer].index_copy_(0, positions, k)
         self.v[layer].index_copy_(0, positions, v)
+        return self.keys_values(layer, length)
+
+    def keys_values(self, layer: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first `length` keys and values [S, KV, D] of a layer (views)."""
         return self.k[layer, :length], self.v[layer, :length]
 
     def advance(self, n: int) -> None:
