@@ -80,7 +80,8 @@ def edge_row(e: dict[str, Any], llama: dict[str, dict[str, Any]]) -> Row:
     if lrow is not None and "error" in lrow:
         lrow = None
     cache = e["cache"]
-    geo = "none" if cache is None else f"{cache['n_sets']}x{cache['n_ways']} {cache['admission']}"
+    geo = "none" if cache is None else (f"{cache['n_sets']}x{cache['n_ways']} {cache['admission']}"
+                                        + (f" +{cache['pinned_layers']}P" if cache.get("pinned_layers") else ""))
     gpu = e["memory"]["gpu"]
     plan = e["plan"]
     pred = plan["predicted_decode_tps_on_trace"] if c["routing"] == "replay" else plan["predicted_decode_tps"]

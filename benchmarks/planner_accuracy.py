@@ -73,7 +73,8 @@ def figures(entry: dict[str, Any], old: bool = False) -> tuple[MachineFigures, i
     head = sum(t.nbytes for t in tensors if t.name == "output.weight")
     layer = sum(t.nbytes for t in tensors if t.name.startswith("blk.0.") and "_exps" not in t.name)
     cache = entry.get("cache") or {}
-    full = cache.get("n_sets") == model["n_layer"] and cache.get("n_ways") == model["n_expert"]
+    full = (cache.get("n_sets") == model["n_layer"] and cache.get("n_ways") == model["n_expert"]) or (
+        cache.get("pinned_layers") == model["n_layer"])
     f = cm.decode_figures(n_layer=model["n_layer"], k=model["k"], slot_bytes=model["expert_bytes"],
                           layer_dense_bytes=layer, outside_dense_bytes=head, dram_gbps=DRAM_GBPS,
                           pcie_gbps=_note_figure(notes, "PCIe") or 55.0,
@@ -117,7 +118,8 @@ def simulated_tps(entry: dict[str, Any]) -> float | None:
         return 1.0 / fig.resident_token_seconds  # steady state, as the planner predicts it
     trace = synthetic_routing(SYNTHETIC_TOKENS, model["n_layer"], model["n_expert"], model["k"])
     adm = admission_config(cache["admission"], None, fig, eb)
-    cfg = CacheConfig(cache["n_sets"], cache["n_ways"], cache["policy"], adm)
+    cfg = CacheConfig(cache["n_sets"], cache["n_ways"], cache["policy"], adm,
+                      pinned_layers=cache.get("pinned_layers", 0))
     return simulate(trace, cfg, eb, model["n_expert"], fig).tokens_per_second
 
 

@@ -286,6 +286,7 @@ def run_bench(cfg: BenchConfig, log: Any = None) -> dict[str, Any]:
     cache = _cache(cfg, plan, device)
     say(f"plan: device {plan.device}, threads {plan.threads}, cache "
         + ("none" if cache is None else f"{cache.cache.n_sets} sets x {cache.cache.n_ways} ways, "
+                                        f"last {cache.cache.pinned_layers} layers pinned, "
                                         f"admission {cache.cache.admission.rule.value}"))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -387,6 +388,7 @@ def _result(cfg: BenchConfig, plan: Any, on_trace: Any, model: Any, runs: list[R
                   "expert_bytes": expert_bytes, "file_bytes": cfg.model.stat().st_size},
         "device": str(model.device), "threads": plan.threads, "load_seconds": load_s,
         "cache": None if cache is None else {"n_sets": cache.n_sets, "n_ways": cache.n_ways,
+                                             "pinned_layers": cache.config.pinned_layers,
                                              "policy": cache.config.replace.value,
                                              "admission": cache.config.admission.rule.value,
                                              "slots": cache.n_slots},

@@ -15,7 +15,9 @@ so, for a token whose layer l has h_l hits, m_l misses and f_l fills (F fills, M
                    F x expert_bytes / pcie_bandwidth,            a fill's copy overlaps the loop
                    (M + F) x expert_bytes / dram_bandwidth)      ... but shares PCIe and DRAM
 
-When every expert of the model is cached a token is one CUDA graph, no host in the loop:
+A pinned layer (every expert of it cached for good) runs inside a graph of such layers with no
+host in the loop: resident_layer_seconds each instead of t_layer, and one graph launch per token
+for the run. When every expert of the model is cached a token is one CUDA graph:
 t_token = resident_token_seconds (`resident_seconds`). The "no cache" baseline is t_token with
 every lookup a miss and no fills.
 
@@ -41,6 +43,7 @@ LAYER_FRONT_S = 0.175e-3
 FRONT_KERNELS = 40
 HOST_LOOKUP_S = 0.10e-3  # cache lookup + pair table on the host, per layer
 EXPERTS_LAUNCH_S = 0.035e-3  # launching the experts graph, per layer
+GRAPH_LAUNCH_S = EXPERTS_LAUNCH_S  # launching one graph of pinned layers, per token
 JOIN_S = 0.03e-3  # waiting for / merging the CPU's and the GPU's halves, per layer
 LAYER_HOST_S = HOST_LOOKUP_S + EXPERTS_LAUNCH_S + JOIN_S  # the host's per-layer Python, ~0.165 ms
 LAYER_SECONDS = LAYER_FRONT_S + LAYER_HOST_S  # 0.34 ms per layer whatever the routing
@@ -101,6 +104,8 @@ class MachineFigures:
     gpu_layer_seconds: float = 0.0  # fixed part of a layer's hit kernels (a layer with hits)
     fill_issue_seconds: float = 0.0  # decode-thread time to issue one fill
     resident_token_seconds: float | None = None  # every expert cached: one graph; None = no such mode
+    # a pinned layer inside a graph of such layers (no host); None: priced as a host layer of k hits
+    resident_layer_seconds: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("dram_gbps", "pcie_gbps", "gpu_expert_seconds"):
@@ -108,8 +113,9 @@ class MachineFigures:
         for name in ("base_token_seconds", "layer_seconds", "cpu_call_seconds", "gpu_layer_seconds",
                      "fill_issue_seconds"):
             _check(name, getattr(self, name), positive=False)
-        if self.resident_token_seconds is not None:
-            _check("resident_token_seconds", self.resident_token_seconds, positive=True)
+        for name in ("resident_token_seconds", "resident_layer_seconds"):
+            if getattr(self, name) is not None:
+                _check(name, getattr(self, name), positive=True)
 
     @property
     def dram_bandwidth(self) -> float:
@@ -135,13 +141,21 @@ class MachineFigures:
         return (self.layer_seconds + max(self.cpu_seconds(misses, expert_bytes), self.gpu_seconds(hits))
                 + fills * self.fill_issue_seconds)
 
+    def pinned_seconds(self, pinned: int, k: int) -> float:
+        """`pinned` layers run as one graph (their k routed experts all hits)."""
+        if pinned == 0:
+            return 0.0
+        if self.resident_layer_seconds is None:
+            return pinned * self.layer_time(k, 0, 0, 1)
+        return GRAPH_LAUNCH_S + pinned * self.resident_layer_seconds
+
     def token_seconds(self, layers: Iterable[tuple[int, int, int]], expert_bytes: int,
-                      resident: bool = False) -> float:
-        """One token from its layers' (hits, misses, fills); `resident`: every expert is cached
-        (the one-graph token, where the figures have one)."""
+                      resident: bool = False, pinned: int = 0, k: int = 0) -> float:
+        """One token from its host layers' (hits, misses, fills) and `pinned` layers of k hits
+        each; `resident`: every expert is cached (the one-graph token, where the figures have one)."""
         if resident and self.resident_token_seconds is not None:
             return self.resident_token_seconds
-        serial, misses, fills = self.base_token_seconds, 0, 0
+        serial, misses, fills = self.base_token_seconds + self.pinned_seconds(pinned, k), 0, 0
         for h, m, f in layers:
             serial += self.layer_time(h, m, f, expert_bytes)
             misses += m
@@ -163,8 +177,13 @@ def resident_seconds(n_layer: int, k: int, slot_bytes: int, gpu_gemv_gbps: float
                      base_token_seconds: float) -> float:
     """Every expert cached: one graph of ~KERNELS_PER_LAYER kernels per layer plus the k hits'
     matvecs per layer (Qwen3 shape: 48 x (52 x 2.5 + 19 + 8 x 0.8) us = 7.5 ms; 8.1 measured)."""
+    return base_token_seconds + n_layer * resident_layer_seconds(k, slot_bytes, gpu_gemv_gbps)
+
+
+def resident_layer_seconds(k: int, slot_bytes: int, gpu_gemv_gbps: float) -> float:
+    """One layer inside a graph, its k routed experts all cached: its kernels and the k matvecs."""
     experts = EXPERT_KERNELS_FIXED_S + k * slot_bytes / (quant_gbps(gpu_gemv_gbps) * 1e9)
-    return base_token_seconds + n_layer * (KERNELS_PER_LAYER * PER_KERNEL_S + experts)
+    return KERNELS_PER_LAYER * PER_KERNEL_S + experts
 
 
 def decode_figures(*, n_layer: int, k: int, slot_bytes: int, layer_dense_bytes: float, outside_dense_bytes: float,
@@ -182,7 +201,8 @@ def decode_figures(*, n_layer: int, k: int, slot_bytes: int, layer_dense_bytes: 
     return MachineFigures(dram_gbps=dram_gbps, pcie_gbps=pcie_gbps, gpu_expert_seconds=slot_bytes / qbw,
                           base_token_seconds=base, layer_seconds=front + LAYER_HOST_S,
                           cpu_call_seconds=cpu_call_seconds, gpu_layer_seconds=EXPERT_KERNELS_FIXED_S,
-                          fill_issue_seconds=fill_issue_seconds, resident_token_seconds=resident)
+                          fill_issue_seconds=fill_issue_seconds, resident_token_seconds=resident,
+                          resident_layer_seconds=resident_layer_seconds(k, slot_bytes, gpu_gemv_gbps))
 
 
 def prefill_tps(chunk: int, *, n_layer: int, n_expert: int, k: int, expert_bytes: int, n_embd: int, n_ff: int,

@@ -13,9 +13,15 @@ layer against ~0.1 ms of GPU work). Here each layer is:
     CPU          ggml computes the misses meanwhile -> y_cpu (pinned) -> one copy
     fills        admissions on the side stream, as in the eager path
 
+A resident layer (every expert cached for good: a pinned layer, `ExpertCache`) needs no
+host: a run of consecutive resident layers is one graph, routing and pair tables on the device
+(`resident_pair_table`), and no sync before the next host layer's front. When every expert of
+the model is cached, the whole token is one graph.
+
 Everything that crosses a graph boundary lives in buffers allocated once; the residual
-stream alternates between two of them so that running a segment twice gives the same
-result (the first use of a graph runs it eagerly once, then captures it, then replays).
+stream alternates between two of them layer by layer. The first use of a graph runs it
+eagerly (Triton compiles, cuBLAS picks its kernels; its results are the token's), then
+captures it for the next tokens; a capture executes nothing.
 The attended KV length is rounded up to a power of two (at least 256, at most n_ctx): a
 layer has at most log2(n_ctx / 256) + 2 front graphs, each captured on first use; masked
 positions past the token cost reads, not correctness. All graphs share one memory pool:
@@ -78,6 +84,7 @@ class DecodeGraphs:
         self.pairs = torch.full((5, n_pairs), -1, dtype=torch.int64, device=dev)  # gpu_experts.pair_table
         self.ids = torch.zeros((1, k), dtype=torch.int64, device=dev)  # routed ids, resident mode
         self.resident = False  # every expert cached: a token is one graph (set on first use)
+        self.runs = 0  # graphs of resident layers run so far (`_resident_run`)
         self.forced = torch.zeros((cfg.n_layer, 1, k), dtype=torch.int64, device=dev)
         self.logits = torch.zeros((1, cfg.n_vocab), dtype=torch.float32, device=dev)
         # host side (pinned on CUDA), written by copies the graphs make or read; the front's
@@ -119,7 +126,7 @@ class DecodeGraphs:
         if self._resident_now():
             self._token_resident(length, forced is not None)
         else:
-            self._layers_with_host(length, forced is not None)
+            self._layers(length, forced is not None)
         self._run(("head",), self._head)
         m.gpu.end_step()
         if m.profiler is not None:
@@ -127,60 +134,104 @@ class DecodeGraphs:
         m.kv.advance(1)
         return self.logits.clone()
 
-    def _layers_with_host(self, length: int, forced: bool) -> None:
-        """The layers one by one, the host deciding hits, misses and fills in between."""
+    def _layers(self, length: int, forced: bool) -> None:
+        """Runs of resident layers as one graph each; the other layers one by one, the host
+        deciding hits, misses and fills in between."""
         m = self.m
-        cfg, gpu, prof, tm = m.cfg, m.gpu, m.profiler, m.timings
+        cfg, gpu = m.cfg, m.gpu
+        runs = not m.on_route  # a watcher of the routing needs every layer on the host
+        il = 0
+        while il < cfg.n_layer:
+            if runs and gpu.layer_resident(il):
+                end = il + 1
+                while end < cfg.n_layer and gpu.layer_resident(end):
+                    end += 1
+                self._resident_run(il, end, length, forced)
+                il = end
+            else:
+                self._host_layer(il, length, forced)
+                il += 1
+
+    def _resident_run(self, start: int, end: int, length: int, forced: bool) -> None:
+        """Layers start..end-1, every expert cached: one graph, no host sync (the next segment
+        is queued behind it)."""
+        m = self.m
+        if m.profiler is not None:
+            m.profiler.start_layer()
+        t0 = time.perf_counter()
+        self._run(("run", start, end, length, forced), lambda: self._resident_layers(start, end, length, forced))
+        m.timings.attention += time.perf_counter() - t0
+        self.runs += 1
+        m.gpu.count_resident_hits(range(start, end))
+        if m.profiler is not None:  # the run is billed to its first layer's wait_gpu (device synced)
+            m.profiler.lap(start, "wait_gpu")
+
+    def _resident_layers(self, start: int, end: int, length: int, forced: bool) -> None:
+        for il in range(start, end):
+            # the first layer adds the CPU share of the host layer before it, then clears it
+            # (the layers after it, and the head, add y_cpu too: it must be zero there)
+            self._front(il, length, forced, resident=True, add_cpu=il == start and il > 0)
+            if il == start and il > 0:
+                self.y_cpu.zero_()
+            self.pairs.copy_(self.m.gpu.resident_pair_table(il, self.ids))  # [5, k]
+            self._experts(il)
+
+    def _host_layer(self, il: int, length: int, forced: bool) -> None:
+        """One layer with the host in the loop: lookups, CPU misses, fills."""
+        m = self.m
+        gpu, prof, tm = m.gpu, m.profiler, m.timings
         c = self._cols
         routed = self.routed_host.numpy()
         w, router, h_np = routed[:, c[1]:c[2]], routed[:, c[2]:c[3]], routed[:, c[3]:c[4]]
-        for il in range(cfg.n_layer):
-            if prof is not None:
-                prof.start_layer()
-            t0 = time.perf_counter()
-            self._run(("front", il, length, forced), lambda: self._front(il, length, forced))
-            self._sync()  # ids, weights, h and router logits are on the host now
-            ids = routed[:, :c[1]].astype(np.int32)
-            t1 = time.perf_counter()
-            tm.attention += t1 - t0
-            if prof is not None:
-                prof.lap(il, "attention")  # includes the router: both are in the front graph
+        if prof is not None:
+            prof.start_layer()
+        t0 = time.perf_counter()
+        self._run(("front", il, length, forced), lambda: self._front(il, length, forced))
+        self._sync()  # ids, weights, h and router logits are on the host now
+        ids = routed[:, :c[1]].astype(np.int32)
+        t1 = time.perf_counter()
+        tm.attention += t1 - t0
+        if prof is not None:
+            prof.lap(il, "attention")  # includes the router: both are in the front graph
 
-            slots = gpu.lookup(il, ids)  # [1, k], -1 where not cached
-            hit = slots >= 0
-            for cb in m.on_route:
-                cb(il, router.copy(), ids.copy(), hit)
-            used = None
-            if gpu.cache is not None:
-                gpu.pair_table(slots, self.pairs_host.numpy())
-                self.pairs.copy_(self.pairs_host, non_blocking=True)
-                used = gpu.wait_hits(slots)
-            t2 = time.perf_counter()
-            tm.router_sync += t2 - t1
-            if prof is not None:
-                prof.lap(il, "router_sync", sync=False)
+        slots = gpu.lookup(il, ids)  # [1, k], -1 where not cached
+        hit = slots >= 0
+        for cb in m.on_route:
+            cb(il, router.copy(), ids.copy(), hit)
+        used = None
+        if gpu.cache is not None:
+            gpu.pair_table(slots, self.pairs_host.numpy())
+            self.pairs.copy_(self.pairs_host, non_blocking=True)
+            used = gpu.wait_hits(slots)
+        t2 = time.perf_counter()
+        tm.router_sync += t2 - t1
+        if prof is not None:
+            prof.lap(il, "router_sync", sync=False)
+        if hit.any() or m.dense.layers[il].shexp_gate is not None:
             self._run(("experts", il), lambda: self._experts(il))
-            if used is not None:
-                gpu.mark_hits_read(used)
-            t3 = time.perf_counter()
-            tm.gpu_experts_enqueue += t3 - t2
-            if prof is not None:
-                prof.lap(il, "gpu_enqueue", sync=False)
+        else:  # nothing for the GPU (a layer the cache does not serve): skip the launches
+            self.y_gpu.zero_()
+        if used is not None:
+            gpu.mark_hits_read(used)
+        t3 = time.perf_counter()
+        tm.gpu_experts_enqueue += t3 - t2
+        if prof is not None:
+            prof.lap(il, "gpu_enqueue", sync=False)
 
-            if hit.all():
-                self.y_cpu.zero_()
-            else:
-                forward_misses(m.cpu, m.cpu_layers[il], np.ascontiguousarray(h_np), ids, w, hit,
-                               out=self.y_cpu_host.numpy())
-                self.y_cpu.copy_(self.y_cpu_host, non_blocking=True)
-            t4 = time.perf_counter()
-            tm.cpu_experts += t4 - t3
-            if prof is not None:
-                prof.lap(il, "cpu_experts", sync=False)
-                prof.lap(il, "wait_gpu")
-            gpu.after_layer(il, ids, slots)
-            if prof is not None:
-                prof.lap(il, "fills")
+        if hit.all():
+            self.y_cpu.zero_()
+        else:
+            forward_misses(m.cpu, m.cpu_layers[il], np.ascontiguousarray(h_np), ids, w, hit,
+                           out=self.y_cpu_host.numpy())
+            self.y_cpu.copy_(self.y_cpu_host, non_blocking=True)
+        t4 = time.perf_counter()
+        tm.cpu_experts += t4 - t3
+        if prof is not None:
+            prof.lap(il, "cpu_experts", sync=False)
+            prof.lap(il, "wait_gpu")
+        gpu.after_layer(il, ids, slots)
+        if prof is not None:
+            prof.lap(il, "fills")
 
     def _resident_now(self) -> bool:
         """Every expert of the model is cached (so nothing can miss or be evicted) and nobody
@@ -201,7 +252,7 @@ class DecodeGraphs:
         self._sync()
         seconds = time.perf_counter() - t0
         m.timings.attention += seconds  # one graph: no phase boundaries left to time
-        m.gpu.count_resident_hits()
+        m.gpu.count_resident_hits(range(m.cfg.n_layer))
         if m.profiler is not None:  # the whole token is billed to layer 0's wait_gpu (see layer_profile)
             m.profiler.seconds[0, m.profiler.phase_index("wait_gpu")] += seconds
 
@@ -213,13 +264,14 @@ class DecodeGraphs:
 
     # ---- segments (captured) -------------------------------------------------------------
 
-    def _front(self, il: int, length: int, forced: bool, resident: bool = False) -> None:
-        """resident: inside the one-graph token (every expert cached): no CPU share to add,
-        and the routing stays on the device instead of going to the host."""
+    def _front(self, il: int, length: int, forced: bool, resident: bool = False, add_cpu: bool = False) -> None:
+        """resident: a layer whose experts are all cached, inside a graph of such layers: the
+        routing stays on the device instead of going to the host, and the previous layer's CPU
+        share is added only with `add_cpu` (else it is zero: two kernels a layer saved)."""
         m = self.m
         if il == 0:
             x = self.x_in
-        elif resident:  # every expert on the GPU: y_cpu stays zero, two kernels a layer saved
+        elif resident and not add_cpu:
             x = self.x[il % 2] + self.y_gpu
         else:  # the previous layer's residual plus its experts
             x = self.x[il % 2] + (self.y_gpu + self.y_cpu.to(self.x_in.dtype))
@@ -257,13 +309,14 @@ class DecodeGraphs:
             segment()
             return
         graph = self._graphs.get(key)
-        if graph is None:
-            segment()  # warm-up on real inputs: Triton compiles, cuBLAS chooses its kernels
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-                segment()
-            self._graphs[key] = graph
-        graph.replay()
+        if graph is not None:
+            graph.replay()
+            return
+        segment()  # this token's work, eagerly: Triton compiles, cuBLAS chooses its kernels
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+            segment()  # recorded for the next tokens, not executed
+        self._graphs[key] = graph
 
     def _sync(self) -> None:
         if self.m.device.type == "cuda":

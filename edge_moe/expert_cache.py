@@ -25,6 +25,15 @@ layer mod N, and a set's tag is the pair (layer, expert).
   layer i have long finished and unpinned their slots, while with contiguous groups the
   next layer's fills would find the previous layer's slots still pinned.
 
+Pinned layers (`CacheConfig.pinned_layers` = P, llama.cpp's static placement by whole layers):
+the last P layers keep every expert in VRAM, installed at construction and never evicted, in
+slots after the sets' (slot = n_sets * n_ways + (layer - first pinned) * n_experts + expert).
+Their lookups always hit, so the executor runs them as CUDA-graph segments with no host in the
+loop (edge_moe/decode_graphs.py); the N sets x M ways serve the other layers only (N may be 0:
+those layers then run every expert on the CPU). Under near-uniform routing a layer's hit rate
+is its share of cached experts wherever they sit, so pinning whole layers costs no hits and
+saves each pinned layer's host round trip.
+
 Admission (edge_moe/cache_admission.py) decides whether a miss is filled at all; the
 replacement policy picks the victim within the set. `admit` picks the victim first and
 then asks the admission policy, because a rule that weighs reuse needs to know what the
@@ -76,10 +85,15 @@ class CacheConfig:
     replace: ReplacePolicy = ReplacePolicy.LRU  # --cache-replace-policy
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     seed: int = 0  # the RANDOM policy's generator
+    pinned_layers: int = 0  # the last P layers keep every expert (module docstring); --pinned-layers
 
     def __post_init__(self) -> None:
         if isinstance(self.replace, str) and not isinstance(self.replace, ReplacePolicy):
             object.__setattr__(self, "replace", parse_replace_policy(self.replace))
+        if self.pinned_layers < 0:
+            raise ValueError(f"pinned_layers must be >= 0, got {self.pinned_layers}")
+        if self.pinned_layers > 0 and self.n_sets == 0 and self.n_ways == 0:
+            return  # pinned layers only: the other layers have no slots (llama.cpp's placement)
         if self.n_sets < 1:
             raise ValueError(f"the cache needs at least one set (--cache-nblocks), got {self.n_sets}")
         if self.n_ways < 1:
@@ -87,7 +101,12 @@ class CacheConfig:
 
     @property
     def n_slots(self) -> int:
+        """Slots of the sets (the pinned layers' come on top: `total_slots`)."""
         return self.n_sets * self.n_ways
+
+    def total_slots(self, n_experts: int) -> int:
+        """Every slot the cache allocates: the sets' plus n_experts per pinned layer."""
+        return self.n_slots + self.pinned_layers * n_experts
 
     @classmethod
     def from_budget(cls, budget_bytes: int, expert_bytes: int, n_layers: int, n_experts: int,
@@ -221,19 +240,24 @@ class ExpertCache:
             raise ValueError(f"a model needs layers and experts, got {n_layers} layers, {n_experts} experts")
         if expert_bytes <= 0:
             raise ValueError(f"expert_bytes must be positive, got {expert_bytes}")
-        if config.n_sets > n_layers:
-            raise ValueError(f"{config.n_sets} cache sets for {n_layers} layers: sets {n_layers}..{config.n_sets - 1} "
-                             f"would never be used (--cache-nblocks at most {n_layers})")
-        max_keys = n_experts * -(-n_layers // config.n_sets)  # experts of the layers sharing the fullest set
-        if config.n_ways > max_keys:
-            raise ValueError(f"{config.n_ways} ways per set, but a set serves at most {max_keys} experts "
-                             f"({n_experts} per layer): --cache-nways at most {max_keys}")
+        if config.pinned_layers > n_layers:
+            raise ValueError(f"{config.pinned_layers} pinned layers, but the model has {n_layers}")
+        dynamic = n_layers - config.pinned_layers  # layers the sets serve
+        if config.n_sets > dynamic:
+            raise ValueError(f"{config.n_sets} cache sets for {dynamic} layers not pinned: sets "
+                             f"{dynamic}..{config.n_sets - 1} would never be used (--cache-nblocks at most {dynamic})")
+        if config.n_sets:
+            max_keys = n_experts * -(-dynamic // config.n_sets)  # experts of the layers sharing the fullest set
+            if config.n_ways > max_keys:
+                raise ValueError(f"{config.n_ways} ways per set, but a set serves at most {max_keys} experts "
+                                 f"({n_experts} per layer): --cache-nways at most {max_keys}")
         self.config = config
         self.n_layers = n_layers
         self.n_experts = n_experts
         self.n_sets = config.n_sets
         self.n_ways = config.n_ways
-        self.n_slots = config.n_slots
+        self.first_pinned = dynamic  # layers first_pinned.. keep every expert
+        self.n_slots = config.total_slots(n_experts)
         self.admission = admission if admission is not None else build_admission(config.admission)
         self.stats = CacheStats.empty(n_layers, expert_bytes)
         self._rng = random.Random(config.seed)
@@ -244,6 +268,10 @@ class ExpertCache:
         self._filled_at = [0] * self.n_slots
         self._uses = [0] * self.n_slots
         self._pins = [0] * self.n_slots
+        for layer in range(self.first_pinned, n_layers):  # installed now, filled by the owner
+            for expert in range(n_experts):
+                self._install(self._pinned_slot(layer, expert), (layer, expert))
+        self.stats.preloads = config.pinned_layers * n_experts
 
     # ---- the hot path -------------------------------------------------------------------
 
@@ -300,6 +328,8 @@ class ExpertCache:
         key = (layer, expert)
         if key in self._slot_of:
             raise ValueError(f"expert {expert} of layer {layer} is already cached in slot {self._slot_of[key]}")
+        if self.n_sets == 0:  # only pinned layers have slots: this layer runs on the CPU
+            return None
         self._clock += 1  # a fill is a use: it becomes the most recent, after the lookups before it
         slot = self._choose_victim(set_index(layer, self.n_sets))
         if slot is None:
@@ -348,6 +378,8 @@ class ExpertCache:
         decisions = []
         for layer, expert in assignments:
             self._check_key(layer, expert)
+            if self.is_pinned_layer(layer):
+                raise ValueError(f"preload: layer {layer} is pinned (every expert already cached)")
             if (layer, expert) in self._slot_of:
                 raise ValueError(f"preload lists expert {expert} of layer {layer} twice")
             set_ = set_index(layer, self.n_sets)
@@ -359,6 +391,17 @@ class ExpertCache:
             self.stats.preloads += 1
             decisions.append(FillDecision(slot, layer, expert, None))
         return decisions
+
+    def is_pinned_layer(self, layer: int) -> bool:
+        return layer >= self.first_pinned
+
+    def pinned_contents(self) -> list[FillDecision]:
+        """Every pinned (layer, expert) and its slot: what the owner copies in before the first read."""
+        return [FillDecision(self._pinned_slot(layer, expert), layer, expert, None)
+                for layer in range(self.first_pinned, self.n_layers) for expert in range(self.n_experts)]
+
+    def _pinned_slot(self, layer: int, expert: int) -> int:
+        return self.n_sets * self.n_ways + (layer - self.first_pinned) * self.n_experts + expert
 
     @property
     def n_cached(self) -> int:
@@ -383,7 +426,7 @@ class ExpertCache:
         return range(set_ * self.n_ways, (set_ + 1) * self.n_ways)
 
     def layers_of_set(self, set_: int) -> range:
-        return range(set_, self.n_layers, self.n_sets)
+        return range(set_, self.first_pinned, self.n_sets)
 
     def reset_stats(self) -> None:
         """Zero the counters (e.g. after warm-up); contents and policy state stay."""

@@ -166,6 +166,8 @@ class GpuExperts:
         self.store: "SlotStore | None" = None
         self._unwaited: set[int] = set()  # slots filled since the compute stream last waited for them
         self._resident_bases: torch.Tensor | None = None  # resident_pair_table's slot offsets
+        self._resident_every = False  # _resident_bases covers every layer (not only the pinned)
+        self._retired_bases: list[torch.Tensor] = []
         self._part_offsets_dev: torch.Tensor | None = None
         self.stream_min_tokens: int | None = None  # None: streaming off
         self.n_streamed = 0  # experts streamed so far (each one copy of expert_bytes over PCIe)
@@ -192,6 +194,9 @@ class GpuExperts:
                 self._init_kernels()
             self._scratch: torch.Tensor | None = None
             self.stream_min_tokens = self._stream_rule(config)
+            if self.cache is not None:  # pinned layers: every expert copied in now, never evicted
+                for d in self.cache.pinned_contents():
+                    self._fill(d.slot, d.layer, d.expert)
             if config.preload == "all":
                 self._preload_all()
 
@@ -233,7 +238,7 @@ class GpuExperts:
         room = [self.cache.n_ways] * self.cache.n_sets
         plan = []
         for expert in range(self.cfg.n_expert):
-            for layer in range(self.cfg.n_layer):
+            for layer in range(self.cache.first_pinned):  # the pinned layers are full already
                 s = layer % self.cache.n_sets
                 if room[s]:
                     room[s] -= 1
@@ -330,20 +335,32 @@ class GpuExperts:
         return (self.cache is not None and self.use_triton
                 and self.cache.n_cached == self.cfg.n_layer * self.cfg.n_expert)
 
+    def layer_resident(self, layer: int) -> bool:
+        """Every expert of `layer` is cached for good (a pinned layer, or every expert of the
+        model cached): its lookups cannot miss, so a CUDA graph can route it on the device."""
+        return (self.cache is not None and self.use_triton
+                and (self.cache.is_pinned_layer(layer) or self.all_resident()))
+
     def resident_pair_table(self, layer: int, ids: torch.Tensor) -> torch.Tensor:
-        """`pair_table` built on the device from routed ids [T, k] (device int64) when every
-        expert is cached (`all_resident`): no host round trip, so a CUDA graph can hold it.
-        The first call builds the [n_layer, n_expert] slot offset table, and the compute stream
-        waits for the fills still in flight (none can come later: nothing is ever evicted)."""
+        """`pair_table` built on the device from routed ids [T, k] (device int64) of a resident
+        layer (`layer_resident`): no host round trip, so a CUDA graph can hold it. The first
+        call (and the first after every expert became cached) builds the [n_layer, n_expert]
+        slot offset table of the resident layers, and the compute stream waits for the fills
+        still in flight (none can come later for these layers: nothing of theirs is evicted)."""
         assert self.cache is not None and self.store is not None
-        if self._resident_bases is None:
-            assert self.all_resident()
+        every = self.all_resident()
+        if self._resident_bases is None or (every and not self._resident_every):
+            assert self.layer_resident(layer)
             table = np.full((self.cfg.n_layer, self.cfg.n_expert), -1, dtype=np.int64)
             for slot, (lay, expert) in self.cache.contents().items():
-                table[lay, expert] = slot * self._stride
-            for slot in sorted(self._unwaited):
+                if every or self.cache.is_pinned_layer(lay):
+                    table[lay, expert] = slot * self._stride
+            for slot in sorted(self._unwaited):  # simpler than picking the resident layers' slots
                 self.store.wait_filled(slot)
             self._unwaited.clear()
+            self._resident_every = every
+            if self._resident_bases is not None:  # graphs captured earlier still read the old table
+                self._retired_bases.append(self._resident_bases)
             self._resident_bases = torch.from_numpy(table).to(self.device)  # [n_layer, n_expert]
             self._part_offsets_dev = torch.from_numpy(self._part_offsets).to(self.device)  # [3, 1]
         flat = ids.reshape(-1)  # [P]
@@ -351,10 +368,10 @@ class GpuExperts:
         offsets = self._resident_bases[layer].index_select(0, flat)[None, :] + self._part_offsets_dev  # [3, P]
         return torch.cat([offsets, (pair // ids.shape[1])[None], pair[None]])  # [5, P]
 
-    def count_resident_hits(self) -> None:
-        """Statistics of a token run without lookups (every routed expert hit)."""
+    def count_resident_hits(self, layers: range) -> None:
+        """Statistics of resident layers run without lookups (every routed expert hit)."""
         assert self.cache is not None
-        for layer in range(self.cfg.n_layer):
+        for layer in layers:
             self.cache.stats.hits_by_layer[layer] += self.cfg.n_expert_used
 
     def pair_table(self, slots: np.ndarray, out: np.ndarray) -> None:

@@ -15,9 +15,12 @@ Reads GGUF metadata and tensor sizes only, never the weights. Choices, each expl
   (in steps of 256) until dense + KV + workspace fit.
 - expert-slot budget: the VRAM that remains; slots hold experts in their GGUF block format
   (gpu_experts.slot_nbytes), so the geometry is CacheConfig.from_budget on those bytes.
-- admission: the cache is simulated (edge_moe/simulator.py) with admission "all" and
-  "reuse" on the routing trace (given, else uniform random routing, which is pessimistic:
-  real routing is skewed) and the faster is kept; if no cache beats both, no cache.
+- placement: pinned layers (the last P layers keep every expert and run as CUDA graphs with no
+  host round trip, llama.cpp's whole-layer placement) for P in {0, P_max / 2, P_max}, the
+  slots left over as N sets x M ways for the other layers; each is simulated
+  (edge_moe/simulator.py) with admission "all" and "reuse" on the routing trace (given, else
+  uniform random routing, which is pessimistic: real routing is skewed) and the fastest is
+  kept; if no cache beats them, no cache.
 - prediction: decode tok/s is the simulator's replay priced by edge_moe/cost_model.py's
   per-layer model of the decode loop (figures measured by edge_moe/microbench.py where it
   can, the cost model's documented constants for the rest); a cache that holds every expert is
@@ -76,10 +79,13 @@ class PlanOverrides:
     policy: str | None = None  # replacement: LRU | FIFO | LFU | random
     quota: int | None = None
     admission: str | None = None  # all | reuse
+    pinned_layers: int | None = None  # the last P layers keep every expert (CacheConfig.pinned_layers)
 
     def __post_init__(self) -> None:
         if self.device is not None and self.device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        if self.pinned_layers is not None and self.pinned_layers < 0:
+            raise ValueError(f"pinned_layers must be >= 0, got {self.pinned_layers}")
         for name in ("threads", "n_ctx", "n_sets", "n_ways"):
             v = getattr(self, name)
             if v is not None and v < 1:
@@ -103,7 +109,8 @@ class PlanOverrides:
 
     @property
     def forces_cache(self) -> bool:
-        return self.gpu_budget_gib is not None or self.n_sets is not None or self.n_ways is not None
+        return (self.gpu_budget_gib is not None or self.n_sets is not None or self.n_ways is not None
+                or bool(self.pinned_layers))
 
 
 @dataclass(frozen=True)
@@ -113,7 +120,7 @@ class Plan:
     threads: int
     n_ctx: int
     cache: CacheConfig | None
-    expert_budget_bytes: int  # VRAM the slots use (n_slots x slot_bytes); 0 without cache
+    expert_budget_bytes: int  # VRAM the slots use (pinned layers' and the sets'); 0 without cache
     slot_bytes: int  # one cached expert (its GGUF bytes, parts aligned)
     expert_bytes: int  # one expert as stored in the GGUF: what a CPU miss reads
     dense_bytes: int  # non-expert weights on `device` in `dense_format` (fp16 or GGUF blocks; fp32 on the CPU)
@@ -167,7 +174,8 @@ class Plan:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "cache"}
         c = self.cache
         d["cache"] = None if c is None else {"n_sets": c.n_sets, "n_ways": c.n_ways, "replace": c.replace.value,
-                                             "admission": self.admission, "quota": self.quota}
+                                             "admission": self.admission, "quota": self.quota,
+                                             "pinned_layers": c.pinned_layers}
         d["notes"] = list(self.notes)
         return d
 
@@ -313,24 +321,26 @@ def make_plan(model_path: str | Path, hw: HardwareInfo, profile: HardwareProfile
     decode_tps = no_cache_tps
     routing_source = "none"
     if device == "cuda":
-        geometry = _geometry(o, budget, slot, m, notes)
-        full = geometry is not None and geometry == (m.n_layer, m.n_expert)  # every expert cached
+        placements = _placements(o, budget, slot, m, notes)
+        # every expert cached (one set per layer holding all, or every layer pinned)
+        full = len(placements) == 1 and placements[0] in ((0, m.n_layer, m.n_expert), (m.n_layer, 0, 0))
         figures = _figures(m, dense, dram, pcie or FALLBACK_PCIE_GBPS, gpu_bw or FALLBACK_GPU_GBPS, call_s, full)
-        if geometry is not None:
+        if placements:
             trace, routing_source = _routing(routing, m)
             rules = [o.admission] if o.admission else ["all", "reuse"]
             results = []
-            for rule in rules:
-                adm = admission_config(rule, o.quota, figures, m.expert_bytes)
-                cfg_ = CacheConfig(geometry[0], geometry[1], replace, adm)
-                results.append((simulate(trace, cfg_, m.expert_bytes, m.n_expert, figures), cfg_))
+            for pinned, sets, ways in placements:
+                for rule in rules if sets else rules[:1]:  # no sets: nothing to admit
+                    adm = admission_config(rule, o.quota, figures, m.expert_bytes)
+                    cfg_ = CacheConfig(sets, ways, replace, adm, pinned_layers=pinned)
+                    results.append((simulate(trace, cfg_, m.expert_bytes, m.n_expert, figures), cfg_))
             best, best_cfg = max(results, key=lambda r: r[0].tokens_per_second)
             no_cache_tps = best.baseline_tokens_per_second
-            summary = ", ".join(f"{r.admission} {r.tokens_per_second:.2f}" for r, _ in results)
+            summary = ", ".join(f"{_placement_text(c)} {r.admission} {r.tokens_per_second:.2f}" for r, c in results)
             if best.tokens_per_second > no_cache_tps or o.forces_cache or o.admission or full:
                 cache, hit_rate, decode_tps = best_cfg, best.hit_rate, best.tokens_per_second
-                notes.append(f"admission {best.admission}: simulated tok/s {summary} on {routing_source}"
-                             + (" (your flag)" if o.admission else ""))
+                notes.append(f"{_placement_text(best_cfg)}, admission {best.admission}: simulated tok/s {summary} "
+                             f"on {routing_source}" + (" (your flag)" if o.admission else ""))
                 if full:  # once warm (a prompt's prefill fills it), a token is one CUDA graph
                     decode_tps = 1.0 / figures.resident_token_seconds
                     notes.append(f"every expert cached: {decode_tps:.2f} tok/s in steady state, one CUDA graph "
@@ -345,7 +355,7 @@ def make_plan(model_path: str | Path, hw: HardwareInfo, profile: HardwareProfile
     if o.policy:
         notes.append(f"replacement {replace.value}: your flag")
 
-    cached_per_layer = 0 if cache is None else cache.n_slots // m.n_layer
+    cached_per_layer = 0 if cache is None else cache.total_slots(m.n_expert) // m.n_layer
     prefill = prefill_tps(d.prefill_chunk, n_layer=m.n_layer, n_expert=m.n_expert, k=m.k,
                           expert_bytes=m.expert_bytes, n_embd=m.n_embd, n_ff=m.n_ff,
                           cached_per_layer=cached_per_layer, dense_s=dense_s, dram_gbps=dram,
@@ -358,7 +368,7 @@ def make_plan(model_path: str | Path, hw: HardwareInfo, profile: HardwareProfile
                      f">= {stream_threshold(m.expert_bytes, m.n_embd, m.n_ff)} tokens of a chunk are streamed)")
         prefill = max(prefill, stream)
     return Plan(model=str(model_path), device=device, threads=threads, n_ctx=int(ctx), cache=cache,
-                expert_budget_bytes=0 if cache is None else cache.n_slots * slot, slot_bytes=slot,
+                expert_budget_bytes=0 if cache is None else cache.total_slots(m.n_expert) * slot, slot_bytes=slot,
                 expert_bytes=m.expert_bytes, dense_bytes=dense, kv_bytes=kv, workspace_bytes=workspace,
                 vram_free_bytes=free, margin_bytes=margin, dram_gbps=dram, pcie_gbps=pcie, gpu_gbps=gpu_bw,
                 figures_source=src, hit_rate=hit_rate, routing_source=routing_source,
@@ -380,22 +390,58 @@ def _figures(m: _ModelSizes, dense: int, dram: float, pcie: float, gpu_bw: float
                           cpu_call_seconds=call_s, all_cached=full)
 
 
-def _geometry(o: PlanOverrides, budget: int, slot: int, m: _ModelSizes, notes: list[str]) -> tuple[int, int] | None:
-    """(sets, ways) from the flags or the budget; None when not even one slot fits."""
-    if o.n_sets is not None or o.n_ways is not None:
-        sets = o.n_sets or m.n_layer
-        ways = o.n_ways or max(1, min(m.n_expert, budget // (slot * sets)))
-        notes.append(f"cache {sets} sets x {ways} ways: your flag")
-        return sets, ways
-    if budget < slot:
+def _placements(o: PlanOverrides, budget: int, slot: int, m: _ModelSizes,
+                notes: list[str]) -> list[tuple[int, int, int]]:
+    """(pinned layers, sets, ways) to simulate, from the flags or the budget; [] when not even
+    one slot fits. Without flags: P_max pinned layers (as many whole layers as the slots hold),
+    half as many, and none, each with the slots left over as sets for the other layers."""
+    if o.n_sets is not None or o.n_ways is not None or o.pinned_layers is not None:
+        pinned = o.pinned_layers or 0
+        if pinned > m.n_layer:
+            raise ValueError(f"{pinned} pinned layers, but the model has {m.n_layer}")
+        dynamic, rest = m.n_layer - pinned, budget - pinned * m.n_expert * slot
+        if o.n_sets is not None or o.n_ways is not None:
+            sets = o.n_sets or dynamic
+            ways = o.n_ways or max(1, min(m.n_expert, rest // (slot * max(sets, 1))))
+        else:
+            sets, ways = _sets_for(rest // slot, dynamic, slot, m)
+        if pinned == 0 and sets == 0:
+            notes.append(f"no cache: {budget / GIB:.2f} GiB left for expert slots holds no expert slot")
+            return []
+        flags = ", ".join(f for f, v in (("--pinned-layers", o.pinned_layers), ("--cache-nblocks", o.n_sets),
+                                          ("--cache-nways", o.n_ways)) if v is not None)
+        notes.append(f"{_placement_text(CacheConfig(sets, ways, pinned_layers=pinned))}: your flags ({flags})")
+        return [(pinned, sets, ways)]
+    n_slots = budget // slot
+    if n_slots < 1:
         notes.append(f"no cache: {budget / GIB:.2f} GiB left for expert slots holds no "
                      f"{slot / 2**20:.1f} MiB expert slot")
-        return None
-    c = CacheConfig.from_budget(budget, slot, m.n_layer, m.n_expert)
-    full = " (every expert: nothing is ever evicted)" if c.n_ways == m.n_expert else ""
-    notes.append(f"cache {c.n_sets} sets x {c.n_ways} ways{full}: {c.n_slots} slots of "
-                 f"{slot / 2**20:.1f} MiB in {budget / GIB:.2f} GiB left after dense weights, KV and margin")
+        return []
+    notes.append(f"{n_slots} slots of {slot / 2**20:.1f} MiB in {budget / GIB:.2f} GiB left after dense weights, "
+                 "KV and margin")
+    if n_slots >= m.n_layer * m.n_expert:
+        notes.append(f"cache {m.n_layer} sets x {m.n_expert} ways (every expert: nothing is ever evicted)")
+        return [(0, m.n_layer, m.n_expert)]
+    p_max = n_slots // m.n_expert  # < n_layer here
+    out = []
+    for pinned in sorted({0, p_max // 2, p_max}):
+        out.append((pinned, *_sets_for(n_slots - pinned * m.n_expert, m.n_layer - pinned, slot, m)))
+    return out
+
+
+def _sets_for(n_slots: int, n_layers: int, slot: int, m: _ModelSizes) -> tuple[int, int]:
+    """(sets, ways) of n_slots slots for n_layers layers (CacheConfig.from_budget); (0, 0) for none."""
+    if n_slots < 1 or n_layers < 1:
+        return 0, 0
+    c = CacheConfig.from_budget(n_slots * slot, slot, n_layers, m.n_expert)
     return c.n_sets, c.n_ways
+
+
+def _placement_text(c: CacheConfig) -> str:
+    sets = f"cache {c.n_sets} sets x {c.n_ways} ways"
+    if not c.pinned_layers:
+        return sets
+    return f"last {c.pinned_layers} layers pinned" + (f", {sets} for the others" if c.n_sets else ", no other slots")
 
 
 def _routing(routing: np.ndarray | None, m: _ModelSizes) -> tuple[np.ndarray, str]:
@@ -434,7 +480,7 @@ def plan_for_machine(model_path: str | Path, overrides: PlanOverrides | None = N
 def format_plan(plan: Plan) -> str:
     p, gib = plan, GIB
     cache = "none (every expert on the CPU)" if p.cache is None else (
-        f"{p.cache.n_sets} sets x {p.cache.n_ways} ways, {p.cache.replace.value}, admission {p.admission}"
+        f"{_placement_text(p.cache)}, {p.cache.replace.value}, admission {p.admission}"
         + ("" if p.quota is None else f", quota {p.quota}") + f" ({p.expert_budget_bytes / gib:.2f} GiB)")
     vram = "-" if p.vram_free_bytes is None else (f"{p.vram_free_bytes / gib:.2f} GiB free, "
                                                   f"margin {p.margin_bytes / gib:.2f} GiB")

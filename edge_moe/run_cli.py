@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from typing import Any
@@ -32,6 +33,9 @@ def add_run_parser(sub: Any) -> None:
                         "stays within this; the planner sizes the expert cache from what is left")
     r.add_argument("--cache-nblocks", type=int, default=None, help="cache sets (the paper's N)")
     r.add_argument("--cache-nways", type=int, default=None, help="ways per set (the paper's M)")
+    r.add_argument("--pinned-layers", type=int, default=None, metavar="P",
+                   help="the last P layers keep every expert on the GPU and run without host round trips "
+                        "(llama.cpp's --n-cpu-moe placement is n_layer - P); the cache serves the others")
     r.add_argument("--cache-replace-policy", default=None, help="LRU (default) | FIFO | LFU | random")
     r.add_argument("--cache-quota", type=int, default=None, help="at most this many cache fills per token")
     r.add_argument("--cache-admission", default=None, help="all (admit every miss) | reuse (cost model)")
@@ -45,7 +49,8 @@ def add_run_parser(sub: Any) -> None:
 
 def _cache_config(args: argparse.Namespace, model_path: str) -> Any:
     """The GPU expert cache from the flags, or None when no cache flag is given."""
-    if args.gpu_budget is None and args.cache_nblocks is None and args.cache_nways is None:
+    pinned = args.pinned_layers or 0
+    if args.gpu_budget is None and args.cache_nblocks is None and args.cache_nways is None and not pinned:
         return None
     from edge_moe.cache_admission import AdmissionConfig, CostModel
     from edge_moe.expert_cache import CacheConfig, parse_replace_policy
@@ -63,12 +68,25 @@ def _cache_config(args: argparse.Namespace, model_path: str) -> Any:
     admission = AdmissionConfig(rule=rule, max_fills_per_token=args.cache_quota,
                                 cost=cost if rule == "reuse" else None)
     replace = parse_replace_policy(args.cache_replace_policy or "LRU")
+    if pinned > cfg.n_layer:
+        raise ValueError(f"--pinned-layers {pinned}: {model_path} has {cfg.n_layer} layers")
+    dynamic = cfg.n_layer - pinned  # layers the sets serve
     if args.gpu_budget is not None:
-        cache = CacheConfig.from_budget(int(args.gpu_budget * 2**30), slot, cfg.n_layer, cfg.n_expert,
-                                        replace=replace, admission=admission)
+        rest = int(args.gpu_budget * 2**30) - pinned * cfg.n_expert * slot
+        if rest < 0:
+            raise ValueError(f"--pinned-layers {pinned} needs {pinned * cfg.n_expert * slot / 2**30:.2f} GiB of "
+                             f"expert slots, more than --gpu-budget {args.gpu_budget:g}")
+        if pinned and (dynamic == 0 or rest < slot):
+            cache = CacheConfig(0, 0, replace, admission, pinned_layers=pinned)
+        else:
+            cache = dataclasses.replace(CacheConfig.from_budget(rest, slot, dynamic, cfg.n_expert, replace=replace,
+                                                                admission=admission), pinned_layers=pinned)
+    elif args.cache_nblocks is None and args.cache_nways is None:  # --pinned-layers alone
+        cache = CacheConfig(0, 0, replace, admission, pinned_layers=pinned)
     else:
-        cache = CacheConfig(cfg.n_layer if args.cache_nblocks is None else args.cache_nblocks,
-                            2 if args.cache_nways is None else args.cache_nways, replace, admission)
+        cache = CacheConfig(dynamic if args.cache_nblocks is None else args.cache_nblocks,
+                            2 if args.cache_nways is None else args.cache_nways, replace, admission,
+                            pinned_layers=pinned)
     return GpuExpertsConfig(cache)
 
 
@@ -87,7 +105,8 @@ def _plan(args: argparse.Namespace, model_path: str) -> Any:
     overrides = PlanOverrides(device=device, threads=args.threads, n_ctx=args.ctx_size, gpu_budget_gib=args.gpu_budget,
                               vram_budget_gib=args.vram_budget,
                               n_sets=args.cache_nblocks, n_ways=args.cache_nways, policy=args.cache_replace_policy,
-                              quota=args.cache_quota, admission=args.cache_admission)
+                              quota=args.cache_quota, admission=args.cache_admission,
+                              pinned_layers=args.pinned_layers)
     figures = "cached" if args.dry_run else ("profile" if device == "cpu" else "measure")
     return plan_for_machine(model_path, overrides, figures)
 
@@ -187,7 +206,8 @@ def _report(model: Any, stats: Any, tokens: list[int], text: str, args: argparse
         s = cache.stats
         per_layer = [h / (h + m) if h + m else 0.0 for h, m in zip(s.hits_by_layer, s.misses_by_layer)]
         out["cache"] = {
-            "sets": cache.n_sets, "ways": cache.n_ways, "policy": cache.config.replace.value,
+            "sets": cache.n_sets, "ways": cache.n_ways, "pinned_layers": cache.config.pinned_layers,
+            "policy": cache.config.replace.value,
             "admission": cache.config.admission.rule.value, "quota": cache.config.admission.max_fills_per_token,
             "hits": s.hits, "misses": s.misses, "hit_rate": s.hit_rate, "hit_rate_per_layer": per_layer,
             "fills": s.fills, "evictions": s.evictions, "declined": s.declined,

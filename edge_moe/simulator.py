@@ -13,7 +13,9 @@ Prediction: edge_moe/cost_model.py's per-layer model. The replay knows each toke
 misses and fills per layer, so a token costs the sum over its layers of (fixed per-layer work +
 max(this layer's CPU call, its GPU hits) + its fills' issue time), bounded below by the fills'
 PCIe bytes and all DRAM bytes; a token that starts with every expert of the model cached is the
-one-graph token (`MachineFigures.resident_token_seconds`, where the figures have one).
+one-graph token (`MachineFigures.resident_token_seconds`, where the figures have one). Pinned
+layers (`CacheConfig.pinned_layers`) are not looked up, as in the executor: their k experts
+count as hits and the layers are priced as one graph (`MachineFigures.pinned_seconds`).
 tok/s = 1 / mean t_token. The "no cache" baseline is every lookup a miss and no fills. A model
 of the executor's loop, not a measurement: benchmarks/planner_accuracy.py compares the two.
 """
@@ -72,6 +74,7 @@ class SimulationResult:
     baseline_seconds_per_token: float
     baseline_tokens_per_second: float
     # the per-layer model's inputs, per token
+    pinned_layers: int = 0  # the last ones, every expert cached, run as graphs
     cpu_calls_per_token: float = 0.0  # layers with at least one miss (one ggml call each)
     resident_tokens: int = 0  # tokens that began with every expert cached (one-graph tokens)
 
@@ -104,6 +107,7 @@ def simulate(experts: np.ndarray, config: CacheConfig, expert_bytes: int, n_expe
     trace = _check_trace(experts, n_experts)
     n_tokens, n_layers, k = trace.shape
     cache = ExpertCache(config, n_layers, n_experts, expert_bytes, admission_policy)
+    first_pinned, pinned = cache.first_pinned, config.pinned_layers
     stats = cache.stats
     total_seconds = 0.0
     every_expert = n_layers * n_experts
@@ -113,7 +117,7 @@ def simulate(experts: np.ndarray, config: CacheConfig, expert_bytes: int, n_expe
         resident_tokens += resident
         layers = []  # (hits, misses, fills) per layer
         cache.begin_token()
-        for layer, ids in enumerate(token):
+        for layer, ids in enumerate(token[:first_pinned]):
             f0 = stats.fills
             hit_slots = []
             missed = set()
@@ -130,8 +134,10 @@ def simulate(experts: np.ndarray, config: CacheConfig, expert_bytes: int, n_expe
                 cache.unpin(slot)
             calls += bool(missed)
             layers.append((len(hit_slots), len(missed), stats.fills - f0))  # one ggml call: distinct misses
+        for layer in range(first_pinned, n_layers):  # run as graphs: no lookups, every expert a hit
+            stats.hits_by_layer[layer] += k
         cache.end_token()
-        total_seconds += machine.token_seconds(layers, expert_bytes, resident)
+        total_seconds += machine.token_seconds(layers, expert_bytes, resident, pinned, k)
 
     seconds = total_seconds / n_tokens
     baseline = machine.no_cache_seconds(n_layers, k, expert_bytes)
@@ -151,7 +157,7 @@ def simulate(experts: np.ndarray, config: CacheConfig, expert_bytes: int, n_expe
         cpu_miss_bytes_per_token=stats.cpu_dram_bytes / n_tokens,
         seconds_per_token=seconds, tokens_per_second=1.0 / seconds,
         baseline_seconds_per_token=baseline, baseline_tokens_per_second=1.0 / baseline,
-        cpu_calls_per_token=calls / n_tokens, resident_tokens=resident_tokens,
+        cpu_calls_per_token=calls / n_tokens, resident_tokens=resident_tokens, pinned_layers=pinned,
     )
 
 
@@ -164,7 +170,8 @@ def format_report(result: SimulationResult) -> str:
     m = r.machine
     rows = [
         ("trace", f"{r.tokens} tokens, {r.n_layers} layers, top-{r.k} of {r.n_experts} experts"),
-        ("cache", f"{r.n_sets} sets x {r.n_ways} ways, {r.replace}, admission {r.admission}, quota {quota}"),
+        ("cache", f"{r.n_sets} sets x {r.n_ways} ways, {r.replace}, admission {r.admission}, quota {quota}"
+                  + (f"; last {r.pinned_layers} layers pinned" if r.pinned_layers else "")),
         ("machine", f"DRAM {m.dram_gbps:g} GB/s, PCIe {m.pcie_gbps:g} GB/s, GPU expert "
                     f"{m.gpu_expert_seconds * 1e6:g} us, base {m.base_token_seconds * 1e3:g} ms, "
                     f"expert {r.expert_bytes / 2**20:.1f} MiB"),

@@ -227,8 +227,11 @@ def test_decode_graphs_match_llama_cpp(arch: str, cache: str, tiny_gguf: Callabl
                                         decode_graphs="on" if cuda else "uncaptured")
     graphs = model.decode_graphs
     assert graphs is not None and graphs.capture == cuda
-    if cuda:  # one front and one experts graph per layer (one KV bucket here) and the head
-        assert graphs.n_graphs == 2 * model.cfg.n_layer + 1
+    if cuda:  # one front and one experts graph per layer (one KV bucket here) and the head; a
+        # layer with no hit skips its experts graph (always so without a cache)
+        n = model.cfg.n_layer
+        exact = {"no-cache": n + 1, "all-cached": 2 * n + 1}.get(cache)
+        assert n + 1 <= graphs.n_graphs <= 2 * n + 1 and exact in (None, graphs.n_graphs), graphs.n_graphs
     if model.gpu.cache is not None and cache != "all-cached":
         stats = model.gpu.cache.stats
         assert stats.hits > 0 and stats.misses > 0 and stats.fills > 0
@@ -307,8 +310,8 @@ def test_quantized_dense_weights_match_llama_cpp(arch: str, outtype: str, tiny_g
     assert isinstance(dense.layers[0].wqkv, QuantWeight) and isinstance(dense.layers[0].wo, QuantWeight)
     stats = model.gpu.cache.stats
     assert stats.hits > 0 and stats.misses > 0 and stats.fills > 0
-    if cuda:
-        assert model.decode_graphs.n_graphs == 2 * model.cfg.n_layer + 1
+    if cuda:  # fronts and the head, and an experts graph per layer that had a hit
+        assert model.cfg.n_layer + 1 <= model.decode_graphs.n_graphs <= 2 * model.cfg.n_layer + 1
     model.close()
     tau, bound = BOUNDS[outtype]
     _compare(ours, _LLAMA[(arch, outtype)], margins, tau, bound, f"{arch} {outtype} quantized dense")

@@ -653,3 +653,149 @@ def test_validation_accounting_by_hand() -> None:
     for _ in range(5):
         policy.end_token()
     assert policy.checked == 1 and policy.net_hits == 1.0
+
+
+def test_validation_mean_forgets_with_a_half_life() -> None:
+    """Two judged fills, net +1 then -1, half_life 1: the older one counts half."""
+    policy = ReuseAdmission(CHEAP_FILLS, horizon=1, half_life=1.0)
+    for _ in range(3):
+        policy.observe(0, 1)
+    assert policy.should_admit(0, 1, (0, 0))
+    policy.record_fill(0, 1)
+    for _ in range(3):
+        policy.observe(0, 1)  # gained 3
+    policy.observe(0, 0)
+    policy.observe(0, 0)  # lost 2
+    policy.end_token()  # judged: net +1
+    for _ in range(10):
+        policy.observe(0, 2)
+    assert policy.should_admit(0, 2, (0, 1))
+    policy.record_fill(0, 2)
+    policy.observe(0, 1)  # the victim returns, the newcomer never hits: net -1
+    policy.end_token()
+    assert policy.checked == 2 and policy.net_hits == 0.0  # whole-run totals
+    assert policy.recent_checked == pytest.approx(1.5) and policy.recent_net_hits == pytest.approx(-0.5)
+    with pytest.raises(ValueError, match="half_life"):
+        ReuseAdmission(CHEAP_FILLS, half_life=0.0)
+
+
+def _run_steps(cache: ExpertCache, steps: list[list[list[int]]]) -> tuple[list[int], list[int], list[bool]]:
+    """Steps [layers][ids] through the cache as gpu_experts.py does (a prefill chunk is one step
+    of many ids; its distinct misses are offered in ascending order). Per step: fills, hits, and
+    whether the reuse rule's validation said fills pay at the step's end."""
+    fills, hits, pays = [], [], []
+    for step in steps:
+        f0, h0 = cache.stats.fills, cache.stats.hits
+        cache.begin_token()
+        for layer, ids in enumerate(step):
+            slots = cache.lookup_and_pin(layer, ids)
+            for expert in sorted({e for e, s in zip(ids, slots) if s < 0}):
+                cache.admit(layer, expert)
+            cache.unpin_many(s for s in slots if s >= 0)
+        cache.end_token()
+        fills.append(cache.stats.fills - f0)
+        hits.append(cache.stats.hits - h0)
+        pays.append(cache.admission.fills_pay())  # type: ignore[attr-defined]
+    return fills, hits, pays
+
+
+def _uniform_steps(rng: np.random.Generator, n: int, layers: int, experts: int, k: int) -> list[list[list[int]]]:
+    return [[rng.choice(experts, k, replace=False).tolist() for _ in range(layers)] for _ in range(n)]
+
+
+def test_validation_follows_a_phase_change_from_paying_to_uniform() -> None:
+    """Prefill-like chunks (64 tokens each, routed mostly to a hot set per layer: each fill gains
+    dozens of hits), then uniform decode (fills gain nothing). The whole-run mean stays above
+    break-even and keeps admitting freely; the decayed mean stops within ~150 tokens and then
+    only explores (one candidate in 16)."""
+    layers, experts, k, ways = 8, 64, 4, 16
+    rng = np.random.default_rng(0)
+    hot = [rng.choice(experts, ways, replace=False) for _ in range(layers)]
+    prefill = [[[int(e) for _ in range(64) for e in rng.choice(hot[layer] if rng.random() < 0.9 else experts,
+                                                               k, replace=False)]
+                for layer in range(layers)] for _ in range(8)]
+    steps = prefill + _uniform_steps(rng, 300, layers, experts, k)
+    runs = {}
+    for half_life in (64.0, math.inf):  # math.inf: the whole-run mean (the rule before decay)
+        policy = ReuseAdmission(CHEAP_FILLS, half_life=half_life)
+        cache = ExpertCache(CacheConfig(layers, ways), layers, experts, EXPERT_BYTES, admission=policy)
+        runs[half_life] = _run_steps(cache, steps)
+    late = slice(8 + 200, None)  # decode tokens 200..299
+    decayed, whole = (np.mean(runs[h][0][late]) for h in (64.0, math.inf))
+    print(f"fills/token in decode tokens 200-299: decayed {decayed:.2f}, whole-run mean {whole:.2f}")
+    assert not any(runs[64.0][2][8 + 160:])  # no verdict of "fills pay" after decode token 160
+    assert decayed < 1.5  # exploring only (~1 fill per token here)
+    assert all(runs[math.inf][2][late]) and whole > 3 * decayed  # the whole-run mean still admits freely
+
+
+def test_validation_recovers_when_routing_turns_local() -> None:
+    """A long uniform phase (fills do not pay: exploring only), then local routing (a hot set
+    per layer of `ways` experts, one of them replaced with probability 0.3 per token): the
+    decayed mean says fills pay again within ~the validation horizon (40 tokens) plus a few
+    judgements, the whole-run mean only after hundreds of tokens, at a lower hit rate meanwhile."""
+    layers, experts, k, ways = 8, 64, 4, 8
+    rng = np.random.default_rng(0)
+    steps = _uniform_steps(rng, 1500, layers, experts, k)
+    hot = [rng.choice(experts, ways, replace=False).tolist() for _ in range(layers)]
+    for _ in range(200):
+        for layer in range(layers):
+            if rng.random() < 0.3:  # drift: a cold expert takes a hot one's place
+                cold = [e for e in range(experts) if e not in hot[layer]]
+                hot[layer][rng.integers(ways)] = int(rng.choice(cold))
+        steps.append([rng.choice(hot[layer], k, replace=False).tolist() for layer in range(layers)])
+    runs = {}
+    for half_life in (64.0, math.inf):
+        policy = ReuseAdmission(CHEAP_FILLS, half_life=half_life)
+        cache = ExpertCache(CacheConfig(layers, ways), layers, experts, EXPERT_BYTES, admission=policy)
+        runs[half_life] = _run_steps(cache, steps)
+    assert not any(runs[64.0][2][1400:1500])  # the uniform phase was judged as not paying
+    assert all(runs[64.0][2][1500 + 80:])  # fills pay from local token 80 on
+    assert not any(runs[math.inf][2][1500:1500 + 150])  # the whole-run mean still refuses
+    late = slice(1500 + 80, 1500 + 150)
+    decayed, whole = (np.sum(runs[h][1][late]) / (70 * layers * k) for h in (64.0, math.inf))
+    print(f"hit rate in local tokens 80-149: decayed {decayed:.2f}, whole-run mean {whole:.2f}")
+    assert decayed > whole + 0.15
+
+
+def test_pinned_layers_hold_every_expert_after_the_sets() -> None:
+    # 4 layers x 3 experts; layers 2-3 pinned; layers 0-1 share 1 set of 2 ways
+    cache = ExpertCache(CacheConfig(1, 2, pinned_layers=2), 4, 3, 100)
+    assert cache.n_slots == 2 + 2 * 3 and cache.first_pinned == 2 and cache.n_cached == 6
+    assert cache.stats.preloads == 6
+    assert [d.slot for d in cache.pinned_contents()] == list(range(2, 8))
+    assert cache.lookup(3, 1) == 2 + 3 + 1 and cache.lookup(2, 0) == 2
+    assert cache.is_pinned_layer(2) and not cache.is_pinned_layer(1)
+    assert list(cache.layers_of_set(0)) == [0, 1]
+    # the sets serve the other layers: fills land in slots 0-1 and evict only there
+    assert cache.lookup(0, 0) is None
+    assert cache.admit(0, 0).slot in (0, 1)
+    assert cache.admit(1, 2).slot in (0, 1)
+    d = cache.admit(0, 1)
+    assert d is not None and d.slot in (0, 1) and d.evicted is not None and d.evicted[0] in (0, 1)
+    assert cache.n_cached == 8
+    with pytest.raises(ValueError, match="pinned"):
+        cache.preload([(3, 0)])
+
+
+def test_pinned_layers_without_sets() -> None:
+    cache = ExpertCache(CacheConfig(0, 0, pinned_layers=1), 3, 4, 100)
+    assert cache.n_slots == 4 and cache.lookup(2, 3) == 3
+    assert cache.lookup(0, 1) is None and cache.admit(0, 1) is None  # no slot for layers 0-1
+    assert cache.stats.fills == 0 and cache.stats.misses == 1
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(n_sets=0, n_ways=0), "at least one set"),
+    (dict(n_sets=1, n_ways=1, pinned_layers=-1), "pinned_layers"),
+])
+def test_pinned_config_validated(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        CacheConfig(**kwargs)
+
+
+def test_pinned_layers_checked_against_the_model() -> None:
+    with pytest.raises(ValueError, match="5 pinned layers, but the model has 4"):
+        ExpertCache(CacheConfig(1, 1, pinned_layers=5), 4, 3, 100)
+    with pytest.raises(ValueError, match="3 cache sets for 2 layers not pinned"):
+        ExpertCache(CacheConfig(3, 1, pinned_layers=2), 4, 3, 100)
+    assert CacheConfig(2, 3, pinned_layers=4).total_slots(8) == 6 + 32

@@ -247,3 +247,35 @@ def test_full_cache_is_priced_as_one_graph(model: Path, tmp_path: Path) -> None:
     assert 1 / p.no_cache_decode_tps == pytest.approx(fig.no_cache_seconds(s.n_layer, s.k, s.expert_bytes))
     per_layer = fig.layer_seconds + 30e-6 + s.k * s.expert_bytes / 40e9
     assert 1 / p.no_cache_decode_tps == pytest.approx(fig.base_token_seconds + s.n_layer * per_layer)
+
+
+def test_planner_weighs_pinned_layers(model: Path, tmp_path: Path) -> None:
+    """Room for 12 slots in a 2-layer x 8-expert model: one whole layer can be pinned. Both
+    placements are simulated and the faster is kept (uniform routing: their hit rates match,
+    the pinned layer saves its host round trip)."""
+    hw, profile = machine("laptop_4060", tmp_path)
+    big = make_plan(model, hw, profile)
+    free = big.margin_bytes + big.dense_bytes + big.kv_bytes + big.workspace_bytes + int(12.5 * big.slot_bytes)
+    p = make_plan(model, with_free_vram(hw, free), profile, overrides=PlanOverrides(admission="all"))
+    chosen = next(n for n in p.notes if "simulated tok/s" in n)
+    assert "last 1 layers pinned, cache 1 sets x 4 ways for the others" in chosen  # P = 1 was simulated
+    assert "cache 2 sets x 6 ways all" in chosen  # and P = 0
+    assert p.cache.pinned_layers == 1, chosen
+    assert p.expert_budget_bytes == (8 + 4) * p.slot_bytes and used_vram(p) <= free - p.margin_bytes
+    assert p.to_dict()["cache"]["pinned_layers"] == 1 and "pinned" in format_plan(p)
+
+
+def test_pinned_layers_flag_wins(model: Path, tmp_path: Path) -> None:
+    hw, profile = machine("h100_box", tmp_path)
+    p = make_plan(model, hw, profile, overrides=PlanOverrides(pinned_layers=1, gpu_budget_gib=0.0005))
+    assert p.cache.pinned_layers == 1 and any("--pinned-layers" in n for n in p.notes)
+    assert p.expert_budget_bytes == p.cache.total_slots(8) * p.slot_bytes
+    only = make_plan(model, hw, profile, overrides=PlanOverrides(pinned_layers=2))
+    assert only.cache.pinned_layers == 2 and only.cache.n_sets == 0
+    with pytest.raises(ValueError, match="3 pinned layers, but the model has 2"):
+        make_plan(model, hw, profile, overrides=PlanOverrides(pinned_layers=3))
+    with pytest.raises(ValueError, match="pinned_layers"):
+        PlanOverrides(pinned_layers=-1)
+    # every layer pinned is every expert cached: priced as the one-graph token, as 2 sets x 8 ways
+    full = make_plan(model, hw, profile, overrides=PlanOverrides(n_sets=2, n_ways=8))
+    assert only.predicted_decode_tps == pytest.approx(full.predicted_decode_tps)

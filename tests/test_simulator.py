@@ -272,3 +272,25 @@ def test_cli_bad_trace_path(tmp_path: Path) -> None:
     out = _cli(str(tmp_path / "missing.npz"))
     assert out.returncode == 2
     assert "no such trace file" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_pinned_layers_by_hand() -> None:
+    # 3 layers, 4 experts, k=1; layer 2 pinned, layers 0-1 share 1 set of 1 way (LRU, admit all).
+    # t1: layer 0 misses 0 (fill), layer 1 misses 1 (fill, evicts (0, 0)); layer 2 hit, no lookup.
+    # t2: layer 0 misses 0 (fill, evicts (1, 1)), layer 1 misses 1 (fill, evicts (0, 0)).
+    # host layers: 0.2 + (0.5 + 1) + 0.1 = 1.8 ms each; the pinned run: launch + 0.4 ms.
+    from edge_moe.cost_model import GRAPH_LAUNCH_S
+
+    machine = dataclasses.replace(LAYERED, resident_layer_seconds=4e-4)
+    trace = np.array([[[0], [1], [3]], [[0], [1], [2]]])
+    r = simulate(trace, CacheConfig(1, 1, pinned_layers=1), MB, 4, machine)
+    assert counts(r) == (2, 4, 4, 3) and r.pinned_layers == 1
+    assert r.hit_rate_by_layer == (0.0, 0.0, 1.0)
+    per_token = 1e-3 + 2 * 1.8e-3 + GRAPH_LAUNCH_S + 4e-4  # > PCIe 2 ms, DRAM 4 ms
+    assert r.seconds_per_token == pytest.approx(per_token)
+    # without a graph figure a pinned layer is priced as a host layer of k hits: 0.2 + 0.03 + 0.1
+    assert LAYERED.pinned_seconds(2, 1) == pytest.approx(2 * 0.33e-3)
+    assert machine.pinned_seconds(0, 1) == 0.0
+    # pinned layers only (no sets): the other layers miss and never fill
+    r = simulate(trace, CacheConfig(0, 0, pinned_layers=2), MB, 4, machine)
+    assert counts(r) == (4, 2, 0, 0)

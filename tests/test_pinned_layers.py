@@ -1,0 +1,109 @@
+"""Pinned layers (CacheConfig.pinned_layers): the last P layers keep every expert on the
+accelerator and decode as graphs of consecutive layers with no host round trip, the layers
+before them through the cache's sets or the CPU. Checked against llama.cpp's logits on the
+same file (as tests/test_executor_parity.py), on a 5-layer tiny model so that a run of
+pinned layers spans several layers and follows host layers that had CPU misses.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edge_moe.converters.tiny_checkpoints import make_tiny_checkpoint
+from edge_moe.executor import ExecutorConfig, HybridModel
+from edge_moe.expert_cache import CacheConfig
+from edge_moe.gpu_experts import GpuExpertsConfig
+from tests.reference import llama_cpp_logits
+from tests.test_executor_parity import BOUNDS, MIN_COMPARED, T_PREFILL, _compare, run_edge_moe
+
+N_LAYERS = 5
+OUTTYPE = "f16"  # fewest router near-ties over 5 layers (tau 2e-2), the runs are what is tested
+PLACEMENTS = {
+    # layers 0-1 share one set of 3 ways, layers 2-4 pinned: one run of three layers
+    "sets+pinned": CacheConfig(1, 3, "LRU", pinned_layers=3),
+    # layers 0-2 on the CPU only (no slots), layers 3-4 pinned (llama.cpp's --n-cpu-moe 3)
+    "cpu+pinned": CacheConfig(0, 0, pinned_layers=2),
+}
+
+
+@pytest.fixture(scope="module")
+def five_layer_case(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, list[int], np.ndarray]]:
+    """arch -> (GGUF, tokens, reference logits), built once per module."""
+    from edge_moe.converters.hf_to_gguf import convert
+
+    cases: dict[str, tuple[Path, list[int], np.ndarray]] = {}
+
+    def get(arch: str) -> tuple[Path, list[int], np.ndarray]:
+        if arch not in cases:
+            hf = make_tiny_checkpoint(arch, tmp_path_factory.mktemp(f"hf5-{arch}"), seed=0, num_layers=N_LAYERS)
+            path = convert(hf, tmp_path_factory.mktemp(f"gguf5-{arch}") / f"{arch}.gguf", outtype=OUTTYPE,
+                           progress=False)
+            tokens = _input_without_early_ties(path)
+            if os.environ.get("EDGE_MOE_REFERENCE") == "cpu":  # see test_executor_parity._reference
+                ref, _, m = run_edge_moe(path, tokens, None, "cpu")
+                m.close()
+            else:
+                ref = llama_cpp_logits(path, tokens)
+            cases[arch] = (path, tokens, ref)
+        return cases[arch]
+
+    return get  # type: ignore[return-value]
+
+
+def _input_without_early_ties(path: Path) -> list[int]:
+    """As test_executor_parity._tokens: the first MIN_COMPARED + 2 tokens route with margins
+    of at least 1.5 x tau (our router, no cache; never looks at llama.cpp)."""
+    for seed in range(30):
+        tokens = [int(t) for t in np.random.default_rng([7, seed]).integers(3, 500, size=T_PREFILL + 12)]
+        _, margins, model = run_edge_moe(path, tokens, None)
+        model.close()
+        if (margins[:MIN_COMPARED + 2] >= 1.5 * BOUNDS[OUTTYPE][0]).all():
+            return tokens
+    raise AssertionError(f"{path}: no input without early router near-ties in 30 tries")
+
+
+@pytest.mark.parametrize("placement", list(PLACEMENTS))
+@pytest.mark.parametrize("arch", ["mixtral", "qwen3moe"])
+def test_pinned_runs_match_llama_cpp(arch: str, placement: str, five_layer_case) -> None:
+    pytest.importorskip("triton")
+    path, tokens, ref = five_layer_case(arch)
+    _, margins, probe = run_edge_moe(path, tokens, None)  # routing margins (same routing as below)
+    probe.close()
+    cuda = torch.cuda.is_available()
+    config = PLACEMENTS[placement]
+    model = HybridModel(path, ExecutorConfig(device="cuda" if cuda else "cpu", dtype="float32", n_ctx=64, n_threads=2,
+                                             cache=GpuExpertsConfig(config, kernels="triton"),
+                                             decode_graphs="on" if cuda else "uncaptured"))
+    out = [model.forward(tokens[:T_PREFILL])] + [model.forward([t]) for t in tokens[T_PREFILL:]]
+    graphs, cache = model.decode_graphs, model.gpu.cache
+    assert graphs is not None and not graphs.resident
+    n_decode = len(tokens) - T_PREFILL
+    assert graphs.runs == n_decode, "one graph of pinned layers per decode token"
+    k, first = model.cfg.n_expert_used, N_LAYERS - config.pinned_layers
+    stats = cache.stats
+    assert all(stats.hits_by_layer[il] == len(tokens) * k for il in range(first, N_LAYERS))
+    assert sum(stats.misses_by_layer[:first]) > 0, "the layers before the run had CPU misses"
+    assert stats.misses == sum(stats.misses_by_layer[:first])
+    if config.n_sets == 0:
+        assert stats.fills == 0 and sum(stats.hits_by_layer[:first]) == 0
+    model.close()
+    tau, bound = BOUNDS[OUTTYPE]
+    _compare(torch.cat(out).cpu().numpy(), ref, margins, tau, bound, f"{arch} {placement} pinned runs")
+
+
+def test_pinned_layers_on_the_host_path_match_llama_cpp(five_layer_case) -> None:
+    """With a routing watcher (tracing) every layer goes through the host, pinned ones as hits."""
+    path, tokens, ref = five_layer_case("mixtral")
+    cache = GpuExpertsConfig(PLACEMENTS["sets+pinned"])  # reference kernels on the CPU device
+    ours, margins, model = run_edge_moe(path, tokens, cache)
+    stats = model.gpu.cache.stats
+    assert stats.misses_by_layer[2:] == [0, 0, 0] and stats.hits_by_layer[2] == len(tokens) * model.cfg.n_expert_used
+    model.close()
+    assert (margins[:MIN_COMPARED] > 0).all()
+    tau, bound = BOUNDS[OUTTYPE]
+    _compare(ours, ref, margins, tau, bound, "mixtral pinned layers, host path")
