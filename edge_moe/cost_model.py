@@ -47,6 +47,9 @@ GRAPH_LAUNCH_S = EXPERTS_LAUNCH_S  # launching one graph of pinned layers, per t
 JOIN_S = 0.03e-3  # waiting for / merging the CPU's and the GPU's halves, per layer
 LAYER_HOST_S = HOST_LOOKUP_S + EXPERTS_LAUNCH_S + JOIN_S  # the host's per-layer Python, ~0.165 ms
 LAYER_SECONDS = LAYER_FRONT_S + LAYER_HOST_S  # 0.34 ms per layer whatever the routing
+# A layer no cache slot serves (pinned layers and no sets): no lookup, no pair table, no experts
+# graph, no admissions; ids to the host, the CPU call's inputs and the join remain.
+HOST_UNCACHED_S = 0.05e-3
 # ---- the CPU miss path: one ggml call per layer with misses, T = 1 ---------------------------
 # Per call, m distinct 2.65 MB experts, 16 threads spinning between calls (not OMP passive):
 # m=1 0.08 ms, m=3 0.17-0.18 ms, m=8 0.46 ms. With the ~47 GB/s slope that path reaches
@@ -100,6 +103,7 @@ class MachineFigures:
     gpu_expert_seconds: float  # one cached expert's FFN on the GPU (its bytes at the kernels' rate)
     base_token_seconds: float = 0.002  # per token, outside the layers (LM head, embedding, sampling)
     layer_seconds: float = 0.0  # per layer whatever the routing: front graph + sync + host work
+    uncached_layer_seconds: float | None = None  # the same for a layer no slot serves; None: layer_seconds
     cpu_call_seconds: float = 0.0  # fixed part of one ggml call (a layer with misses)
     gpu_layer_seconds: float = 0.0  # fixed part of a layer's hit kernels (a layer with hits)
     fill_issue_seconds: float = 0.0  # decode-thread time to issue one fill
@@ -113,7 +117,7 @@ class MachineFigures:
         for name in ("base_token_seconds", "layer_seconds", "cpu_call_seconds", "gpu_layer_seconds",
                      "fill_issue_seconds"):
             _check(name, getattr(self, name), positive=False)
-        for name in ("resident_token_seconds", "resident_layer_seconds"):
+        for name in ("resident_token_seconds", "resident_layer_seconds", "uncached_layer_seconds"):
             if getattr(self, name) is not None:
                 _check(name, getattr(self, name), positive=True)
 
@@ -136,9 +140,11 @@ class MachineFigures:
     def gpu_seconds(self, hits: int) -> float:
         return self.gpu_layer_seconds + hits * self.gpu_expert_seconds if hits > 0 else 0.0
 
-    def layer_time(self, hits: int, misses: int, fills: int, expert_bytes: int) -> float:
-        """One layer of the serial loop (module docstring), fills' copies not included."""
-        return (self.layer_seconds + max(self.cpu_seconds(misses, expert_bytes), self.gpu_seconds(hits))
+    def layer_time(self, hits: int, misses: int, fills: int, expert_bytes: int, served: bool = True) -> float:
+        """One layer of the serial loop (module docstring), fills' copies not included; `served`:
+        the cache has slots for this layer (else no lookup, no experts graph)."""
+        fixed = self.layer_seconds if served or self.uncached_layer_seconds is None else self.uncached_layer_seconds
+        return (fixed + max(self.cpu_seconds(misses, expert_bytes), self.gpu_seconds(hits))
                 + fills * self.fill_issue_seconds)
 
     def pinned_seconds(self, pinned: int, k: int) -> float:
@@ -150,14 +156,15 @@ class MachineFigures:
         return GRAPH_LAUNCH_S + pinned * self.resident_layer_seconds
 
     def token_seconds(self, layers: Iterable[tuple[int, int, int]], expert_bytes: int,
-                      resident: bool = False, pinned: int = 0, k: int = 0) -> float:
+                      resident: bool = False, pinned: int = 0, k: int = 0, served: bool = True) -> float:
         """One token from its host layers' (hits, misses, fills) and `pinned` layers of k hits
-        each; `resident`: every expert is cached (the one-graph token, where the figures have one)."""
+        each; `resident`: every expert is cached (the one-graph token, where the figures have one);
+        `served`: the host layers have cache slots (sets), else they are priced as uncached."""
         if resident and self.resident_token_seconds is not None:
             return self.resident_token_seconds
         serial, misses, fills = self.base_token_seconds + self.pinned_seconds(pinned, k), 0, 0
         for h, m, f in layers:
-            serial += self.layer_time(h, m, f, expert_bytes)
+            serial += self.layer_time(h, m, f, expert_bytes, served)
             misses += m
             fills += f
         return max(serial, fills * expert_bytes / self.pcie_bandwidth,
@@ -165,7 +172,7 @@ class MachineFigures:
 
     def no_cache_seconds(self, n_layers: int, k: int, expert_bytes: int) -> float:
         """Every lookup a CPU miss, no fills."""
-        return self.token_seconds([(0, k, 0)] * n_layers, expert_bytes)
+        return self.token_seconds([(0, k, 0)] * n_layers, expert_bytes, served=False)
 
 
 def quant_gbps(gpu_gemv_gbps: float) -> float:
@@ -200,6 +207,7 @@ def decode_figures(*, n_layer: int, k: int, slot_bytes: int, layer_dense_bytes: 
     resident = resident_seconds(n_layer, k, slot_bytes, gpu_gemv_gbps, base) if all_cached else None
     return MachineFigures(dram_gbps=dram_gbps, pcie_gbps=pcie_gbps, gpu_expert_seconds=slot_bytes / qbw,
                           base_token_seconds=base, layer_seconds=front + LAYER_HOST_S,
+                          uncached_layer_seconds=front + HOST_UNCACHED_S,
                           cpu_call_seconds=cpu_call_seconds, gpu_layer_seconds=EXPERT_KERNELS_FIXED_S,
                           fill_issue_seconds=fill_issue_seconds, resident_token_seconds=resident,
                           resident_layer_seconds=resident_layer_seconds(k, slot_bytes, gpu_gemv_gbps))

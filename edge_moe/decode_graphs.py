@@ -199,7 +199,9 @@ class DecodeGraphs:
         for cb in m.on_route:
             cb(il, router.copy(), ids.copy(), hit)
         used = None
-        if gpu.cache is not None:
+        # the experts graph runs for hits and the shared expert; a layer with neither skips it
+        run_experts = bool(hit.any()) or m.dense.layers[il].shexp_gate is not None
+        if run_experts and gpu.cache is not None:
             gpu.pair_table(slots, self.pairs_host.numpy())
             self.pairs.copy_(self.pairs_host, non_blocking=True)
             used = gpu.wait_hits(slots)
@@ -207,9 +209,9 @@ class DecodeGraphs:
         tm.router_sync += t2 - t1
         if prof is not None:
             prof.lap(il, "router_sync", sync=False)
-        if hit.any() or m.dense.layers[il].shexp_gate is not None:
+        if run_experts:
             self._run(("experts", il), lambda: self._experts(il))
-        else:  # nothing for the GPU (a layer the cache does not serve): skip the launches
+        else:
             self.y_gpu.zero_()
         if used is not None:
             gpu.mark_hits_read(used)

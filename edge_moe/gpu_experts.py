@@ -261,6 +261,9 @@ class GpuExperts:
         until `after_layer`, so this layer's admissions cannot evict them."""
         if self.cache is None:
             return np.full(ids.shape, -1, dtype=np.int64)  # [T, k]
+        if not self.serves(layer):  # no slot can hold it: every lookup a miss, nothing to pin
+            self.cache.stats.misses_by_layer[layer] += ids.size
+            return np.full(ids.shape, -1, dtype=np.int64)
         return np.array(self.cache.lookup_and_pin(layer, ids.reshape(-1).tolist()), dtype=np.int64).reshape(ids.shape)
 
     def stream_plan(self, ids: np.ndarray, hit: np.ndarray) -> np.ndarray:
@@ -334,6 +337,11 @@ class GpuExperts:
         """Every expert of every layer is cached (then no lookup can miss, nothing is evicted)."""
         return (self.cache is not None and self.use_triton
                 and self.cache.n_cached == self.cfg.n_layer * self.cfg.n_expert)
+
+    def serves(self, layer: int) -> bool:
+        """Some slot can hold an expert of `layer`: it is pinned, or the cache has sets (which
+        serve every layer not pinned). A layer it does not serve runs on the CPU with no lookup."""
+        return self.cache is not None and (self.cache.n_sets > 0 or self.cache.is_pinned_layer(layer))
 
     def layer_resident(self, layer: int) -> bool:
         """Every expert of `layer` is cached for good (a pinned layer, or every expert of the
@@ -482,7 +490,7 @@ class GpuExperts:
     def after_layer(self, layer: int, ids: np.ndarray, slots: np.ndarray) -> None:
         """Offer this layer's misses to the admission policy and fill what it admits, then
         unpin the layer's hits (pinned until now, so these admissions cannot evict them)."""
-        if self.cache is None:
+        if self.cache is None or not self.serves(layer):
             return
         for expert in np.unique(ids[slots < 0]):
             decision = self.cache.admit(layer, int(expert))

@@ -17,7 +17,8 @@ Reads GGUF metadata and tensor sizes only, never the weights. Choices, each expl
   (gpu_experts.slot_nbytes), so the geometry is CacheConfig.from_budget on those bytes.
 - placement: pinned layers (the last P layers keep every expert and run as CUDA graphs with no
   host round trip, llama.cpp's whole-layer placement) for P in {0, P_max / 2, P_max}, the
-  slots left over as N sets x M ways for the other layers; each is simulated
+  slots left over as N sets x M ways for the other layers, and P_max with no sets (the other
+  layers then skip the cache's host work: lookups, pair tables, admissions); each is simulated
   (edge_moe/simulator.py) with admission "all" and "reuse" on the routing trace (given, else
   uniform random routing, which is pessimistic: real routing is skewed) and the fastest is
   kept; if no cache beats them, no cache.
@@ -426,6 +427,8 @@ def _placements(o: PlanOverrides, budget: int, slot: int, m: _ModelSizes,
     out = []
     for pinned in sorted({0, p_max // 2, p_max}):
         out.append((pinned, *_sets_for(n_slots - pinned * m.n_expert, m.n_layer - pinned, slot, m)))
+    if p_max and out[-1][1]:  # and the leftover slots unused: the other layers skip the cache's host work
+        out.append((p_max, 0, 0))
     return out
 
 

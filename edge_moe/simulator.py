@@ -137,7 +137,7 @@ def simulate(experts: np.ndarray, config: CacheConfig, expert_bytes: int, n_expe
         for layer in range(first_pinned, n_layers):  # run as graphs: no lookups, every expert a hit
             stats.hits_by_layer[layer] += k
         cache.end_token()
-        total_seconds += machine.token_seconds(layers, expert_bytes, resident, pinned, k)
+        total_seconds += machine.token_seconds(layers, expert_bytes, resident, pinned, k, served=config.n_sets > 0)
 
     seconds = total_seconds / n_tokens
     baseline = machine.no_cache_seconds(n_layers, k, expert_bytes)

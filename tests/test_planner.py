@@ -243,9 +243,9 @@ def test_full_cache_is_priced_as_one_graph(model: Path, tmp_path: Path) -> None:
     fig = _figures(s, p.dense_bytes, 40.0, 50.0, 2000.0, 30e-6, True)
     assert p.predicted_decode_tps == pytest.approx(1 / fig.resident_token_seconds)
     assert any("one CUDA graph" in n for n in p.notes)
-    # no cache: every layer pays its loop, one ggml call and k misses
+    # no cache: every layer pays its loop (no lookups: an uncached layer), one ggml call and k misses
     assert 1 / p.no_cache_decode_tps == pytest.approx(fig.no_cache_seconds(s.n_layer, s.k, s.expert_bytes))
-    per_layer = fig.layer_seconds + 30e-6 + s.k * s.expert_bytes / 40e9
+    per_layer = fig.uncached_layer_seconds + 30e-6 + s.k * s.expert_bytes / 40e9
     assert 1 / p.no_cache_decode_tps == pytest.approx(fig.base_token_seconds + s.n_layer * per_layer)
 
 
@@ -259,9 +259,10 @@ def test_planner_weighs_pinned_layers(model: Path, tmp_path: Path) -> None:
     p = make_plan(model, with_free_vram(hw, free), profile, overrides=PlanOverrides(admission="all"))
     chosen = next(n for n in p.notes if "simulated tok/s" in n)
     assert "last 1 layers pinned, cache 1 sets x 4 ways for the others" in chosen  # P = 1 was simulated
+    assert "last 1 layers pinned, no other slots" in chosen  # P = 1 leaving 4 slots unused
     assert "cache 2 sets x 6 ways all" in chosen  # and P = 0
     assert p.cache.pinned_layers == 1, chosen
-    assert p.expert_budget_bytes == (8 + 4) * p.slot_bytes and used_vram(p) <= free - p.margin_bytes
+    assert p.expert_budget_bytes == p.cache.total_slots(8) * p.slot_bytes and used_vram(p) <= free - p.margin_bytes
     assert p.to_dict()["cache"]["pinned_layers"] == 1 and "pinned" in format_plan(p)
 
 
