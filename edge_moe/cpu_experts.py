@@ -263,7 +263,7 @@ class CpuExpertEngine:
     def __init__(self, config: CpuExpertConfig | None = None) -> None:
         self.config = config or CpuExpertConfig()
         self._libs = libs = load_ggml()
-        self._repack_buft = cpu_extra_buffer_types().get("CPU_REPACK") if self.config.repack else None
+        self._repack_buft = cpu_extra_buffer_types().get("CPU_REPACK")  # None where ggml has none
         params = GgmlThreadpoolParams()
         libs.base.ggml_threadpool_params_init(ctypes.byref(params), self.config.n_threads)
         params.poll = self.config.poll
@@ -276,9 +276,10 @@ class CpuExpertEngine:
         self._lock = threading.Lock()
         self._finalizer = weakref.finalize(self, _free_engine, libs, self._graphs, self._threadpool)
 
-    def prepare(self, weights: ExpertWeights) -> LayerTensors:
-        """ggml tensors over `weights` (zero-copy, or repacked when the config asks for it)."""
-        return LayerTensors(self._libs, weights, self._repack_buft)
+    def prepare(self, weights: ExpertWeights, repack: bool | None = None) -> LayerTensors:
+        """ggml tensors over `weights`: zero-copy, or repacked (`repack`; None: as the config says)."""
+        repack = self.config.repack if repack is None else repack
+        return LayerTensors(self._libs, weights, self._repack_buft if repack else None)
 
     def forward(self, layer: LayerTensors, x: np.ndarray, expert_ids: np.ndarray, expert_weights: np.ndarray,
                 out: np.ndarray | None = None) -> np.ndarray:

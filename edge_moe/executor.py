@@ -15,10 +15,12 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import psutil
 import torch
 import torch.nn.functional as F
 
@@ -34,6 +36,10 @@ from edge_moe.gpu_experts import GpuExperts, GpuExpertsConfig
 from edge_moe.kv_cache import KVCache
 from edge_moe.layer_profile import LayerProfiler
 from edge_moe.model_config import MoEConfig, read_config
+
+
+# RAM left available beside the repacked copies of the CPU layers' experts (else no repacking)
+REPACK_RAM_HEADROOM = 4 << 30
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,9 @@ class ExecutorConfig:
     # a longer prompt is evaluated in steps of this many tokens (as llama.cpp's ubatch): the
     # attention scores and MoE intermediates of one step bound the prefill's VRAM
     prefill_chunk: int = 512
+    # CPU expert weights of the layers no GPU slot serves: "auto" repacks them into ggml's
+    # interleaved layout when RAM holds the copy (`HybridModel._prepare_cpu_layers`), "off" never
+    cpu_repack: str = "auto"
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -71,6 +80,8 @@ class ExecutorConfig:
             raise ValueError(f"dense_format must be auto, fp16 or quantized, got {self.dense_format!r}")
         if self.prefill_chunk <= 0:
             raise ValueError(f"prefill_chunk must be positive, got {self.prefill_chunk}")
+        if self.cpu_repack not in ("auto", "off"):
+            raise ValueError(f"cpu_repack must be auto or off, got {self.cpu_repack!r}")
 
     def torch_device(self) -> torch.device:
         if self.device == "auto":
@@ -110,9 +121,9 @@ class HybridModel:
                           self.device, self.dtype)
         cpu_cfg = CpuExpertConfig() if self.config.n_threads is None else CpuExpertConfig(n_threads=self.config.n_threads)
         self.cpu = CpuExpertEngine(cpu_cfg)
-        self.cpu_layers: list[LayerTensors] = [self.cpu.prepare(self._expert_weights(i))
-                                               for i in range(self.cfg.n_layer)]
         self.gpu = GpuExperts(self.gguf, self.cfg, self.device, self.dtype, self.config.cache)
+        self.repacked_layers: list[int] = []  # layers whose CPU experts are in ggml's repacked layout
+        self.cpu_layers: list[LayerTensors] = self._prepare_cpu_layers()
         self.timings = StepTimings()
         # None: no profiling and no extra syncs; attach one to profile the next forwards
         self.profiler = LayerProfiler(self.device, self.cfg.n_layer) if self.config.profile_layers else None
@@ -128,6 +139,21 @@ class HybridModel:
             usable = self.device.type == "cuda" and (self.gpu.cache is None or self.gpu.use_triton)
             mode = "on" if usable else "off"
         return None if mode == "off" else DecodeGraphs(self, capture=mode == "on")
+
+    def _prepare_cpu_layers(self) -> list[LayerTensors]:
+        """ggml tensors of every layer's experts. The layers no GPU slot serves (the CPU computes
+        all their experts; nothing copies them from the file to the GPU) are repacked into ggml's
+        interleaved layout, as llama.cpp does with CPU weights: +2% to +38% at T = 1
+        (cpu_experts.py), for an anonymous copy of their bytes, made only while available RAM
+        keeps REPACK_RAM_HEADROOM beside it. The one-time copies run on a few threads."""
+        weights = [self._expert_weights(i) for i in range(self.cfg.n_layer)]
+        chosen = [i for i in range(self.cfg.n_layer) if not self.gpu.serves(i)]
+        need = sum(w.data.nbytes for i in chosen for w in weights[i].tensors().values())
+        if self.config.cpu_repack == "off" or not chosen or psutil.virtual_memory().available < need + REPACK_RAM_HEADROOM:
+            chosen = []
+        self.repacked_layers = chosen
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # ctypes releases the GIL
+            return list(pool.map(lambda i: self.cpu.prepare(weights[i], repack=i in chosen), range(len(weights))))
 
     def _expert_weights(self, layer: int) -> ExpertWeights:
         # routed experts only: the shared expert (qwen2moe) runs on the accelerator

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import sys
 from ctypes import POINTER, c_bool, c_char, c_char_p, c_int, c_int32, c_int64, c_size_t, c_uint32, c_void_p
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,16 +133,19 @@ def load_ggml() -> GgmlLibs:
     _declare(libs)
     check_abi(libs)
     libs.cpu.ggml_cpu_init()  # fp16 tables and CPU feature detection, before any plan or compute
+    libs.base.ggml_log_set(_LOG_FILTER, None)
     return libs
 
 
 # ---- declarations ---------------------------------------------------------------------------
 
+GgmlLogCallback = ctypes.CFUNCTYPE(None, c_int, c_char_p, c_void_p)  # (level, text, user data)
 _p = c_void_p  # every ggml object (context, tensor, graph, buffer, threadpool) is an opaque pointer here
 
 # name -> (restype, argtypes), per library
 _BASE_SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "ggml_version": (c_char_p, []),
+    "ggml_log_set": (None, [GgmlLogCallback, c_void_p]),
     "ggml_tensor_overhead": (c_size_t, []),
     "ggml_row_size": (c_size_t, [c_int, c_int64]),
     "ggml_type_name": (c_char_p, [c_int]),
@@ -305,6 +309,22 @@ def cpu_extra_buffer_types() -> dict[str, int]:
         found[libs.base.ggml_backend_buft_name(bufts[i]).decode()] = bufts[i]
         i += 1
     return found
+
+
+# ---- ggml's log -------------------------------------------------------------------------------
+
+_GGML_LOG_WARN, _GGML_LOG_CONT = 3, 5  # enum ggml_log_level: NONE, DEBUG, INFO, WARN, ERROR, CONT
+_log_shown = [False]  # whether the last message was shown (a CONT line continues it)
+
+
+@GgmlLogCallback
+def _LOG_FILTER(level: int, text: bytes, _user: int) -> None:
+    """ggml's messages to stderr from WARN up: its DEBUG lines (one per repacked tensor, ...)
+    would bury the user's terminal."""
+    show = _log_shown[0] if level == _GGML_LOG_CONT else level >= _GGML_LOG_WARN
+    _log_shown[0] = show
+    if show and text:
+        sys.stderr.write(text.decode(errors="replace"))
 
 
 # ---- quantization (used by the converter) ---------------------------------------------------

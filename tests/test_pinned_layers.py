@@ -107,3 +107,31 @@ def test_pinned_layers_on_the_host_path_match_llama_cpp(five_layer_case) -> None
     assert (margins[:MIN_COMPARED] > 0).all()
     tau, bound = BOUNDS[OUTTYPE]
     _compare(ours, ref, margins, tau, bound, "mixtral pinned layers, host path")
+
+
+def test_layers_no_slot_serves_are_repacked(tiny_gguf, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CPU experts of the layers no GPU slot serves go to ggml's repacked layout (Q4_0 has
+    one on x86 with AVX2 and on ARM): all layers without a cache, none when the sets serve every
+    layer, the unpinned ones with pinned layers and no sets; never with cpu_repack "off" or when
+    RAM would not hold the copy. Logits stay llama.cpp's (test_executor_parity runs with it)."""
+    import edge_moe.executor as ex
+    from edge_moe.ggml_lib import cpu_extra_buffer_types
+
+    if "CPU_REPACK" not in cpu_extra_buffer_types():
+        pytest.skip("this CPU has no ggml repacked layout")
+    path = tiny_gguf("mixtral", "q4_0")
+
+    def repacked(cache: CacheConfig | None, **kw: str) -> list[int]:
+        model = HybridModel(path, ExecutorConfig(device="cpu", n_threads=2, n_ctx=32,
+                                                 cache=None if cache is None else GpuExpertsConfig(cache), **kw))
+        got = model.repacked_layers
+        assert all(bool(model.cpu_layers[i].repacked) == (i in got) for i in range(model.cfg.n_layer))
+        model.close()
+        return got
+
+    assert repacked(None) == [0, 1]
+    assert repacked(CacheConfig(2, 3)) == []
+    assert repacked(CacheConfig(0, 0, pinned_layers=1)) == [0]
+    assert repacked(None, cpu_repack="off") == []
+    monkeypatch.setattr(ex, "REPACK_RAM_HEADROOM", 1 << 60)  # no machine has that much to spare
+    assert repacked(None) == []
