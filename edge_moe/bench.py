@@ -7,9 +7,11 @@ One bench = one model, one routing mode, one VRAM budget:
    it; with `gpu_budget_gib` the planner sizes the cache from that expert-slot budget. On a
    CPU device (tests) the planner plans no cache; `gpu_budget_gib` then builds one (LRU,
    admit-all unless `admission` says otherwise), with slots in host memory.
-2. load the model, warm up (a short prompt and a few tokens: kernels, cuBLAS, the cache). A
-   whole-prompt warm-up, as llama-bench's, was tried in session 5 and reverted: with it the
-   reuse admission filled ~48 experts per Qwen3 token at 12 GiB instead of ~7 (not understood yet).
+2. load the model, warm up as llama-bench does: the whole prompt and a few tokens (Triton
+   compiles the prompt's shapes, cuBLAS picks its kernels, the decode graphs of the measured
+   KV length are captured, the cache sees the workload). In session 5 this made the reuse
+   admission fill ~48 experts per Qwen3 token at 12 GiB instead of ~7: its validation mean
+   never forgot the prefill's verdict; it is recency-weighted since (cache_admission.py).
 3. `repeats` runs of: reset the context, prefill a `prompt_tokens` prompt of random token ids
    (time to first token = prefill + the first greedy pick), then exactly `gen_tokens` decode
    steps (no EOS stop), each fed a random token as llama-bench's tg test does.
@@ -38,7 +40,7 @@ import torch
 from edge_moe.errors import EdgeMoeError
 
 ROUTING_MODES = ("natural", "replay")
-WARMUP_PROMPT, WARMUP_TOKENS = 16, 4
+WARMUP_TOKENS = 4  # decode steps after the warm-up's whole prompt
 
 
 @dataclass(frozen=True)
@@ -303,7 +305,7 @@ def run_bench(cfg: BenchConfig, log: Any = None) -> dict[str, Any]:
         feed = rng.integers(0, model.cfg.n_vocab, cfg.gen_tokens + cfg.profile_tokens).tolist()
         deadline = None if cfg.max_seconds is None else time.perf_counter() + cfg.max_seconds
         if cfg.warmup:
-            _one_run(model, prompt[:WARMUP_PROMPT], feed[:WARMUP_TOKENS], replay, deadline)
+            _one_run(model, prompt, feed[:WARMUP_TOKENS], replay, deadline)
             say("warmed up")
         runs: list[RunResult] = []
         for i in range(cfg.repeats):
