@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from edge_moe.dense_weights import tensor_to_numpy
 from edge_moe.gguf_file import GGUFFile, GGUFTensor
 from edge_moe.model_config import MoEConfig
-from edge_moe.stream_rule import STREAM_SLOTS, stream_threshold, stream_vram_bytes
+from edge_moe.stream_rule import stream_slots_for, stream_threshold, stream_vram_bytes
 
 if TYPE_CHECKING:
     from edge_moe.expert_cache import CacheConfig, ExpertCache
@@ -82,7 +82,8 @@ class GpuExpertsConfig:
     cache: "CacheConfig | None"  # None: no cache slots, only the prefill stream ring
     preload: str = "none"  # "none" | "all": fill every slot before the first token (layer-major)
     kernels: str = "auto"  # "auto" (triton on CUDA, else reference) | "triton" | "reference"
-    stream_slots: int = STREAM_SLOTS  # device slots of the prefill stream ring; 0: never stream
+    # device slots of the prefill stream ring (two groups); None: stream_slots_for; 0: never stream
+    stream_slots: int | None = None
     # A missed expert used by at least this many tokens of one call is streamed to the GPU.
     # None: `stream_threshold` on CUDA, never on a CPU device (tests set it to force streaming).
     stream_min_tokens: int | None = None
@@ -92,7 +93,7 @@ class GpuExpertsConfig:
             raise ValueError(f"preload must be 'none' or 'all', got {self.preload!r}")
         if self.kernels not in ("auto", "triton", "reference"):
             raise ValueError(f"kernels must be auto, triton or reference, got {self.kernels!r}")
-        if self.stream_slots < 0:
+        if self.stream_slots is not None and self.stream_slots < 0:
             raise ValueError(f"stream_slots must be >= 0, got {self.stream_slots}")
         if self.stream_min_tokens is not None and self.stream_min_tokens < 1:
             raise ValueError(f"stream_min_tokens must be >= 1, got {self.stream_min_tokens}")
@@ -182,9 +183,10 @@ class GpuExperts:
                 self.cache = ExpertCache(config.cache, cfg.n_layer, cfg.n_expert, self.expert_bytes)
                 n_cache = self.cache.n_slots
             # the stream ring: the slots after the cache's
-            self._ring = list(range(n_cache, n_cache + config.stream_slots))
-            self.store = SlotStore(n_cache + config.stream_slots, slot_part_nbytes(gguf, cfg), device,
-                                   alignment=SLOT_ALIGNMENT)
+            n_ring = stream_slots_for(slot_nbytes(gguf, cfg)) if config.stream_slots is None else config.stream_slots
+            self._ring = list(range(n_cache, n_cache + n_ring))
+            self.store = SlotStore(n_cache + n_ring, slot_part_nbytes(gguf, cfg), device,
+                                   n_staging=max(2, n_ring // 2), alignment=SLOT_ALIGNMENT)
             # per layer: the GGUF tensors (gate, up, down) and their ggml types
             self._tensors = [tuple(gguf.tensor(f"blk.{il}.ffn_{k}_exps.weight") for k in PARTS)
                              for il in range(cfg.n_layer)]
@@ -293,27 +295,41 @@ class GpuExperts:
 
     def _compute_streamed(self, layer: int, h: torch.Tensor, weights: torch.Tensor, ids: np.ndarray,
                           streamed: np.ndarray, y: torch.Tensor) -> None:
-        """Each streamed expert through the ring: fill, compute as a hit of its ring slot, free.
-
-        Fills run `lookahead` experts ahead of the compute, so the copy of expert i + 1
-        (side stream) overlaps the compute of expert i; a ring slot's refill waits on the
-        device for the kernels that read it (mark_read), never on the host."""
+        """The streamed experts through the ring, in groups of half the ring: fill a group (one
+        job, `SlotStore.fill_many`), compute it as hits of its ring slots (one pass of the hit
+        kernels), free it. The next group is filled into the other half while this one is
+        computed; a ring slot's refill waits on the device for the kernels that read it
+        (mark_read), never on the host."""
         assert self.store is not None
         accumulate = self._compute_triton if self.use_triton else self._compute_reference
         experts = np.unique(ids[streamed])
-        ring = self._ring
-        lookahead = len(ring) - 1
-        for i in range(min(lookahead, len(experts))):
-            self._fill(ring[i % len(ring)], layer, int(experts[i]))
-        for i, expert in enumerate(experts):
-            if i + lookahead < len(experts):
-                self._fill(ring[(i + lookahead) % len(ring)], layer, int(experts[i + lookahead]))
-            slot = ring[i % len(ring)]
-            one = np.where(streamed & (ids == expert), slot, -1)  # [T, k]: this expert's pairs as hits
-            self.store.wait_filled(slot)
-            self._unwaited.discard(slot)
-            accumulate(layer, h, weights, one, y)
-            self.store.mark_read(slot)
+        half = max(1, len(self._ring) // 2)
+        groups = [experts[i:i + half] for i in range(0, len(experts), half)]
+
+        double = len(self._ring) >= 2 * half  # a one-slot ring fills each group after the last one's reads
+
+        def ring_slots(g: int) -> list[int]:  # group g's slots: one half of the ring, alternating
+            base = (g % 2) * half if double else 0
+            return self._ring[base:base + len(groups[g])]
+
+        def issue(g: int) -> None:
+            self.store.fill_many([(slot, [expert_bytes_view(t, int(e)) for t in self._tensors[layer]])
+                                  for slot, e in zip(ring_slots(g), groups[g])])
+
+        if double:
+            issue(0)
+        for g, group in enumerate(groups):
+            if not double:
+                issue(g)
+            elif g + 1 < len(groups):
+                issue(g + 1)
+            slots = ring_slots(g)
+            table = np.full(ids.shape, -1, dtype=np.int64)  # [T, k]: this group's pairs as hits
+            for slot, expert in zip(slots, group):
+                table[streamed & (ids == expert)] = slot
+                self.store.wait_filled(slot)
+            accumulate(layer, h, weights, table, y)
+            self.store.mark_read_many(slots)
         self.n_streamed += len(experts)
 
     def wait_hits(self, slots: np.ndarray) -> np.ndarray:

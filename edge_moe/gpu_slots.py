@@ -140,14 +140,7 @@ class SlotStore:
         On CUDA the copy is asynchronous on the side stream and waits for the last read
         the executor marked on this slot; readers must `wait_filled` before using it.
         """
-        if not 0 <= slot < self.n_slots:
-            raise ValueError(f"slot {slot} is outside 0..{self.n_slots - 1}")
-        if len(host_parts) != len(self.part_nbytes):
-            raise ValueError(f"expected {len(self.part_nbytes)} parts, got {len(host_parts)}")
-        for i, (src, n) in enumerate(zip(host_parts, self.part_nbytes)):
-            got = _nbytes(src)
-            if got > n:
-                raise ValueError(f"part {i} has {got} bytes, the slot holds {n}")
+        self._check_fill(slot, host_parts)
         if not self.is_cuda:
             self._copy_to_host(self._host_parts[slot], host_parts)
             return
@@ -160,6 +153,33 @@ class SlotStore:
             job()
         else:
             self._ticket[slot] = self._worker.submit(job)
+
+    def fill_many(self, fills: Sequence[tuple[int, Sequence[HostBytes]]]) -> None:
+        """`fill` of several slots as one job: the staging copies of up to `n_staging` small
+        experts at a time run on the copy threads side by side (one thread copies ~6 GB/s,
+        several ~23 GB/s: a prefill streaming Qwen3's 2.65 MB experts one by one was bound by
+        it), each expert's DMA enqueued as soon as its copy is done. Large experts (over
+        `chunk_bytes`) and pinned sources go one by one, as `fill` does them."""
+        for slot, parts in fills:
+            self._check_fill(slot, parts)
+        if not self.is_cuda:
+            for slot, parts in fills:
+                self._copy_to_host(self._host_parts[slot], parts)
+            return
+        small = [sum(_nbytes(p) for p in parts) <= self.chunk_bytes and not all(
+            isinstance(p, torch.Tensor) and p.is_pinned() for p in parts) for _, parts in fills]
+        if len(fills) < 2 or not all(small):
+            for slot, parts in fills:
+                self.fill(slot, parts)
+            return
+        reads = [self._last_read[slot] for slot, _ in fills]
+        job = lambda: self._fill_small_through_staging(fills, reads)  # noqa: E731
+        if self._worker is None:
+            job()
+            return
+        ticket = self._worker.submit(job)
+        for slot, _ in fills:
+            self._ticket[slot] = ticket
 
     def wait_filled(self, slot: int, stream: torch.cuda.Stream | None = None) -> None:
         """Make `stream` (default: the current one) wait until the slot's latest fill is done."""
@@ -261,6 +281,44 @@ class SlotStore:
             # recorded even after an error: the buffer's reuse must wait for the DMAs enqueued
             self._staging_free[i].record(side)
             self._filled[slot].record(side)
+
+    def _fill_small_through_staging(self, fills: Sequence[tuple[int, Sequence[HostBytes]]],
+                                    reads: Sequence[torch.cuda.Event]) -> None:
+        """Experts of at most `chunk_bytes`, `n_staging` at a time: one copy-pool segment each."""
+        side = self._side_stream
+        n_buf = len(self._staging)
+        for lo in range(0, len(fills), n_buf):
+            batch = list(zip(fills[lo:lo + n_buf], reads[lo:lo + n_buf]))
+            bufs = []
+            for _ in batch:
+                i = self._next_staging
+                self._next_staging = (i + 1) % n_buf
+                self._staging_free[i].synchronize()  # the DMA that last read this buffer has finished
+                bufs.append(i)
+            segments = [[(dst[:_nbytes(src)], _host_bytes(src)) for dst, src in zip(self._staging_parts[i], parts)]
+                        for i, ((_, parts), _) in zip(bufs, batch)]
+            self._pool.start(segments)
+            try:
+                for j, (i, ((slot, parts), last_read)) in enumerate(zip(bufs, batch)):
+                    side.wait_event(last_read)
+                    self._pool.wait(j)  # this expert is in pinned memory: its DMA may start
+                    end = max(o + _nbytes(p) for o, p in zip(self.part_offsets, parts))
+                    with torch.cuda.stream(side):
+                        self.storage[slot][:end].copy_(self._staging[i][:end], non_blocking=True)
+                    self._staging_free[i].record(side)
+                    self._filled[slot].record(side)
+            finally:
+                self._pool.wait_all()  # no worker writes a buffer once this returns (or raises)
+
+    def _check_fill(self, slot: int, host_parts: Sequence[HostBytes]) -> None:
+        if not 0 <= slot < self.n_slots:
+            raise ValueError(f"slot {slot} is outside 0..{self.n_slots - 1}")
+        if len(host_parts) != len(self.part_nbytes):
+            raise ValueError(f"expected {len(self.part_nbytes)} parts, got {len(host_parts)}")
+        for i, (src, n) in enumerate(zip(host_parts, self.part_nbytes)):
+            got = _nbytes(src)
+            if got > n:
+                raise ValueError(f"part {i} has {got} bytes, the slot holds {n}")
 
     def _fill_from_pinned(self, slot: int, host_parts: Sequence[torch.Tensor], last_read: torch.cuda.Event,
                           ) -> None:

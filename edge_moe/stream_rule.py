@@ -25,7 +25,20 @@ CPU_EXPERT_FLOPS = 0.2e12
 # 512-token Qwen3 prefill at 12 GiB spent ~1.8 s streaming ~1 ms per expert.
 STAGING_BYTES_PER_S_ONE, STAGING_BYTES_PER_S_MANY = 5.9e9, 23e9
 STREAM_FIXED_S = 1e-4
-STREAM_SLOTS = 2  # ring of the stream slots: one expert computed while the next is copied
+STREAM_SLOTS = 2  # the smallest ring: one expert computed while the next is copied
+# Small experts stream in groups: a group's fills are one job (SlotStore.fill_many, staging
+# copies side by side) and its compute one pass of the hit kernels (two launches), while the
+# next group is copied into the other half of the ring. Streaming Qwen3's 2.65 MB experts one
+# at a time cost ~0.9 ms each (host work and a one-thread staging copy): 110 ms per layer of
+# a 512-token prefill, 2 s of the 2.4 s prefill at 12 GiB (H100 box, 2026-11-24).
+STREAM_RING_BYTES = 256 << 20  # VRAM the ring may take (two groups)
+STREAM_GROUP_MAX = 16
+
+
+def stream_slots_for(slot_bytes: int) -> int:
+    """Slots of the stream ring: two groups of up to STREAM_GROUP_MAX experts within
+    STREAM_RING_BYTES (Qwen3's 2.65 MB: 2 x 16; Mixtral's 99 MB: 2 x 1)."""
+    return 2 * max(1, min(STREAM_GROUP_MAX, STREAM_RING_BYTES // (2 * slot_bytes)))
 
 
 def stream_threshold(expert_bytes: int, n_embd: int, n_ff: int,
@@ -36,13 +49,16 @@ def stream_threshold(expert_bytes: int, n_embd: int, n_ff: int,
     tokens it is DRAM-bound and reads the bytes once, no slower than the copy), the copy being
     STREAM_FIXED_S + expert_bytes at the slower of PCIe and the staging copy.
     Never below 2: a decode step's misses stay on the CPU (a fill is the admission's call)."""
-    staging = STAGING_BYTES_PER_S_ONE if expert_bytes <= CHUNK_BYTES else STAGING_BYTES_PER_S_MANY
+    grouped = stream_slots_for(expert_bytes) > STREAM_SLOTS  # several experts' copies side by side
+    staging = STAGING_BYTES_PER_S_ONE if expert_bytes <= CHUNK_BYTES and not grouped else STAGING_BYTES_PER_S_MANY
     copy_s = STREAM_FIXED_S + expert_bytes / min(pcie_bytes_per_s, staging)
     cpu_s_per_token = 6 * n_embd * n_ff / cpu_flops
     return max(2, math.ceil(copy_s / cpu_s_per_token))
 
 
 def stream_vram_bytes(slot_bytes: int, n_embd: int, n_ff: int, dtype_bytes: int = 2,
-                      n_slots: int = STREAM_SLOTS) -> int:
-    """Device bytes of the stream ring and the dequantization scratch (one [F, E] matrix)."""
-    return n_slots * slot_bytes + n_embd * n_ff * dtype_bytes
+                      n_slots: int | None = None) -> int:
+    """Device bytes of the stream ring (None: `stream_slots_for`) and the dequantization
+    scratch (one [F, E] matrix)."""
+    n = stream_slots_for(slot_bytes) if n_slots is None else n_slots
+    return n * slot_bytes + n_embd * n_ff * dtype_bytes

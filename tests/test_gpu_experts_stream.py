@@ -17,7 +17,7 @@ import torch
 from edge_moe.executor import ExecutorConfig, HybridModel
 from edge_moe.expert_cache import CacheConfig
 from edge_moe.gpu_experts import GpuExpertsConfig
-from edge_moe.stream_rule import stream_threshold, stream_vram_bytes
+from edge_moe.stream_rule import stream_slots_for, stream_threshold, stream_vram_bytes
 
 MIXTRAL_Q4_0 = 3 * 4096 * 14336 * 18 // 32  # bytes of one expert
 
@@ -25,13 +25,17 @@ MIXTRAL_Q4_0 = 3 * 4096 * 14336 * 18 // 32  # bytes of one expert
 def test_threshold_from_the_cost_rule() -> None:
     # (0.1 ms + 99 MB at the 23 GB/s staging copy) vs 352 MFLOP a token at 0.2 TFLOP/s
     assert stream_threshold(MIXTRAL_Q4_0, 4096, 14336) == 3
-    # a Qwen3 expert (2.65 MB, one staging thread): (0.1 + 0.45) ms vs 9.4 MFLOP a token
-    assert stream_threshold(2_654_208, 2048, 768) == 12
+    # a Qwen3 expert (2.65 MB, streamed in groups: the 23 GB/s staging copy of several threads,
+    # 0.1 + 0.115 ms) vs 9.4 MFLOP a token
+    assert stream_threshold(2_654_208, 2048, 768) == 5
     # a slower link or a faster CPU streams later; decode (one token) never streams
     assert stream_threshold(MIXTRAL_Q4_0, 4096, 14336, pcie_bytes_per_s=12e9) == 5  # a slower link binds
     assert stream_threshold(MIXTRAL_Q4_0, 4096, 14336, cpu_flops=1e12) == 13
     assert stream_threshold(1, 4096, 14336) == 2
     assert stream_vram_bytes(100, 4, 8, n_slots=3) == 300 + 4 * 8 * 2
+    # the ring: two groups of up to 16 experts within 256 MiB
+    assert [stream_slots_for(n) for n in (2_654_208, 8 << 20, MIXTRAL_Q4_0, 1 << 30)] == [32, 32, 2, 2]
+    assert stream_vram_bytes(2_654_208, 2048, 768) == 32 * 2_654_208 + 2048 * 768 * 2
 
 
 def test_config_validates() -> None:
@@ -67,7 +71,8 @@ def test_cost_rule_is_off_on_a_cpu_device(tiny_gguf: Callable[[str, str], Path])
 def test_stream_plan_picks_misses_used_by_enough_tokens(tiny_gguf: Callable[[str, str], Path]) -> None:
     model = _model(tiny_gguf("mixtral", "q8_0"), GpuExpertsConfig(CacheConfig(2, 2), stream_min_tokens=3))
     gpu = model.gpu
-    assert gpu.cache is not None and gpu._ring == [gpu.cache.n_slots, gpu.cache.n_slots + 1]  # after the cache's
+    n = gpu.cache.n_slots  # the ring comes after the cache's slots: two groups of 16 tiny experts
+    assert gpu._ring == list(range(n, n + 32))
     ids = np.array([[0, 1], [0, 2], [0, 1], [3, 1], [4, 5]])  # [T, k]
     hit = np.zeros_like(ids, dtype=bool)
     hit[3, 1] = True  # expert 1 of token 3 is cached: 2 missed uses of expert 1 remain
@@ -78,7 +83,7 @@ def test_stream_plan_picks_misses_used_by_enough_tokens(tiny_gguf: Callable[[str
 
 
 @pytest.mark.parametrize("kernels", ["reference", "triton"])
-@pytest.mark.parametrize("ring", [1, 2, 3])
+@pytest.mark.parametrize("ring", [1, 2, 3, 4, None])  # 4: groups of 2; None: one group of all 8
 def test_streamed_experts_equal_hits_and_the_cpu_path(ring: int, kernels: str,
                                                       tiny_gguf: Callable[[str, str], Path]) -> None:
     """Every expert of a layer streamed through a ring smaller than the expert count gives what

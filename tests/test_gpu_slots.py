@@ -282,6 +282,31 @@ def test_staging_path_dmas_every_copied_byte(chunk: int, monkeypatch: pytest.Mon
     store.close()
 
 
+def test_fill_many_copies_small_experts_side_by_side(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Five small experts in one job through two staging buffers (batches of 2, 2, 1): every
+    byte lands, one DMA and one `filled` record per slot, each buffer's reuse ordered."""
+    store = _stub_cuda_store(monkeypatch, ODD, 1 << 20, n_slots=5, n_staging=2)
+    sources = [expert_bytes(20 + s, ODD) for s in range(5)]
+    sources[3] = [a[: a.size // 3] for a in sources[3]]  # shorter parts: only their bytes
+    store.fill_many([(s, src) for s, src in enumerate(sources)])
+    for s, src in enumerate(sources):
+        got = slot_bytes(store, s)
+        assert all(np.array_equal(g[:a.size], a) for g, a in zip(got, src)), s
+    assert [e.records for e in store._filled] == [1] * 5
+    assert [e.records for e in store._staging_free] == [3, 2]
+    store.close()
+
+
+def test_fill_many_on_the_cpu_and_with_large_experts_is_fill() -> None:
+    store = SlotStore(3, PARTS, "cpu", chunk_bytes=2_000)  # experts larger than a chunk: one by one
+    sources = [expert_bytes(40 + s) for s in range(3)]
+    store.fill_many([(s, src) for s, src in enumerate(sources)])
+    assert all(np.array_equal(a, b) for s in range(3) for a, b in zip(slot_bytes(store, s), sources[s]))
+    with pytest.raises(ValueError, match="outside"):
+        store.fill_many([(3, sources[0])])
+    store.close()
+
+
 # ---- CUDA ordering ------------------------------------------------------------------------
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -380,3 +405,28 @@ def test_gpu_fills_allocate_nothing() -> None:
     for slot in range(4):
         expected = sources[(196 + slot + 1) % 4]
         assert all(np.array_equal(a, b) for a, b in zip(slot_bytes(store, slot), expected))
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_fill_many_waits_for_slow_readers_and_is_exact() -> None:
+    """A group fill (SlotStore.fill_many, the prefill stream's) on real streams: it waits for a
+    slow reader of the old bytes of every slot, and a read right after wait_filled sees all."""
+    sizes = (900_000, 900_000, 800_000)  # a small expert: staging copies side by side
+    store = SlotStore(6, sizes, "cuda", n_staging=4)
+    rng = np.random.default_rng(1)
+    old = [[np.full(n, s, dtype=np.uint8) for n in sizes] for s in range(6)]
+    store.fill_many(list(enumerate(old)))
+    for s in range(6):
+        store.wait_filled(s)
+    spin_gpu(100)
+    seen = [[p.sum(dtype=torch.int64) for p in store.parts(s)] for s in range(6)]  # queued behind the spin
+    store.mark_read_many(list(range(6)))
+    new = [[rng.integers(0, 256, n, dtype=np.uint8) for n in sizes] for _ in range(6)]
+    store.fill_many(list(enumerate(new)))
+    for s in range(6):
+        store.wait_filled(s)
+    after = [[p.cpu().numpy() for p in store.parts(s)] for s in range(6)]
+    assert [[int(t) for t in row] for row in seen] == [[s * n for n in sizes] for s in range(6)]
+    assert all(np.array_equal(a, b) for s in range(6) for a, b in zip(after[s], new[s]))
+    store.close()
