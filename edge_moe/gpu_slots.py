@@ -113,7 +113,12 @@ class SlotStore:
             self._filled = [torch.cuda.Event() for _ in range(n_slots)]
             self._read_events = [torch.cuda.Event() for _ in range(READ_EVENTS)]
             self._next_read_event = 0
-            self._last_read = [self._read_events[0]] * n_slots  # never recorded: a wait on it returns at once
+            # torch creates an event on its first record; the fill thread and this one record and
+            # wait on the same events, so create them all here (recorded once, at construction)
+            # rather than racing to create one (a CUDA "invalid argument" on the H100 box)
+            for event in [*self._staging_free, *self._filled, *self._read_events]:
+                event.record(torch.cuda.current_stream(self.device))
+            self._last_read = [self._read_events[0]] * n_slots  # recorded above: a wait on it returns at once
             self._next_staging = 0
             # EDGE_MOE_SYNC_FILLS=1: fills on the calling thread, as before the worker (A/B runs)
             sync = os.environ.get("EDGE_MOE_SYNC_FILLS") == "1"
