@@ -97,6 +97,12 @@ class DecodeGraphs:
         self.pairs_host.fill_(-1)
         self._graphs: dict[tuple[object, ...], torch.cuda.CUDAGraph] = {}
         self._pool = torch.cuda.graph_pool_handle() if capture else None
+        # Captures run on a stream of torch's high-priority pool. torch.cuda.graph's default
+        # capture stream comes from the same round-robin pool of 32 streams as the expert
+        # store's fill stream (gpu_slots.SlotStore): after enough streams were handed out the two
+        # were the same CUDA stream, the fill thread's copies and events landed in a capture,
+        # and fills failed with "invalid argument" or hung (H100 box, the GPU test sequence).
+        self._capture_stream = torch.cuda.Stream(dev, priority=-1) if capture else None
 
     @property
     def n_graphs(self) -> int:
@@ -316,7 +322,7 @@ class DecodeGraphs:
             return
         segment()  # this token's work, eagerly: Triton compiles, cuBLAS chooses its kernels
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+        with torch.cuda.graph(graph, pool=self._pool, stream=self._capture_stream, capture_error_mode="thread_local"):
             segment()  # recorded for the next tokens, not executed
         self._graphs[key] = graph
 

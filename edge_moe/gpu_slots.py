@@ -101,6 +101,7 @@ class SlotStore:
         self._parts = [tuple(self.storage[s, o:o + n] for o, n in zip(self.part_offsets, self.part_nbytes))
                        for s in range(n_slots)]
         if self.is_cuda:
+            # default priority: never the decode graphs' capture stream (decode_graphs.py)
             self._side_stream = torch.cuda.Stream(self.device)
             # The side stream writes memory allocated (and zeroed) on the current stream.
             self._side_stream.wait_stream(torch.cuda.current_stream(self.device))
