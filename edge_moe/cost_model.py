@@ -48,8 +48,9 @@ JOIN_S = 0.03e-3  # waiting for / merging the CPU's and the GPU's halves, per la
 LAYER_HOST_S = HOST_LOOKUP_S + EXPERTS_LAUNCH_S + JOIN_S  # the host's per-layer Python, ~0.165 ms
 LAYER_SECONDS = LAYER_FRONT_S + LAYER_HOST_S  # 0.34 ms per layer whatever the routing
 # A layer no cache slot serves (pinned layers and no sets): no lookup, no pair table, no experts
-# graph, no admissions; ids to the host, the CPU call's inputs and the join remain.
-HOST_UNCACHED_S = 0.05e-3
+# graph, no admissions; ids to the host, the CPU call's inputs and the join remain. Qwen3 6 GiB
+# profile (36 such layers, H100 box, session 6): ~0.10 ms a layer besides its front and ggml call.
+HOST_UNCACHED_S = 0.10e-3
 # ---- the CPU miss path: one ggml call per layer with misses, T = 1 ---------------------------
 # Per call, m distinct 2.65 MB experts, 16 threads spinning between calls (not OMP passive):
 # m=1 0.08 ms, m=3 0.17-0.18 ms, m=8 0.46 ms. With the ~47 GB/s slope that path reaches
@@ -65,11 +66,13 @@ CPU_CALL_FIXED_S = 25e-6
 FILL_ISSUE_S = 0.05e-3
 FILL_ISSUE_SYNC_S = 0.85e-3
 # ---- the GPU ----------------------------------------------------------------------------------
-# Every expert cached (resident): one CUDA graph per token. Qwen3 shape: 2,487 kernels, 8.4 ms of
-# GPU time per token, of which the expert matvecs 2.1 ms (~0.5 TB/s of Q4_0 bytes). The other
-# kernels: (8.4 - 2.1) ms / 2,487 = ~2.5 us each; 2,487 / 48 layers = ~52 kernels per layer.
-PER_KERNEL_S = (8.4e-3 - 2.1e-3) / 2487
-KERNELS_PER_LAYER = 52
+# Every expert cached (resident): one CUDA graph per token. Qwen3 shape, torch.profiler on one
+# decode token (scratch-run of session 6, 2026-11-24; int8 expert kernels, fused q/k): 47 kernels
+# and ~120 us of GPU time per layer, of which the expert launches ~26 us: the other 47 kernels
+# ~2.0 us each. (Session 4, before those kernels: 52 kernels of ~2.5 us.) Whole tokens measured
+# 6.1 ms (163.9 tok/s) against 7.7 ms predicted with the session 4 figures.
+PER_KERNEL_S = 2.0e-6
+KERNELS_PER_LAYER = 47
 # Q4_0 expert matvecs (benchmarks/quant_kernels_bench.py, one decode layer, CUDA-graph GPU time,
 # H100, 2026-11-24, the int8/dp4a kernels; README "Quantized experts on the GPU"): Mixtral
 # 4096x14336 top-2 (198 MB) in 80.7 us, Qwen3 2048x768 top-8 (21.2 MB) in 26.0 us, the fp16 GEMV
@@ -183,7 +186,7 @@ def quant_gbps(gpu_gemv_gbps: float) -> float:
 def resident_seconds(n_layer: int, k: int, slot_bytes: int, gpu_gemv_gbps: float,
                      base_token_seconds: float) -> float:
     """Every expert cached: one graph of ~KERNELS_PER_LAYER kernels per layer plus the k hits'
-    matvecs per layer (Qwen3 shape: 48 x (52 x 2.5 + 19 + 8 x 0.8) us = 7.5 ms; 8.1 measured)."""
+    matvecs per layer (Qwen3 shape: 48 x (47 x 2.0 + 19 + 8 x 0.8) us = 5.7 ms; 6.1 measured)."""
     return base_token_seconds + n_layer * resident_layer_seconds(k, slot_bytes, gpu_gemv_gbps)
 
 
