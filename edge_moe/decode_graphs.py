@@ -15,7 +15,7 @@ layer against ~0.1 ms of GPU work). Here each layer is:
 
 A resident layer (every expert cached for good: a pinned layer, `ExpertCache`) needs no
 host: a run of consecutive resident layers is one graph, routing and pair tables on the device
-(`resident_pair_table`), and no sync before the next host layer's front. When every expert of
+(edge_moe/route_kernels.py: one launch), and no sync before the next host layer's front. When every expert of
 the model is cached, the whole token is one graph.
 
 Everything that crosses a graph boundary lives in buffers allocated once; the residual
@@ -33,6 +33,7 @@ tests exercise this exact loop (everything but the capture) against llama.cpp.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -85,6 +86,10 @@ class DecodeGraphs:
         self.ids = torch.zeros((1, k), dtype=torch.int64, device=dev)  # routed ids, resident mode
         self.resident = False  # every expert cached: a token is one graph (set on first use)
         self.runs = 0  # graphs of resident layers run so far (`_resident_run`)
+        # resident layers route and build their pair table in one Triton launch (route_kernels.py;
+        # EDGE_MOE_FUSED_ROUTE=0: torch's softmax / topk and the torch pair table)
+        self._fused_route = (getattr(gpu, "use_triton", False) and gpu.cache is not None
+                             and os.environ.get("EDGE_MOE_FUSED_ROUTE", "1") != "0")
         self.forced = torch.zeros((cfg.n_layer, 1, k), dtype=torch.int64, device=dev)
         self.logits = torch.zeros((1, cfg.n_vocab), dtype=torch.float32, device=dev)
         # host side (pinned on CUDA), written by copies the graphs make or read; the front's
@@ -179,7 +184,6 @@ class DecodeGraphs:
             self._front(il, length, forced, resident=True, add_cpu=il == start and il > 0)
             if il == start and il > 0:
                 self.y_cpu.zero_()
-            self.pairs.copy_(self.m.gpu.resident_pair_table(il, self.ids))  # [5, k]
             self._experts(il)
 
     def _host_layer(self, il: int, length: int, forced: bool) -> None:
@@ -267,7 +271,6 @@ class DecodeGraphs:
     def _all_layers(self, length: int, forced: bool) -> None:
         for il in range(self.m.cfg.n_layer):
             self._front(il, length, forced, resident=True)
-            self.pairs.copy_(self.m.gpu.resident_pair_table(il, self.ids))  # [5, k]
             self._experts(il)
 
     # ---- segments (captured) -------------------------------------------------------------
@@ -286,6 +289,15 @@ class DecodeGraphs:
         x, h = m.front(il, x, self.rope, self.positions, self._masks[length])
         self.x[(il + 1) % 2].copy_(x)
         self.h.copy_(h)
+        if resident and not forced and self._fused_route:  # one launch: routing, weights, pair table
+            from edge_moe.route_kernels import route_pairs
+
+            cfg = m.cfg
+            bases, parts = m.gpu.resident_bases(il)
+            logits = torch.nn.functional.linear(h, m.dense.layers[il].router)  # [1, n_expert], as m.route
+            route_pairs(logits, cfg.n_expert_used, cfg.normalize_topk, cfg.expert_weights_scale, bases,
+                        parts.view(-1), self.weights, self.ids, self.pairs)
+            return
         logits, weights, ids = m.route(il, h, self.forced[il] if forced else None)
         self.weights.copy_(weights)
         if not resident:
@@ -293,6 +305,7 @@ class DecodeGraphs:
             self.routed_host.copy_(routed, non_blocking=True)
         else:
             self.ids.copy_(ids)
+            self.pairs.copy_(m.gpu.resident_pair_table(il, self.ids))  # [5, k]
 
     def _experts(self, il: int) -> None:
         m = self.m

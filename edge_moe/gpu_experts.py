@@ -367,10 +367,19 @@ class GpuExperts:
 
     def resident_pair_table(self, layer: int, ids: torch.Tensor) -> torch.Tensor:
         """`pair_table` built on the device from routed ids [T, k] (device int64) of a resident
-        layer (`layer_resident`): no host round trip, so a CUDA graph can hold it. The first
-        call (and the first after every expert became cached) builds the [n_layer, n_expert]
-        slot offset table of the resident layers, and the compute stream waits for the fills
-        still in flight (none can come later for these layers: nothing of theirs is evicted)."""
+        layer (`layer_resident`): no host round trip, so a CUDA graph can hold it."""
+        bases, part_offsets = self.resident_bases(layer)
+        flat = ids.reshape(-1)  # [P]
+        pair = torch.arange(flat.shape[0], device=flat.device)
+        offsets = bases.index_select(0, flat)[None, :] + part_offsets  # [3, P]
+        return torch.cat([offsets, (pair // ids.shape[1])[None], pair[None]])  # [5, P]
+
+    def resident_bases(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A resident layer's slot byte offsets [n_expert] (int64, device) and the parts' offsets
+        within a slot [3, 1]. The first call (and the first after every expert became cached)
+        builds the [n_layer, n_expert] table of the resident layers, and the compute stream waits
+        for the fills still in flight (none can come later for these layers: nothing of theirs
+        is evicted)."""
         assert self.cache is not None and self.store is not None
         every = self.all_resident()
         if self._resident_bases is None or (every and not self._resident_every):
@@ -387,10 +396,8 @@ class GpuExperts:
                 self._retired_bases.append(self._resident_bases)
             self._resident_bases = torch.from_numpy(table).to(self.device)  # [n_layer, n_expert]
             self._part_offsets_dev = torch.from_numpy(self._part_offsets).to(self.device)  # [3, 1]
-        flat = ids.reshape(-1)  # [P]
-        pair = torch.arange(flat.shape[0], device=flat.device)
-        offsets = self._resident_bases[layer].index_select(0, flat)[None, :] + self._part_offsets_dev  # [3, P]
-        return torch.cat([offsets, (pair // ids.shape[1])[None], pair[None]])  # [5, P]
+        assert self._part_offsets_dev is not None
+        return self._resident_bases[layer], self._part_offsets_dev
 
     def count_resident_hits(self, layers: range) -> None:
         """Statistics of resident layers run without lookups (every routed expert hit)."""

@@ -82,6 +82,7 @@ def test_pinned_runs_match_llama_cpp(arch: str, placement: str, five_layer_case)
     out = [model.forward(tokens[:T_PREFILL])] + [model.forward([t]) for t in tokens[T_PREFILL:]]
     graphs, cache = model.decode_graphs, model.gpu.cache
     assert graphs is not None and not graphs.resident
+    assert graphs._fused_route, "the runs route with edge_moe/route_kernels.py"
     n_decode = len(tokens) - T_PREFILL
     assert graphs.runs == n_decode, "one graph of pinned layers per decode token"
     k, first = model.cfg.n_expert_used, N_LAYERS - config.pinned_layers
