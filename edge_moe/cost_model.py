@@ -69,10 +69,12 @@ FILL_ISSUE_SYNC_S = 0.85e-3
 # Every expert cached (resident): one CUDA graph per token. Qwen3 shape, torch.profiler on one
 # decode token (scratch-run of session 6, 2026-11-24; int8 expert kernels, fused q/k): 47 kernels
 # and ~120 us of GPU time per layer, of which the expert launches ~26 us: the other 47 kernels
-# ~2.0 us each. (Session 4, before those kernels: 52 kernels of ~2.5 us.) Whole tokens measured
-# 6.1 ms (163.9 tok/s) against 7.7 ms predicted with the session 4 figures.
+# ~2.0 us each. (Session 4, before those kernels: 52 kernels of ~2.5 us.) The fused routing of
+# resident layers (edge_moe/route_kernels.py) then replaced ~11 of them (softmax, top-k gather
+# and sort, the weights' sum, the pair table's index_select, aranges, division and cat, two
+# copies) by one: 36. Whole tokens measured 4.9 ms (205 tok/s) with it, 6.1 ms without.
 PER_KERNEL_S = 2.0e-6
-KERNELS_PER_LAYER = 47
+KERNELS_PER_LAYER = 36
 # Q4_0 expert matvecs (benchmarks/quant_kernels_bench.py, one decode layer, CUDA-graph GPU time,
 # H100, 2026-11-24, the int8/dp4a kernels; README "Quantized experts on the GPU"): Mixtral
 # 4096x14336 top-2 (198 MB) in 80.7 us, Qwen3 2048x768 top-8 (21.2 MB) in 26.0 us, the fp16 GEMV
@@ -186,7 +188,7 @@ def quant_gbps(gpu_gemv_gbps: float) -> float:
 def resident_seconds(n_layer: int, k: int, slot_bytes: int, gpu_gemv_gbps: float,
                      base_token_seconds: float) -> float:
     """Every expert cached: one graph of ~KERNELS_PER_LAYER kernels per layer plus the k hits'
-    matvecs per layer (Qwen3 shape: 48 x (47 x 2.0 + 19 + 8 x 0.8) us = 5.7 ms; 6.1 measured)."""
+    matvecs per layer (Qwen3 shape: 48 x (36 x 2.0 + 19 + 8 x 0.8) us = 4.7 ms; 4.9 measured)."""
     return base_token_seconds + n_layer * resident_layer_seconds(k, slot_bytes, gpu_gemv_gbps)
 
 
