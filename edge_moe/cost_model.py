@@ -18,8 +18,10 @@ so, for a token whose layer l has h_l hits, m_l misses and f_l fills (F fills, M
 A pinned layer (every expert of it cached for good) runs inside a graph of such layers with no
 host in the loop: resident_layer_seconds each instead of t_layer, and one graph launch per token
 for the run. When every expert of the model is cached a token is one CUDA graph:
-t_token = resident_token_seconds (`resident_seconds`). The "no cache" baseline is t_token with
-every lookup a miss and no fills.
+t_token = resident_token_seconds (`resident_seconds`). A layer no cache slot serves (no sets,
+not pinned) costs uncached_layer_seconds instead of layer_seconds (no lookup, no experts graph)
+and its misses stream at uncached_dram_gbps (repacked experts). The "no cache" baseline is
+t_token with every layer such a layer.
 
 Constants (H100 machine lent to this project: one H100 80 GB, 16 Xeon cores, Q4_0 synthetic
 Qwen3-30B-A3B / Mixtral-8x7B shapes; session of 2026-11-24 unless said otherwise). The figures a
@@ -57,6 +59,11 @@ HOST_UNCACHED_S = 0.10e-3
 # (Mixtral's 99 MB experts: 46-58 GB/s), m=1 leaves 0.08 - 2.65 MB / 47 GB/s = ~0.025 ms fixed
 # (m=3 then 0.19, m=8 0.48 ms). Fallback only: microbench.measure_cpu_call_us measures it.
 CPU_CALL_FIXED_S = 25e-6
+# The layers no cache slot serves have their CPU experts repacked into ggml's interleaved layout
+# (executor.cpu_repack); microbench.py measures the zero-copy path. Repacked / zero-copy on the
+# H100 box, T = 1, 16 threads, OpenMP build (cpu_experts.py's table): Mixtral 1.02-1.20, Qwen3
+# 1.13-1.15.
+REPACK_DRAM_GAIN = 1.12
 # ---- fills ------------------------------------------------------------------------------------
 # Host time a fill costs the decode thread. With the staging memcpy on the decode thread (up to
 # 2026-11-24) one 2.65 MB fill cost it 0.5-1.2 ms; with fills issued to a background thread it
@@ -109,6 +116,7 @@ class MachineFigures:
     base_token_seconds: float = 0.002  # per token, outside the layers (LM head, embedding, sampling)
     layer_seconds: float = 0.0  # per layer whatever the routing: front graph + sync + host work
     uncached_layer_seconds: float | None = None  # the same for a layer no slot serves; None: layer_seconds
+    uncached_dram_gbps: float | None = None  # the CPU path on such a layer (repacked); None: dram_gbps
     cpu_call_seconds: float = 0.0  # fixed part of one ggml call (a layer with misses)
     gpu_layer_seconds: float = 0.0  # fixed part of a layer's hit kernels (a layer with hits)
     fill_issue_seconds: float = 0.0  # decode-thread time to issue one fill
@@ -122,7 +130,8 @@ class MachineFigures:
         for name in ("base_token_seconds", "layer_seconds", "cpu_call_seconds", "gpu_layer_seconds",
                      "fill_issue_seconds"):
             _check(name, getattr(self, name), positive=False)
-        for name in ("resident_token_seconds", "resident_layer_seconds", "uncached_layer_seconds"):
+        for name in ("resident_token_seconds", "resident_layer_seconds", "uncached_layer_seconds",
+                     "uncached_dram_gbps"):
             if getattr(self, name) is not None:
                 _check(name, getattr(self, name), positive=True)
 
@@ -138,9 +147,16 @@ class MachineFigures:
         """The same figures in the form the reuse admission rule weighs fills with."""
         return CostModel(expert_bytes, self.dram_bandwidth, self.pcie_bandwidth, self.gpu_expert_seconds)
 
-    def cpu_seconds(self, misses: int, expert_bytes: int) -> float:
-        """One layer's ggml call for `misses` distinct experts (no call without a miss)."""
-        return self.cpu_call_seconds + misses * expert_bytes / self.dram_bandwidth if misses > 0 else 0.0
+    def cpu_seconds(self, misses: int, expert_bytes: int, served: bool = True) -> float:
+        """One layer's ggml call for `misses` distinct experts (no call without a miss); `served`:
+        a layer with cache slots (zero-copy experts), else repacked ones (`uncached_dram_gbps`)."""
+        return self.cpu_call_seconds + misses * expert_bytes / self._dram(served) if misses > 0 else 0.0
+
+    def _dram(self, served: bool) -> float:
+        """Bytes/s of the CPU expert path on a layer with cache slots or on one without."""
+        if served or self.uncached_dram_gbps is None:
+            return self.dram_bandwidth
+        return self.uncached_dram_gbps * 1e9
 
     def gpu_seconds(self, hits: int) -> float:
         return self.gpu_layer_seconds + hits * self.gpu_expert_seconds if hits > 0 else 0.0
@@ -149,7 +165,7 @@ class MachineFigures:
         """One layer of the serial loop (module docstring), fills' copies not included; `served`:
         the cache has slots for this layer (else no lookup, no experts graph)."""
         fixed = self.layer_seconds if served or self.uncached_layer_seconds is None else self.uncached_layer_seconds
-        return (fixed + max(self.cpu_seconds(misses, expert_bytes), self.gpu_seconds(hits))
+        return (fixed + max(self.cpu_seconds(misses, expert_bytes, served), self.gpu_seconds(hits))
                 + fills * self.fill_issue_seconds)
 
     def pinned_seconds(self, pinned: int, k: int) -> float:
@@ -173,7 +189,7 @@ class MachineFigures:
             misses += m
             fills += f
         return max(serial, fills * expert_bytes / self.pcie_bandwidth,
-                   (misses + fills) * expert_bytes / self.dram_bandwidth)
+                   (misses + fills) * expert_bytes / self._dram(served))
 
     def no_cache_seconds(self, n_layers: int, k: int, expert_bytes: int) -> float:
         """Every lookup a CPU miss, no fills."""
@@ -213,6 +229,7 @@ def decode_figures(*, n_layer: int, k: int, slot_bytes: int, layer_dense_bytes: 
     return MachineFigures(dram_gbps=dram_gbps, pcie_gbps=pcie_gbps, gpu_expert_seconds=slot_bytes / qbw,
                           base_token_seconds=base, layer_seconds=front + LAYER_HOST_S,
                           uncached_layer_seconds=front + HOST_UNCACHED_S,
+                          uncached_dram_gbps=dram_gbps * REPACK_DRAM_GAIN,
                           cpu_call_seconds=cpu_call_seconds, gpu_layer_seconds=EXPERT_KERNELS_FIXED_S,
                           fill_issue_seconds=fill_issue_seconds, resident_token_seconds=resident,
                           resident_layer_seconds=resident_layer_seconds(k, slot_bytes, gpu_gemv_gbps))

@@ -294,3 +294,17 @@ def test_pinned_layers_by_hand() -> None:
     # pinned layers only (no sets): the other layers miss and never fill
     r = simulate(trace, CacheConfig(0, 0, pinned_layers=2), MB, 4, machine)
     assert counts(r) == (4, 2, 0, 0)
+
+
+def test_layers_no_slot_serves_by_hand() -> None:
+    # their fixed part is uncached_layer_seconds, their misses read at uncached_dram_gbps (repacked)
+    fig = dataclasses.replace(LAYERED, uncached_layer_seconds=1e-4, uncached_dram_gbps=2.0)
+    assert fig.layer_time(0, 1, 0, MB, served=True) == pytest.approx(2e-4 + 5e-4 + 1e-3)
+    assert fig.layer_time(0, 1, 0, MB, served=False) == pytest.approx(1e-4 + 5e-4 + 0.5e-3)
+    # the no-cache baseline is every layer such a layer: 1 + 2 x (0.1 + 0.5 + 0.5) ms
+    assert fig.no_cache_seconds(2, 1, MB) == pytest.approx(3.2e-3)
+    # pinned layers only, no sets: the other layers are priced the same way
+    r = simulate(np.array([[[0], [1]]]), CacheConfig(0, 0, pinned_layers=1), MB, 4,
+                 dataclasses.replace(fig, resident_layer_seconds=4e-4))
+    from edge_moe.cost_model import GRAPH_LAUNCH_S
+    assert r.seconds_per_token == pytest.approx(1e-3 + 1.1e-3 + GRAPH_LAUNCH_S + 4e-4)
