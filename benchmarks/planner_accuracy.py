@@ -75,11 +75,15 @@ def figures(entry: dict[str, Any], old: bool = False) -> tuple[MachineFigures, i
     cache = entry.get("cache") or {}
     full = (cache.get("n_sets") == model["n_layer"] and cache.get("n_ways") == model["n_expert"]) or (
         cache.get("pinned_layers") == model["n_layer"])
+    # the run's own measured figures where its plan notes have them (what the planner used there)
+    call_s = next((float(n.split()[2]) * 1e-6 for n in notes if n.startswith("ggml call ") and "measured" in n),
+                  cm.CPU_CALL_FIXED_S)
     f = cm.decode_figures(n_layer=model["n_layer"], k=model["k"], slot_bytes=model["expert_bytes"],
-                          layer_dense_bytes=layer, outside_dense_bytes=head, dram_gbps=DRAM_GBPS,
+                          layer_dense_bytes=layer, outside_dense_bytes=head,
+                          dram_gbps=_note_figure(notes, "DRAM") or DRAM_GBPS,
                           pcie_gbps=_note_figure(notes, "PCIe") or 55.0,
                           gpu_gemv_gbps=_note_figure(notes, "GPU") or 2730.0,
-                          cpu_call_seconds=cm.CPU_CALL_FIXED_S + (OLD_CALL_EXTRA_S if old else 0.0),
+                          cpu_call_seconds=call_s + (OLD_CALL_EXTRA_S if old else 0.0),
                           fill_issue_seconds=cm.FILL_ISSUE_SYNC_S if old else cm.FILL_ISSUE_S, all_cached=full)
     return f, model["expert_bytes"]
 
