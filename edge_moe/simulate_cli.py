@@ -31,8 +31,12 @@ def add_simulate_parser(sub: Any) -> None:
     s.add_argument("trace", metavar="TRACE", help="routing trace: .npz (experts_<p> arrays) or edge-moe .json")
     s.add_argument("--problem", default="0", help="which experts_<p> array of an .npz trace (default 0)")
     s.add_argument("--n-experts", type=int, default=None, help="experts per layer (default: max id in trace + 1)")
-    s.add_argument("--cache-nblocks", type=int, default=None, help="cache sets (default: one per layer)")
+    s.add_argument("--cache-nblocks", type=int, default=None,
+                   help="cache sets (default: one per layer not pinned; 0 with --pinned-layers: no sets)")
     s.add_argument("--cache-nways", type=int, default=2, help="ways per set (default 2)")
+    s.add_argument("--pinned-layers", type=int, default=0, metavar="P",
+                   help="the last P layers keep every expert and run as one CUDA graph (no lookups): "
+                        "llama.cpp's --n-cpu-moe n_layers - P when there are no sets")
     s.add_argument("--cache-replace-policy", default="LRU", help="LRU | FIFO | LFU | random")
     s.add_argument("--cache-quota", type=int, default=None, help="at most this many cache fills per token")
     s.add_argument("--cache-admission", default="all", help="all (admit every miss) | reuse (cost model)")
@@ -82,19 +86,28 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     n_layers = experts.shape[1]
     n_experts = args.n_experts if args.n_experts is not None else int(experts.max()) + 1
     try:
+        k = experts.shape[2]
+        # a pinned layer inside a graph: its kernels and its k experts (cost_model.resident_layer_seconds)
+        resident_layer = (cm.KERNELS_PER_LAYER * cm.PER_KERNEL_S + cm.EXPERT_KERNELS_FIXED_S
+                          + k * args.gpu_expert_us * 1e-6)
         machine = MachineFigures(args.dram_gbps, args.pcie_gbps, args.gpu_expert_us * 1e-6, args.base_ms * 1e-3,
                                  layer_seconds=args.layer_us * 1e-6, cpu_call_seconds=args.cpu_call_us * 1e-6,
                                  gpu_layer_seconds=args.gpu_layer_us * 1e-6,
                                  fill_issue_seconds=args.fill_issue_us * 1e-6,
-                                 resident_token_seconds=None if args.resident_ms is None else args.resident_ms * 1e-3)
+                                 resident_token_seconds=None if args.resident_ms is None else args.resident_ms * 1e-3,
+                                 resident_layer_seconds=resident_layer,
+                                 uncached_layer_seconds=cm.LAYER_FRONT_S + cm.HOST_UNCACHED_S,
+                                 uncached_dram_gbps=args.dram_gbps * cm.REPACK_DRAM_GAIN)
         expert_bytes = int(args.expert_mib * 2**20)
         if expert_bytes <= 0:
             raise ValueError(f"--expert-mib must be positive, got {args.expert_mib}")
-        n_sets = n_layers if args.cache_nblocks is None else args.cache_nblocks
+        pinned = args.pinned_layers
+        n_sets = n_layers - pinned if args.cache_nblocks is None else args.cache_nblocks
 
         def run(ways: int, policy: str, rule: str) -> Any:
             adm = admission_config(rule, args.cache_quota, machine, expert_bytes)
-            return simulate(experts, CacheConfig(n_sets, ways, policy, adm), expert_bytes, n_experts, machine)
+            config = CacheConfig(n_sets, ways if n_sets else 0, policy, adm, pinned_layers=pinned)
+            return simulate(experts, config, expert_bytes, n_experts, machine)
 
         if args.sweep:
             results = [run(ways, policy, rule) for ways in range(1, n_experts)

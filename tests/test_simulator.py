@@ -268,6 +268,16 @@ def test_cli_json() -> None:
     assert 0.0 < result["hit_rate"] < 1.0
 
 
+def test_cli_pinned_layers() -> None:
+    """llama.cpp's placement of the shared trace at 12 GiB: the last 13 layers pinned, no sets."""
+    out = _cli(str(SHARED_TRACE), "--pinned-layers", "13", "--cache-nblocks", "0", "--json")
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    assert r["pinned_layers"] == 13 and r["n_sets"] == 0 and r["fills"] == 0
+    assert r["hit_rate_by_layer"][19:] == [1.0] * 13 and r["hit_rate_by_layer"][:19] == [0.0] * 19
+    assert r["tokens_per_second"] > r["baseline_tokens_per_second"]
+
+
 def test_cli_bad_trace_path(tmp_path: Path) -> None:
     out = _cli(str(tmp_path / "missing.npz"))
     assert out.returncode == 2
