@@ -35,7 +35,6 @@ by the LM head's extra bytes only, not counted).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import glob
 import json
 import statistics

@@ -47,6 +47,7 @@ from edge_moe.cost_model import (CPU_CALL_FIXED_S, CPU_DEVICE_LAYER_S, LAYER_SEC
 from edge_moe.expert_cache import CacheConfig, ReplacePolicy, parse_replace_policy
 from edge_moe.hardware import GIB, HardwareInfo
 from edge_moe.microbench import MachineMeasurements
+from edge_moe.placement import candidate_placements, placement_text
 from edge_moe.profiles import HardwareProfile, resolve_threads
 from edge_moe.simulator import admission_config, simulate
 
@@ -322,7 +323,8 @@ def make_plan(model_path: str | Path, hw: HardwareInfo, profile: HardwareProfile
     decode_tps = no_cache_tps
     routing_source = "none"
     if device == "cuda":
-        placements = _placements(o, budget, slot, m, notes)
+        placements = candidate_placements(budget, slot, m.n_layer, m.n_expert, notes, pinned_layers=o.pinned_layers,
+                                          n_sets=o.n_sets, n_ways=o.n_ways)
         # every expert cached (one set per layer holding all, or every layer pinned)
         full = len(placements) == 1 and placements[0] in ((0, m.n_layer, m.n_expert), (m.n_layer, 0, 0))
         figures = _figures(m, dense, dram, pcie or FALLBACK_PCIE_GBPS, gpu_bw or FALLBACK_GPU_GBPS, call_s, full)
@@ -337,10 +339,10 @@ def make_plan(model_path: str | Path, hw: HardwareInfo, profile: HardwareProfile
                     results.append((simulate(trace, cfg_, m.expert_bytes, m.n_expert, figures), cfg_))
             best, best_cfg = max(results, key=lambda r: r[0].tokens_per_second)
             no_cache_tps = best.baseline_tokens_per_second
-            summary = ", ".join(f"{_placement_text(c)} {r.admission} {r.tokens_per_second:.2f}" for r, c in results)
+            summary = ", ".join(f"{placement_text(c)} {r.admission} {r.tokens_per_second:.2f}" for r, c in results)
             if best.tokens_per_second > no_cache_tps or o.forces_cache or o.admission or full:
                 cache, hit_rate, decode_tps = best_cfg, best.hit_rate, best.tokens_per_second
-                notes.append(f"{_placement_text(best_cfg)}, admission {best.admission}: simulated tok/s {summary} "
+                notes.append(f"{placement_text(best_cfg)}, admission {best.admission}: simulated tok/s {summary} "
                              f"on {routing_source}" + (" (your flag)" if o.admission else ""))
                 if full:  # once warm (a prompt's prefill fills it), a token is one CUDA graph
                     decode_tps = 1.0 / figures.resident_token_seconds
@@ -391,62 +393,6 @@ def _figures(m: _ModelSizes, dense: int, dram: float, pcie: float, gpu_bw: float
                           cpu_call_seconds=call_s, all_cached=full)
 
 
-def _placements(o: PlanOverrides, budget: int, slot: int, m: _ModelSizes,
-                notes: list[str]) -> list[tuple[int, int, int]]:
-    """(pinned layers, sets, ways) to simulate, from the flags or the budget; [] when not even
-    one slot fits. Without flags: P_max pinned layers (as many whole layers as the slots hold),
-    half as many, and none, each with the slots left over as sets for the other layers."""
-    if o.n_sets is not None or o.n_ways is not None or o.pinned_layers is not None:
-        pinned = o.pinned_layers or 0
-        if pinned > m.n_layer:
-            raise ValueError(f"{pinned} pinned layers, but the model has {m.n_layer}")
-        dynamic, rest = m.n_layer - pinned, budget - pinned * m.n_expert * slot
-        if o.n_sets is not None or o.n_ways is not None:
-            sets = o.n_sets or dynamic
-            ways = o.n_ways or max(1, min(m.n_expert, rest // (slot * max(sets, 1))))
-        else:
-            sets, ways = _sets_for(rest // slot, dynamic, slot, m)
-        if pinned == 0 and sets == 0:
-            notes.append(f"no cache: {budget / GIB:.2f} GiB left for expert slots holds no expert slot")
-            return []
-        flags = ", ".join(f for f, v in (("--pinned-layers", o.pinned_layers), ("--cache-nblocks", o.n_sets),
-                                          ("--cache-nways", o.n_ways)) if v is not None)
-        notes.append(f"{_placement_text(CacheConfig(sets, ways, pinned_layers=pinned))}: your flags ({flags})")
-        return [(pinned, sets, ways)]
-    n_slots = budget // slot
-    if n_slots < 1:
-        notes.append(f"no cache: {budget / GIB:.2f} GiB left for expert slots holds no "
-                     f"{slot / 2**20:.1f} MiB expert slot")
-        return []
-    notes.append(f"{n_slots} slots of {slot / 2**20:.1f} MiB in {budget / GIB:.2f} GiB left after dense weights, "
-                 "KV and margin")
-    if n_slots >= m.n_layer * m.n_expert:
-        notes.append(f"cache {m.n_layer} sets x {m.n_expert} ways (every expert: nothing is ever evicted)")
-        return [(0, m.n_layer, m.n_expert)]
-    p_max = n_slots // m.n_expert  # < n_layer here
-    out = []
-    for pinned in sorted({0, p_max // 2, p_max}):
-        out.append((pinned, *_sets_for(n_slots - pinned * m.n_expert, m.n_layer - pinned, slot, m)))
-    if p_max and out[-1][1]:  # and the leftover slots unused: the other layers skip the cache's host work
-        out.append((p_max, 0, 0))
-    return out
-
-
-def _sets_for(n_slots: int, n_layers: int, slot: int, m: _ModelSizes) -> tuple[int, int]:
-    """(sets, ways) of n_slots slots for n_layers layers (CacheConfig.from_budget); (0, 0) for none."""
-    if n_slots < 1 or n_layers < 1:
-        return 0, 0
-    c = CacheConfig.from_budget(n_slots * slot, slot, n_layers, m.n_expert)
-    return c.n_sets, c.n_ways
-
-
-def _placement_text(c: CacheConfig) -> str:
-    sets = f"cache {c.n_sets} sets x {c.n_ways} ways"
-    if not c.pinned_layers:
-        return sets
-    return f"last {c.pinned_layers} layers pinned" + (f", {sets} for the others" if c.n_sets else ", no other slots")
-
-
 def _routing(routing: np.ndarray | None, m: _ModelSizes) -> tuple[np.ndarray, str]:
     if routing is None:
         return (synthetic_routing(SYNTHETIC_TOKENS, m.n_layer, m.n_expert, m.k),
@@ -483,7 +429,7 @@ def plan_for_machine(model_path: str | Path, overrides: PlanOverrides | None = N
 def format_plan(plan: Plan) -> str:
     p, gib = plan, GIB
     cache = "none (every expert on the CPU)" if p.cache is None else (
-        f"{_placement_text(p.cache)}, {p.cache.replace.value}, admission {p.admission}"
+        f"{placement_text(p.cache)}, {p.cache.replace.value}, admission {p.admission}"
         + ("" if p.quota is None else f", quota {p.quota}") + f" ({p.expert_budget_bytes / gib:.2f} GiB)")
     vram = "-" if p.vram_free_bytes is None else (f"{p.vram_free_bytes / gib:.2f} GiB free, "
                                                   f"margin {p.margin_bytes / gib:.2f} GiB")
