@@ -63,8 +63,10 @@ def describe_plan(model: object) -> str:
     device = getattr(model, "device", "cpu")
     if cache is None:
         return f"dense on {device}; experts on CPU"
-    return (f"dense on {device}; cache {cache.n_sets}x{cache.n_ways} {cache.config.replace.value}, "
-            "misses on CPU")
+    pinned = cache.config.pinned_layers
+    where = f"last {pinned} layers pinned, " if pinned else ""
+    sets = f"cache {cache.n_sets}x{cache.n_ways} {cache.config.replace.value}, " if cache.n_sets else ""
+    return f"dense on {device}; {where}{sets}misses on CPU"
 
 
 def default_loader(opts: LoadOptions) -> Loader:
