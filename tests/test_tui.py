@@ -349,3 +349,20 @@ def test_heat_strip_and_report() -> None:
     assert strip.plain == "██▪"
     report = stats_report(StatsSnapshot(layer_rates=[0.5, None], hit_rate=0.5))
     assert "50.0%, —" in report
+
+
+def test_describe_plan_names_the_placement() -> None:
+    from types import SimpleNamespace
+
+    from edge_moe.expert_cache import CacheConfig, ExpertCache
+    from edge_moe.tui.loader import describe_plan
+
+    def model(config: CacheConfig | None) -> SimpleNamespace:
+        cache = None if config is None else ExpertCache(config, 4, 8, 100)
+        return SimpleNamespace(gpu=SimpleNamespace(cache=cache), device="cuda")
+
+    assert describe_plan(model(None)) == "dense on cuda; experts on CPU"
+    assert describe_plan(model(CacheConfig(2, 3))) == "dense on cuda; cache 2x3 LRU, misses on CPU"
+    assert describe_plan(model(CacheConfig(0, 0, pinned_layers=3))) == "dense on cuda; last 3 layers pinned, misses on CPU"
+    assert describe_plan(model(CacheConfig(1, 2, pinned_layers=2))) == (
+        "dense on cuda; last 2 layers pinned, cache 1x2 LRU, misses on CPU")
