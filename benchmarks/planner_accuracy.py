@@ -101,10 +101,14 @@ def counts_tps(entry: dict[str, Any], old: bool = False) -> float | None:
     toks = sum(r["decode_tokens"] for r in runs)
     h, m, f = (sum(r["decode_hits_misses_fills"][i] for r in runs) / toks for i in range(3))
     fig, eb = figures(entry, old)
-    n = entry["model"]["n_layer"]
-    resident = m == 0 and f == 0
-    layers = list(zip(_spread(h, n), _spread(m, n), _spread(f, n)))
-    return 1.0 / fig.token_seconds(layers, eb, resident)
+    n, k = entry["model"]["n_layer"], entry["model"]["k"]
+    cache = entry.get("cache") or {}
+    pinned = cache.get("pinned_layers", 0)  # run as graphs: k hits each, not host layers
+    resident = m == 0 and f == 0 and (pinned == n or not pinned)
+    host = n - pinned
+    h = max(h - pinned * k, 0.0)
+    layers = list(zip(_spread(h, host), _spread(m, host), _spread(f, host))) if host else []
+    return 1.0 / fig.token_seconds(layers, eb, resident, pinned, k, served=bool(cache.get("n_sets", 1)))
 
 
 def simulated_tps(entry: dict[str, Any]) -> float | None:
@@ -171,11 +175,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{_r(r['counts_old'], r['meas']):>5} | {r['dram_then'] or 0:>9.1f}")
     print(f"""
 meas: measured decode tok/s, mean of the runs (median: the median run); * a run is missing or short.
-then: the plan's prediction when the bench ran (the bandwidth-only model, LAYER_OVERHEAD_S 40 us).
-counts: the per-layer cost model on the measured hits/misses/fills per token; sim: the planner now
-(uniform random routing through the same cache, or the one-graph steady state when every expert is
-cached); both with the overheads the code has now: a {cm.CPU_CALL_FIXED_S * 1e6:.0f} us ggml call with spinning workers,
-{cm.FILL_ISSUE_S * 1e3:.2f} ms to issue a fill on a background thread, DRAM {DRAM_GBPS:g} GB/s.
+then: the plan's prediction when the bench ran (the cost model of that code).
+counts: the per-layer cost model on the measured hits/misses/fills per token (pinned layers as one
+graph); sim: the planner now (uniform random routing through the same placement, or the one-graph
+steady state when every expert is cached); both with today's cost model and the run's own measured
+DRAM and ggml-call figures from its plan notes ("DRAM then"; else DRAM {DRAM_GBPS:g} GB/s and a
+{cm.CPU_CALL_FIXED_S * 1e6:.0f} us call), {cm.FILL_ISSUE_S * 1e3:.2f} ms to issue a fill on a background thread.
 cnt@old: the counts model with the overheads these results were measured with (NOT what the model
 assumes now): OMP passive waits, ~{OLD_CALL_EXTRA_S * 1e3:.1f} ms more per ggml call, and fills' staging memcpy on the
 decode thread, {cm.FILL_ISSUE_SYNC_S * 1e3:.2f} ms per fill (0.5-1.2 ms measured). The Mixtral 12 GiB rows also ran fp16
