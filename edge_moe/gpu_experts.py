@@ -18,12 +18,16 @@ tests, and any type the kernels do not read).
 
 Prefill streaming: a *missed* expert that many tokens of one call use is cheaper to copy
 to the GPU and compute there than to compute on the CPU (the CPU's time grows with the
-tokens, the copy's does not: `stream_threshold`). Such experts go, one after another,
-through a small ring of `stream_slots` extra slots of the same SlotStore (never cache
-slots: the cache's contents do not change) and are computed by the same code as hits.
-The copy of the next expert overlaps the compute of the current one: fills run on the
-store's side stream, ordered by its events (a ring slot is refilled only after the
-kernels that read it). The executor gives the other misses to the CPU as usual. With no
+tokens, the copy's does not: `stream_threshold`). Such experts go, in groups of up to half
+the ring, through a ring of `stream_slots` extra slots of the same SlotStore (never cache
+slots: the cache's contents do not change; `stream_rule.stream_slots_for`) and each group is
+computed by the same code as hits, in one pass. The copy of the next group overlaps the
+compute of the current one: fills run on the store's side stream, ordered by its events (a
+ring slot is refilled only after the kernels that read it).
+
+Pinned layers (`CacheConfig.pinned_layers`): their slots are filled at construction and
+never evicted; `layer_resident` tells the decode graphs which layers need no host, and
+`resident_bases` gives them the slot offsets to route on the device (route_kernels.py). The executor gives the other misses to the CPU as usual. With no
 cache configured, a CUDA device still gets the ring (`GpuExperts` builds a stream-only
 config when VRAM has room).
 """
