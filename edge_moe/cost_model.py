@@ -205,13 +205,14 @@ def resident_seconds(n_layer: int, k: int, slot_bytes: int, gpu_gemv_gbps: float
                      base_token_seconds: float) -> float:
     """Every expert cached: one graph of ~KERNELS_PER_LAYER kernels per layer plus the k hits'
     matvecs per layer (Qwen3 shape: 48 x (36 x 2.0 + 19 + 8 x 0.8) us = 4.7 ms; 4.9 measured)."""
-    return base_token_seconds + n_layer * resident_layer_seconds(k, slot_bytes, gpu_gemv_gbps)
+    expert_s = slot_bytes / (quant_gbps(gpu_gemv_gbps) * 1e9)
+    return base_token_seconds + n_layer * resident_layer_seconds(k, expert_s)
 
 
-def resident_layer_seconds(k: int, slot_bytes: int, gpu_gemv_gbps: float) -> float:
-    """One layer inside a graph, its k routed experts all cached: its kernels and the k matvecs."""
-    experts = EXPERT_KERNELS_FIXED_S + k * slot_bytes / (quant_gbps(gpu_gemv_gbps) * 1e9)
-    return KERNELS_PER_LAYER * PER_KERNEL_S + experts
+def resident_layer_seconds(k: int, gpu_expert_seconds: float) -> float:
+    """One layer inside a graph, its k routed experts all cached: its kernels and the k matvecs
+    (`gpu_expert_seconds` each)."""
+    return KERNELS_PER_LAYER * PER_KERNEL_S + EXPERT_KERNELS_FIXED_S + k * gpu_expert_seconds
 
 
 def decode_figures(*, n_layer: int, k: int, slot_bytes: int, layer_dense_bytes: float, outside_dense_bytes: float,
@@ -232,7 +233,7 @@ def decode_figures(*, n_layer: int, k: int, slot_bytes: int, layer_dense_bytes: 
                           uncached_dram_gbps=dram_gbps * REPACK_DRAM_GAIN,
                           cpu_call_seconds=cpu_call_seconds, gpu_layer_seconds=EXPERT_KERNELS_FIXED_S,
                           fill_issue_seconds=fill_issue_seconds, resident_token_seconds=resident,
-                          resident_layer_seconds=resident_layer_seconds(k, slot_bytes, gpu_gemv_gbps))
+                          resident_layer_seconds=resident_layer_seconds(k, slot_bytes / qbw))
 
 
 def prefill_tps(chunk: int, *, n_layer: int, n_expert: int, k: int, expert_bytes: int, n_embd: int, n_ff: int,

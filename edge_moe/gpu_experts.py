@@ -23,13 +23,13 @@ the ring, through a ring of `stream_slots` extra slots of the same SlotStore (ne
 slots: the cache's contents do not change; `stream_rule.stream_slots_for`) and each group is
 computed by the same code as hits, in one pass. The copy of the next group overlaps the
 compute of the current one: fills run on the store's side stream, ordered by its events (a
-ring slot is refilled only after the kernels that read it).
+ring slot is refilled only after the kernels that read it). The executor gives the other
+misses to the CPU as usual. With no cache configured, a CUDA device still gets the ring
+(`GpuExperts` builds a stream-only config when VRAM has room).
 
 Pinned layers (`CacheConfig.pinned_layers`): their slots are filled at construction and
 never evicted; `layer_resident` tells the decode graphs which layers need no host, and
-`resident_bases` gives them the slot offsets to route on the device (route_kernels.py). The executor gives the other misses to the CPU as usual. With no
-cache configured, a CUDA device still gets the ring (`GpuExperts` builds a stream-only
-config when VRAM has room).
+`resident_bases` gives them the slot offsets to route on the device (route_kernels.py).
 """
 
 from __future__ import annotations

@@ -166,15 +166,11 @@ class SlotStore:
         several ~23 GB/s: a prefill streaming Qwen3's 2.65 MB experts one by one was bound by
         it), each expert's DMA enqueued as soon as its copy is done. Large experts (over
         `chunk_bytes`) and pinned sources go one by one, as `fill` does them."""
-        for slot, parts in fills:
+        for slot, parts in fills:  # all of them before any is issued
             self._check_fill(slot, parts)
-        if not self.is_cuda:
-            for slot, parts in fills:
-                self._copy_to_host(self._host_parts[slot], parts)
-            return
         small = [sum(_nbytes(p) for p in parts) <= self.chunk_bytes and not all(
             isinstance(p, torch.Tensor) and p.is_pinned() for p in parts) for _, parts in fills]
-        if len(fills) < 2 or not all(small):
+        if not self.is_cuda or len(fills) < 2 or not all(small):
             for slot, parts in fills:
                 self.fill(slot, parts)
             return
@@ -270,7 +266,7 @@ class SlotStore:
         try:
             if sum(_nbytes(p) for p in host_parts) <= self.chunk_bytes:  # small: this thread, one DMA
                 _copy_parts(self._staging_parts[i], host_parts)
-                end = max(o + _nbytes(p) for o, p in zip(self.part_offsets, host_parts))
+                end = self._end(host_parts)
                 with torch.cuda.stream(side):
                     dst[:end].copy_(staging[:end], non_blocking=True)
                 return
@@ -308,13 +304,17 @@ class SlotStore:
                 for j, (i, ((slot, parts), last_read)) in enumerate(zip(bufs, batch)):
                     side.wait_event(last_read)
                     self._pool.wait(j)  # this expert is in pinned memory: its DMA may start
-                    end = max(o + _nbytes(p) for o, p in zip(self.part_offsets, parts))
+                    end = self._end(parts)
                     with torch.cuda.stream(side):
                         self.storage[slot][:end].copy_(self._staging[i][:end], non_blocking=True)
                     self._staging_free[i].record(side)
                     self._filled[slot].record(side)
             finally:
                 self._pool.wait_all()  # no worker writes a buffer once this returns (or raises)
+
+    def _end(self, host_parts: Sequence[HostBytes]) -> int:
+        """Slot bytes a fill of `host_parts` writes, from the start (one DMA covers them)."""
+        return max(o + _nbytes(p) for o, p in zip(self.part_offsets, host_parts))
 
     def _check_fill(self, slot: int, host_parts: Sequence[HostBytes]) -> None:
         if not 0 <= slot < self.n_slots:

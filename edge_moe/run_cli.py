@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from typing import Any
@@ -54,6 +53,7 @@ def _cache_config(args: argparse.Namespace, model_path: str) -> Any:
         return None
     from edge_moe.cache_admission import AdmissionConfig, CostModel
     from edge_moe.expert_cache import CacheConfig, parse_replace_policy
+    from edge_moe.placement import sets_for
     from edge_moe.gguf_file import GGUFFile
     from edge_moe.gpu_experts import GpuExpertsConfig, quantized_expert_bytes, slot_nbytes
     from edge_moe.model_config import read_config
@@ -76,11 +76,11 @@ def _cache_config(args: argparse.Namespace, model_path: str) -> Any:
         if rest < 0:
             raise ValueError(f"--pinned-layers {pinned} needs {pinned * cfg.n_expert * slot / 2**30:.2f} GiB of "
                              f"expert slots, more than --gpu-budget {args.gpu_budget:g}")
-        if pinned and (dynamic == 0 or rest < slot):
-            cache = CacheConfig(0, 0, replace, admission, pinned_layers=pinned)
+        if pinned:  # the slots left over as sets for the other layers, if any (as the planner does)
+            sets, ways = sets_for(rest // slot, dynamic, slot, cfg.n_expert)
+            cache = CacheConfig(sets, ways, replace, admission, pinned_layers=pinned)
         else:
-            cache = dataclasses.replace(CacheConfig.from_budget(rest, slot, dynamic, cfg.n_expert, replace=replace,
-                                                                admission=admission), pinned_layers=pinned)
+            cache = CacheConfig.from_budget(rest, slot, cfg.n_layer, cfg.n_expert, replace=replace, admission=admission)
     elif args.cache_nblocks is None and args.cache_nways is None:  # --pinned-layers alone
         cache = CacheConfig(0, 0, replace, admission, pinned_layers=pinned)
     else:

@@ -86,16 +86,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     n_layers = experts.shape[1]
     n_experts = args.n_experts if args.n_experts is not None else int(experts.max()) + 1
     try:
-        k = experts.shape[2]
-        # a pinned layer inside a graph: its kernels and its k experts (cost_model.resident_layer_seconds)
-        resident_layer = (cm.KERNELS_PER_LAYER * cm.PER_KERNEL_S + cm.EXPERT_KERNELS_FIXED_S
-                          + k * args.gpu_expert_us * 1e-6)
         machine = MachineFigures(args.dram_gbps, args.pcie_gbps, args.gpu_expert_us * 1e-6, args.base_ms * 1e-3,
                                  layer_seconds=args.layer_us * 1e-6, cpu_call_seconds=args.cpu_call_us * 1e-6,
                                  gpu_layer_seconds=args.gpu_layer_us * 1e-6,
                                  fill_issue_seconds=args.fill_issue_us * 1e-6,
                                  resident_token_seconds=None if args.resident_ms is None else args.resident_ms * 1e-3,
-                                 resident_layer_seconds=resident_layer,
+                                 resident_layer_seconds=cm.resident_layer_seconds(experts.shape[2],
+                                                                                  args.gpu_expert_us * 1e-6),
                                  uncached_layer_seconds=cm.LAYER_FRONT_S + cm.HOST_UNCACHED_S,
                                  uncached_dram_gbps=args.dram_gbps * cm.REPACK_DRAM_GAIN)
         expert_bytes = int(args.expert_mib * 2**20)

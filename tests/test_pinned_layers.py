@@ -136,3 +136,34 @@ def test_layers_no_slot_serves_are_repacked(tiny_gguf, monkeypatch: pytest.Monke
     assert repacked(None, cpu_repack="off") == []
     monkeypatch.setattr(ex, "REPACK_RAM_HEADROOM", 1 << 60)  # no machine has that much to spare
     assert repacked(None) == []
+
+
+def test_run_flags_place_pinned_layers(tiny_gguf) -> None:
+    """`edge-moe run --pinned-layers P [--gpu-budget G]`: P layers pinned, the slots left over as
+    sets for the others (as the planner places them), none when too few; a budget smaller than
+    the pinned layers is an error naming both flags."""
+    import argparse
+
+    from edge_moe.gguf_file import GGUFFile
+    from edge_moe.gpu_experts import slot_nbytes
+    from edge_moe.model_config import read_config
+    from edge_moe.run_cli import _cache_config
+
+    path = str(tiny_gguf("mixtral", "q8_0"))
+    with GGUFFile(path) as gguf:
+        slot = slot_nbytes(gguf, read_config(gguf))
+
+    def placed(**flags: float) -> tuple[int, int, int]:
+        args = dict(gpu_budget=None, cache_nblocks=None, cache_nways=None, pinned_layers=None, cache_admission=None,
+                    cache_quota=None, cache_replace_policy=None)
+        c = _cache_config(argparse.Namespace(**{**args, **flags}), path).cache
+        return c.n_sets, c.n_ways, c.pinned_layers
+
+    gib = slot / 2**30
+    assert placed(gpu_budget=11.5 * gib, pinned_layers=1) == (1, 3, 1)  # 8 pinned + 3 ways for layer 0
+    assert placed(gpu_budget=8.2 * gib, pinned_layers=1) == (0, 0, 1)
+    assert placed(gpu_budget=6.5 * gib) == (2, 3, 0)
+    assert placed(pinned_layers=1) == (0, 0, 1)
+    assert placed(pinned_layers=1, cache_nways=3) == (1, 3, 1)
+    with pytest.raises(ValueError, match="--pinned-layers 1 needs .* more than --gpu-budget"):
+        placed(gpu_budget=3 * gib, pinned_layers=1)
