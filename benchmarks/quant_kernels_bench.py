@@ -3,8 +3,9 @@
     python -m benchmarks.quant_kernels_bench [--json OUT] [--sweep]
 
 For Mixtral-8x7B-shaped experts (E 4096, F 14336, top-2) and Qwen3-30B-A3B-shaped ones
-(E 2048, F 768, top-8), one decode token (T = 1): the two launches of a layer's hits
-(gate+up fused with SiLU, then down scattered) over k distinct experts, timed with CUDA
+(E 2048, F 768, top-8), one decode token (T = 1): a layer's hits over k distinct experts,
+by the two-launch path (gate+up fused with SiLU, then down scattered; each launch quantizes
+its input to int8 first) or the one-launch fused kernel (edge_moe/fused_ffn.py, Q4_0 / Q8_0), timed with CUDA
 events over many repetitions. "GB/s" counts the quantized bytes the kernels must read
 (k experts x (gate + up + down)); the fp16 reference is F.linear of one [F, E] fp16 matrix
 by one vector (torch/cuBLAS), counting its fp16 bytes. Times are GPU times of a CUDA graph
@@ -64,7 +65,8 @@ def fp16_gemv_gbps(e: int, f: int) -> float:
     return w.numel() * 2 / ms / 1e6
 
 
-def bench_layer(shape: str, qname: str, rng: np.random.Generator) -> dict[str, float]:
+def bench_layer(shape: str, qname: str, rng: np.random.Generator, fused: bool = False) -> dict[str, float]:
+    from edge_moe.fused_ffn import fused_ffn_pairs
     from edge_moe.quant_ops import QuantBuffer, QuantMatrix, glu_pairs, scatter_pairs
 
     e, f, n_exp, k = SHAPES[shape]
@@ -83,15 +85,21 @@ def bench_layer(shape: str, qname: str, rng: np.random.Generator) -> dict[str, f
 
     def run() -> None:  # rotate through the held experts between calls
         g_off, u_off, d_off = (idx[cur[0]] for idx in offsets)  # precomputed [k] offsets on the device
+        y = torch.zeros(1, e, device="cuda", dtype=torch.float32)
+        if fused:  # one launch over the pair table (gpu_experts.pair_table's layout)
+            fused_ffn_pairs(buf, gate, down, tables[cur[0]], x, w.view(-1), y)
+            cur[0] = (cur[0] + 1) % len(tables)
+            return
         cur[0] = (cur[0] + 1) % len(offsets[0])
         act = glu_pairs(buf, gate, gate, g_off, u_off, x, zeros)
-        y = torch.zeros(1, e, device="cuda", dtype=torch.float32)
         scatter_pairs(buf, down, d_off, act, w.view(-1), kidx, zeros, y)
 
     # rotate through the held experts between calls: k distinct experts per call
     sel = [[(r * k + j) % n_hold for j in range(k)] for r in range(n_hold)]
     offsets = [[torch.as_tensor(offs[i::3][s], device="cuda", dtype=torch.int64) for s in sel] for i in range(3)]
     zeros = torch.zeros(k, device="cuda", dtype=torch.int32)
+    tables = [torch.stack([offsets[0][r], offsets[1][r], offsets[2][r], zeros.long(), torch.arange(k, device="cuda")])
+              for r in range(len(sel))]
     kidx = torch.arange(k, device="cuda", dtype=torch.int32)
     ms = time_ms(run)  # eager: Python launch overhead included where it exceeds the GPU time
     n_calls = len(sel)
@@ -111,21 +119,29 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", default=None)
     ap.add_argument("--types", default="Q4_0,Q8_0,Q4_K,Q5_K,Q6_K")
+    ap.add_argument("--paths", default="two,fused", help="two: glu_pairs + scatter_pairs; fused: fused_ffn_pairs "
+                    "(Q4_0 / Q8_0 only)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("needs CUDA", file=sys.stderr)
         return 2
+    import edge_moe.fused_ffn as ff
     import edge_moe.quant_ops as qo
 
     rng = np.random.default_rng(0)
     rows = []
     ref = fp16_gemv_gbps(4096, 14336)  # one [14336, 4096] fp16 matrix: ~2.7 TB/s on the H100
     for shape in SHAPES:
-        for qname in args.types.split(","):
-            r = bench_layer(shape, qname, rng)
-            rows.append({"shape": shape, "type": qname, "k": SHAPES[shape][3], "rows": qo.MATVEC_ROWS, "warps": qo.MATVEC_WARPS, "blocks": qo.MATVEC_BLOCKS,
+        for qname, path in ((q, pa) for q in args.types.split(",") for pa in args.paths.split(",")):
+            if path == "fused" and qname not in ("Q4_0", "Q8_0"):
+                continue
+            r = bench_layer(shape, qname, rng, fused=path == "fused")
+            rows.append({"shape": shape, "type": qname, "path": path, "k": SHAPES[shape][3], "rows": qo.MATVEC_ROWS,
+                         "warps": qo.MATVEC_WARPS, "blocks": qo.MATVEC_BLOCKS, "ffn_warps": ff.FFN_WARPS,
+                         "ffn_nblk": ff.FFN_NBLK, "ffn_drows": ff.FFN_DROWS,
                          "fp16_gemv_gbps": ref, **r, "fraction_of_fp16": r["gbps"] / ref})
-            print(f"{shape:8s} {qname:5s} rows {qo.MATVEC_ROWS:3d} warps {qo.MATVEC_WARPS} blocks {qo.MATVEC_BLOCKS:2d}: layer GPU {r['ms'] * 1e3:7.1f} us "
+            print(f"{shape:8s} {qname:5s} {path:5s} rows {qo.MATVEC_ROWS:3d} warps {qo.MATVEC_WARPS} blocks {qo.MATVEC_BLOCKS:2d} "
+                  f"ffn {ff.FFN_WARPS}/{ff.FFN_NBLK}/{ff.FFN_DROWS}: layer GPU {r['ms'] * 1e3:7.1f} us "
                   f"(eager {r['eager_ms'] * 1e3:7.1f} us) {r['gbps']:6.0f} GB/s  fp16 GEMV {ref:6.0f} GB/s "
                   f"-> {r['gbps'] / ref:5.2f}", flush=True)
     if args.json:

@@ -9,7 +9,7 @@ the budget counts quantized bytes.
 
 Hit compute ("triton" kernels, the default on CUDA): the hits of a layer with few tokens
 each run as two launches over all (token, expert) pairs (quant_ops.glu_pairs, then
-scatter_pairs). From GROUPED_MIN_TOKENS tokens on, Q4_0 / Q8_0 layers run their hits
+scatter_pairs); fused_ffn.py's one-launch kernel is opt-in (EDGE_MOE_FUSED_FFN=1). From GROUPED_MIN_TOKENS tokens on, Q4_0 / Q8_0 layers run their hits
 as two launches of the grouped tile kernels (edge_moe/grouped_kernels.py), but for experts
 with DEQUANT_OVER_GROUPED_TOKENS tokens or more; those, and in other formats any expert used
 by many tokens, are dequantized into a scratch matrix and multiplied with torch.
@@ -231,6 +231,9 @@ class GpuExperts:
         from edge_moe.grouped_kernels import grouped_supported
 
         self._grouped = [grouped_supported(g.ggml_type, u.ggml_type, d.ggml_type, e, f) for g, u, d in self._layouts]
+        from edge_moe.fused_ffn import fused_for
+
+        self._fused = [fused_for(g, u, d) for g, u, d in self._layouts]
 
     def _fill(self, slot: int, layer: int, expert: int) -> None:
         """Copy the expert's GGUF bytes into `slot` (on the side stream on CUDA)."""
@@ -422,10 +425,16 @@ class GpuExperts:
     def pairs_ffn(self, layer: int, h: torch.Tensor, w_flat: torch.Tensor, pairs: torch.Tensor,
                   y: torch.Tensor) -> None:
         """y[row_p] += w_flat[idx_p] * FFN_p(h[row_p]) for the pairs p of the table pairs [5, P]
-        (device int64, `pair_table`'s layout); y float32 [T, E]. Two launches for all pairs."""
+        (device int64, `pair_table`'s layout); y float32 [T, E]. Two launches for all pairs, or
+        one where the fused kernel is on for the layer (fused_ffn.fused_for)."""
         from edge_moe.quant_ops import glu_pairs, matvec_pairs, scatter_pairs
 
         gate, up, down = self._layouts[layer]
+        if self._fused[layer]:
+            from edge_moe.fused_ffn import fused_ffn_pairs
+
+            fused_ffn_pairs(self._buf, gate, down, pairs, h, w_flat, y)
+            return
         if gate == up:
             act = glu_pairs(self._buf, gate, up, pairs[0], pairs[1], h, pairs[3])
         else:  # gate and up in different types: two plain launches

@@ -114,7 +114,7 @@ def _grouped_down_kernel(wb, ww, tile_off, tile_start, tile_count, pair_tok, pai
     tok = tl.load(pair_tok + p, mask=pmask, other=0).to(tl.int64)
     s = tl.load(w_ptr + tl.load(pair_widx + p, mask=pmask, other=0), mask=pmask, other=0.0).to(tl.float32)
     tl.atomic_add(y_ptr + tok[:, None] * y_stride + rows[None, :], acc * s[:, None],
-                  mask=pmask[:, None] & (rows < N)[None, :])
+                  mask=pmask[:, None] & (rows < N)[None, :], sem="relaxed")
 
 
 def grouped_supported(gate_type: int, up_type: int, down_type: int, n_embd: int, n_ff: int) -> bool:
