@@ -37,12 +37,11 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         return 0
     import json
 
-    from edge_moe.microbench import load_or_measure
-    from edge_moe.planner import format_plan, make_plan
+    from edge_moe.planner import format_plan, make_plan, measure_for_model
     from edge_moe.profiles import resolve_threads, select_profile
 
     match = select_profile(hw)
-    measured = load_or_measure(resolve_threads(match.profile, hw), hw=hw, refresh=args.measure)
+    measured = measure_for_model(args.model, resolve_threads(match.profile, hw), hw, refresh=args.measure)
     plan = make_plan(args.model, hw, match.profile, measured)
     if args.json:
         report = json.loads(main_describe(True, hw=hw))

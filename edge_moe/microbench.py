@@ -13,6 +13,11 @@ figures measured here, never assumed:
   any L3 (the H100 box has 300 MiB), so the weights stream from DRAM as in a decode step.
   GB/s = expert bytes the routed experts hold / (wall time - calls x the fixed cost above), so
   the cost model's cpu(m) = fixed + m x bytes / bandwidth does not count the fixed part twice.
+- The same DRAM figure at the expert shape of the model being planned (`expert_dram_gbps`,
+  keyed "n_embd x n_ff", measured once per shape, ~2 s): ggml reaches more of DRAM on big
+  experts than on small ones (H100 box: ~43 GB/s at the default 4096 x 1024 shape, 49-59 at
+  Mixtral's 4096 x 14336; cpu_experts.py's table), and the planner prices a model's misses
+  at its own shape.
 - Pinned host-to-GPU copies (torch, CUDA only; None elsewhere).
 - GPU fp16 GEMV bandwidth (torch, CUDA only): x [1, K] @ W [K, N]. Cache slots hold fp16
   experts today; quantized-GEMV kernels come with the quantized-slot issue, and this figure
@@ -31,7 +36,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -64,9 +69,13 @@ class MachineMeasurements:
     measured_at: str  # ISO 8601, UTC
     machine_key: str
     cpu_call_us: float | None = None  # fixed cost of one ggml call, microseconds; None: not measured
+    # dram_gbps measured at a model's expert shape, keyed expert_shape_key(n_embd, n_ff)
+    expert_dram_gbps: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _positive("dram_gbps", self.dram_gbps, optional=False)
+        for key, gbps in self.expert_dram_gbps.items():
+            _positive(f"expert_dram_gbps[{key!r}]", gbps, optional=False)
         _positive("pcie_h2d_gbps", self.pcie_h2d_gbps, optional=True)
         _positive("gpu_gemv_gbps", self.gpu_gemv_gbps, optional=True)
         _positive("cpu_call_us", self.cpu_call_us, optional=True)
@@ -85,7 +94,17 @@ class MachineMeasurements:
             raise ValueError(f"cache schema {d.get('schema')!r}, expected {SCHEMA}")
         return cls(dram_gbps=d["dram_gbps"], pcie_h2d_gbps=d["pcie_h2d_gbps"],
                    gpu_gemv_gbps=d["gpu_gemv_gbps"], threads=d["threads"],
-                   measured_at=d["measured_at"], machine_key=d["machine_key"], cpu_call_us=d["cpu_call_us"])
+                   measured_at=d["measured_at"], machine_key=d["machine_key"], cpu_call_us=d["cpu_call_us"],
+                   expert_dram_gbps=dict(d.get("expert_dram_gbps", {})))
+
+    def dram_gbps_for(self, n_embd: int, n_ff: int) -> float:
+        """DRAM GB/s of the CPU expert path for experts of this shape: measured at it where
+        `with_expert_dram` did, else the default shape's figure."""
+        return self.expert_dram_gbps.get(expert_shape_key(n_embd, n_ff), self.dram_gbps)
+
+
+def expert_shape_key(n_embd: int, n_ff: int) -> str:
+    return f"{n_embd}x{n_ff}"
 
 
 @dataclass(frozen=True)
@@ -103,6 +122,15 @@ class DramBenchShape:
             raise ValueError(f"invalid benchmark shape {self}")
         if self.n_embd % Q4_0_BLOCK or self.n_ff % Q4_0_BLOCK:
             raise ValueError(f"n_embd and n_ff must be multiples of {Q4_0_BLOCK} for Q4_0")
+
+    @classmethod
+    def for_experts(cls, n_embd: int, n_ff: int, k: int = 2, min_bytes: int = 450 << 20) -> DramBenchShape:
+        """Experts of this shape, enough of them (>= min_bytes, and >= 3k so a call never
+        re-reads the previous calls' experts) to stream from DRAM like the default shape."""
+        per_expert = 3 * n_embd * n_ff // Q4_0_BLOCK * Q4_0_BLOCK_BYTES
+        n_total = max(3 * k, -(-min_bytes // per_expert))
+        n_expert = min(n_total, 8)
+        return cls(n_layers=-(-n_total // n_expert), n_expert=max(n_expert, 3 * k), n_embd=n_embd, n_ff=n_ff, k=k)
 
     @property
     def matrix_bytes(self) -> int:  # one [n_embd x n_ff] matrix of one expert
@@ -191,16 +219,18 @@ def measure_dram_gbps(threads: int, seconds: float, shape: DramBenchShape = Dram
         layers = _engine_layers(engine, s, rng)
         x = rng.standard_normal((1, s.n_embd), dtype=np.float32)
         w = np.full((1, s.k), 1.0 / s.k, np.float32)
-        # distinct experts per call, drawn up front so the timed loop is ggml only
-        ids = np.argsort(rng.random((256, s.n_expert)), axis=1)[:, :s.k].astype(np.int32)
+        # experts in rotation (k distinct per call, a layer's next call takes the next k), so a
+        # layer with few experts does not re-read from L3 what its previous call read
+        ids = ((np.arange(256)[:, None] * s.k + np.arange(s.k)[None, :]) % s.n_expert).astype(np.int32)
         out = np.empty_like(x)
         for layer in layers:  # warm-up: builds the graph, touches every page once
             engine.forward(layer, x, np.arange(s.k, dtype=np.int32)[None, :], w, out)
-        calls, start = 0, time.perf_counter()
+        calls, passes, start = 0, 0, time.perf_counter()
         while True:  # whole passes over the layers, so no layer stays hot in the cache
             for layer in layers:
-                engine.forward(layer, x, ids[calls % len(ids)][None, :], w, out)
+                engine.forward(layer, x, ids[passes % len(ids)][None, :], w, out)
                 calls += 1
+            passes += 1
             elapsed = time.perf_counter() - start
             if elapsed >= seconds:
                 break
@@ -304,6 +334,24 @@ def save(m: MachineMeasurements, hw: HardwareInfo, cache_dir: Path | None = None
     except OSError:
         return None  # a read-only cache dir costs a re-measurement next time, nothing more
     return path
+
+
+def with_expert_dram(m: MachineMeasurements, n_embd: int, n_ff: int, hw: HardwareInfo,
+                     cache_dir: Path | None = None, seconds: float = 1.0,
+                     min_expert_bytes: int = 1 << 20) -> MachineMeasurements:
+    """`m` with the DRAM figure at this expert shape: cached, or measured now (~1 s plus
+    allocating ~450 MB of experts) and saved with the machine's other figures. Shapes the
+    Q4_0 benchmark cannot build (not multiples of 32) and experts under `min_expert_bytes`
+    (their calls cost the fixed part, not bytes; and 450 MB of them is a great many ggml
+    tensors) keep the default figure."""
+    key = expert_shape_key(n_embd, n_ff)
+    if (key in m.expert_dram_gbps or n_embd % Q4_0_BLOCK or n_ff % Q4_0_BLOCK
+            or 3 * n_embd * n_ff // Q4_0_BLOCK * Q4_0_BLOCK_BYTES < max(min_expert_bytes, 1)):
+        return m
+    gbps = measure_dram_gbps(m.threads, seconds, DramBenchShape.for_experts(n_embd, n_ff), call_us=m.cpu_call_us or 0.0)
+    out = replace(m, expert_dram_gbps={**m.expert_dram_gbps, key: gbps})
+    save(out, hw, cache_dir)
+    return out
 
 
 def load_or_measure(threads: int, cache_dir: Path | None = None, refresh: bool = False,

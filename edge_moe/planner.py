@@ -239,7 +239,10 @@ def make_plan(model_path: str | Path, hw: HardwareInfo, profile: HardwareProfile
 
     # figures: measured, else the profile's expected ones
     src = "measured" if measurements else f"profile {profile.name}"
-    dram = measurements.dram_gbps if measurements else profile.expected.dram_read_gbps
+    dram = measurements.dram_gbps_for(m.n_embd, m.n_ff) if measurements else profile.expected.dram_read_gbps
+    if measurements and dram != measurements.dram_gbps:
+        notes.append(f"DRAM measured at this model's {m.n_embd} x {m.n_ff} experts "
+                     f"({measurements.dram_gbps:g} GB/s at the default shape)")
     pcie = (measurements.pcie_h2d_gbps if measurements else None) or profile.expected.pcie_h2d_gbps
     gpu_bw = (measurements.gpu_gemv_gbps if measurements else None) or profile.expected.gpu_bandwidth_gbps
     if measurements and measurements.threads != threads:
@@ -403,13 +406,23 @@ def _routing(routing: np.ndarray | None, m: _ModelSizes) -> tuple[np.ndarray, st
     return r, f"routing trace ({r.shape[0]} tokens)"
 
 
+def measure_for_model(model_path: str | Path, threads: int, hw: HardwareInfo,
+                      refresh: bool = False) -> MachineMeasurements:
+    """This machine's cached figures (measured where absent, stale or `refresh`), with the DRAM
+    figure at the model's expert shape (microbench.with_expert_dram)."""
+    from edge_moe.microbench import load_or_measure, with_expert_dram
+
+    sizes = _model_sizes(model_path)
+    return with_expert_dram(load_or_measure(threads, hw=hw, refresh=refresh), sizes.n_embd, sizes.n_ff, hw)
+
+
 def plan_for_machine(model_path: str | Path, overrides: PlanOverrides | None = None,
                      figures: str = "measure", routing: np.ndarray | None = None) -> Plan:
     """Plan for the machine we run on: detect it, match a profile, and take its figures from
     the micro-benchmarks ("measure": cached, measured once if absent; "cached": only if
     already cached, else the profile's; "profile": the profile's)."""
     from edge_moe.hardware import detect_hardware
-    from edge_moe.microbench import load_cached, load_or_measure
+    from edge_moe.microbench import load_cached
     from edge_moe.profiles import select_profile
 
     if figures not in ("measure", "cached", "profile"):
@@ -420,7 +433,7 @@ def plan_for_machine(model_path: str | Path, overrides: PlanOverrides | None = N
     threads = overrides.threads or resolve_threads(profile, hw)
     measured = None
     if figures == "measure":
-        measured = load_or_measure(threads, hw=hw)
+        measured = measure_for_model(model_path, threads, hw)
     elif figures == "cached":
         measured = load_cached(threads, hw)
     return make_plan(model_path, hw, profile, measured, routing=routing, overrides=overrides)

@@ -281,3 +281,19 @@ def test_pinned_layers_flag_wins(model: Path, tmp_path: Path) -> None:
     # every layer pinned is every expert cached: priced as the one-graph token, as 2 sets x 8 ways
     full = make_plan(model, hw, profile, overrides=PlanOverrides(n_sets=2, n_ways=8))
     assert only.predicted_decode_tps == pytest.approx(full.predicted_decode_tps)
+
+
+def test_plan_prices_misses_at_the_models_expert_shape(model: Path, tmp_path: Path) -> None:
+    """A DRAM figure measured at this model's expert shape wins over the default shape's."""
+    from edge_moe.microbench import expert_shape_key
+    from edge_moe.planner import _model_sizes
+
+    hw, profile = machine("laptop_4060", tmp_path)
+    s = _model_sizes(model)
+    plain = MachineMeasurements(30.0, 10.0, 200.0, threads=4, measured_at="t", machine_key="k")
+    shaped = MachineMeasurements(30.0, 10.0, 200.0, threads=4, measured_at="t", machine_key="k",
+                                 expert_dram_gbps={expert_shape_key(s.n_embd, s.n_ff): 45.0, "1x1": 5.0})
+    p_plain, p_shaped = (make_plan(model, hw, profile, m) for m in (plain, shaped))
+    assert p_plain.dram_gbps == 30.0 and p_shaped.dram_gbps == 45.0
+    assert any("this model's" in n for n in p_shaped.notes)
+    assert p_shaped.no_cache_decode_tps > p_plain.no_cache_decode_tps
