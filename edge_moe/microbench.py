@@ -13,11 +13,11 @@ figures measured here, never assumed:
   any L3 (the H100 box has 300 MiB), so the weights stream from DRAM as in a decode step.
   GB/s = expert bytes the routed experts hold / (wall time - calls x the fixed cost above), so
   the cost model's cpu(m) = fixed + m x bytes / bandwidth does not count the fixed part twice.
-- The same DRAM figure at the expert shape of the model being planned (`expert_dram_gbps`,
-  keyed "n_embd x n_ff", measured once per shape, ~2 s): ggml reaches more of DRAM on big
-  experts than on small ones (H100 box: ~43 GB/s at the default 4096 x 1024 shape, 49-59 at
-  Mixtral's 4096 x 14336; cpu_experts.py's table), and the planner prices a model's misses
-  at its own shape.
+- The same DRAM figure at the expert shape and top-k of the model being planned
+  (`expert_dram_gbps`, keyed "n_embd x n_ff x k", measured once per shape, ~2 s): ggml's rate
+  depends on both (H100 box, session 7: 49 GB/s at the default 4096 x 1024 top-2, 56 at
+  Mixtral's 4096 x 14336 top-2, 31 at Qwen3's 2048 x 768 measured top-2), and the planner
+  prices a model's misses at its own shape.
 - Pinned host-to-GPU copies (torch, CUDA only; None elsewhere).
 - GPU fp16 GEMV bandwidth (torch, CUDA only): x [1, K] @ W [K, N]. Cache slots hold fp16
   experts today; quantized-GEMV kernels come with the quantized-slot issue, and this figure
@@ -69,7 +69,7 @@ class MachineMeasurements:
     measured_at: str  # ISO 8601, UTC
     machine_key: str
     cpu_call_us: float | None = None  # fixed cost of one ggml call, microseconds; None: not measured
-    # dram_gbps measured at a model's expert shape, keyed expert_shape_key(n_embd, n_ff)
+    # dram_gbps measured at a model's expert shape, keyed expert_shape_key(n_embd, n_ff, k)
     expert_dram_gbps: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -97,14 +97,14 @@ class MachineMeasurements:
                    measured_at=d["measured_at"], machine_key=d["machine_key"], cpu_call_us=d["cpu_call_us"],
                    expert_dram_gbps=dict(d.get("expert_dram_gbps", {})))
 
-    def dram_gbps_for(self, n_embd: int, n_ff: int) -> float:
+    def dram_gbps_for(self, n_embd: int, n_ff: int, k: int) -> float:
         """DRAM GB/s of the CPU expert path for experts of this shape: measured at it where
         `with_expert_dram` did, else the default shape's figure."""
-        return self.expert_dram_gbps.get(expert_shape_key(n_embd, n_ff), self.dram_gbps)
+        return self.expert_dram_gbps.get(expert_shape_key(n_embd, n_ff, k), self.dram_gbps)
 
 
-def expert_shape_key(n_embd: int, n_ff: int) -> str:
-    return f"{n_embd}x{n_ff}"
+def expert_shape_key(n_embd: int, n_ff: int, k: int) -> str:
+    return f"{n_embd}x{n_ff}x{k}"
 
 
 @dataclass(frozen=True)
@@ -129,8 +129,8 @@ class DramBenchShape:
         re-reads the previous calls' experts) to stream from DRAM like the default shape."""
         per_expert = 3 * n_embd * n_ff // Q4_0_BLOCK * Q4_0_BLOCK_BYTES
         n_total = max(3 * k, -(-min_bytes // per_expert))
-        n_expert = min(n_total, 8)
-        return cls(n_layers=-(-n_total // n_expert), n_expert=max(n_expert, 3 * k), n_embd=n_embd, n_ff=n_ff, k=k)
+        n_expert = max(min(n_total, 8), 3 * k)  # per layer
+        return cls(n_layers=-(-n_total // n_expert), n_expert=n_expert, n_embd=n_embd, n_ff=n_ff, k=k)
 
     @property
     def matrix_bytes(self) -> int:  # one [n_embd x n_ff] matrix of one expert
@@ -336,19 +336,19 @@ def save(m: MachineMeasurements, hw: HardwareInfo, cache_dir: Path | None = None
     return path
 
 
-def with_expert_dram(m: MachineMeasurements, n_embd: int, n_ff: int, hw: HardwareInfo,
+def with_expert_dram(m: MachineMeasurements, n_embd: int, n_ff: int, k: int, hw: HardwareInfo,
                      cache_dir: Path | None = None, seconds: float = 1.0,
                      min_expert_bytes: int = 1 << 20) -> MachineMeasurements:
-    """`m` with the DRAM figure at this expert shape: cached, or measured now (~1 s plus
+    """`m` with the DRAM figure at this expert shape and top-k (k experts a call): cached, or measured now (~1 s plus
     allocating ~450 MB of experts) and saved with the machine's other figures. Shapes the
     Q4_0 benchmark cannot build (not multiples of 32) and experts under `min_expert_bytes`
     (their calls cost the fixed part, not bytes; and 450 MB of them is a great many ggml
     tensors) keep the default figure."""
-    key = expert_shape_key(n_embd, n_ff)
-    if (key in m.expert_dram_gbps or n_embd % Q4_0_BLOCK or n_ff % Q4_0_BLOCK
+    key = expert_shape_key(n_embd, n_ff, k)
+    if (key in m.expert_dram_gbps or k < 1 or n_embd % Q4_0_BLOCK or n_ff % Q4_0_BLOCK
             or 3 * n_embd * n_ff // Q4_0_BLOCK * Q4_0_BLOCK_BYTES < max(min_expert_bytes, 1)):
         return m
-    gbps = measure_dram_gbps(m.threads, seconds, DramBenchShape.for_experts(n_embd, n_ff), call_us=m.cpu_call_us or 0.0)
+    gbps = measure_dram_gbps(m.threads, seconds, DramBenchShape.for_experts(n_embd, n_ff, k), call_us=m.cpu_call_us or 0.0)
     out = replace(m, expert_dram_gbps={**m.expert_dram_gbps, key: gbps})
     save(out, hw, cache_dir)
     return out

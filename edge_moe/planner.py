@@ -239,9 +239,9 @@ def make_plan(model_path: str | Path, hw: HardwareInfo, profile: HardwareProfile
 
     # figures: measured, else the profile's expected ones
     src = "measured" if measurements else f"profile {profile.name}"
-    dram = measurements.dram_gbps_for(m.n_embd, m.n_ff) if measurements else profile.expected.dram_read_gbps
+    dram = measurements.dram_gbps_for(m.n_embd, m.n_ff, m.k) if measurements else profile.expected.dram_read_gbps
     if measurements and dram != measurements.dram_gbps:
-        notes.append(f"DRAM measured at this model's {m.n_embd} x {m.n_ff} experts "
+        notes.append(f"DRAM measured at this model's {m.n_embd} x {m.n_ff} experts, top-{m.k} "
                      f"({measurements.dram_gbps:g} GB/s at the default shape)")
     pcie = (measurements.pcie_h2d_gbps if measurements else None) or profile.expected.pcie_h2d_gbps
     gpu_bw = (measurements.gpu_gemv_gbps if measurements else None) or profile.expected.gpu_bandwidth_gbps
@@ -413,7 +413,7 @@ def measure_for_model(model_path: str | Path, threads: int, hw: HardwareInfo,
     from edge_moe.microbench import load_or_measure, with_expert_dram
 
     sizes = _model_sizes(model_path)
-    return with_expert_dram(load_or_measure(threads, hw=hw, refresh=refresh), sizes.n_embd, sizes.n_ff, hw)
+    return with_expert_dram(load_or_measure(threads, hw=hw, refresh=refresh), sizes.n_embd, sizes.n_ff, sizes.k, hw)
 
 
 def plan_for_machine(model_path: str | Path, overrides: PlanOverrides | None = None,

@@ -121,28 +121,30 @@ def test_expert_shape_dram_is_measured_once_and_cached(hw: HardwareInfo, tmp_pat
         return real(threads, 0.05, TINY, **k)  # the tiny shape stands in for the 450 MB one here
 
     monkeypatch.setattr(mb, "measure_dram_gbps", counting)
-    assert mb.with_expert_dram(base, 256, 128, hw, cache_dir=tmp_path) is base  # 55 KB experts: not measured
+    assert mb.with_expert_dram(base, 256, 128, 2, hw, cache_dir=tmp_path) is base  # 55 KB experts: not measured
     assert not shapes
-    m = mb.with_expert_dram(base, 256, 128, hw, cache_dir=tmp_path, min_expert_bytes=0)
-    assert len(shapes) == 1 and (shapes[0].n_embd, shapes[0].n_ff) == (256, 128)
-    assert m.expert_dram_gbps.keys() == {"256x128"} and m.dram_gbps_for(256, 128) == m.expert_dram_gbps["256x128"]
-    assert m.dram_gbps_for(512, 128) == base.dram_gbps  # not measured: the default shape's figure
-    assert mb.with_expert_dram(m, 256, 128, hw, cache_dir=tmp_path, min_expert_bytes=0) is m and len(shapes) == 1
+    m = mb.with_expert_dram(base, 256, 128, 2, hw, cache_dir=tmp_path, min_expert_bytes=0)
+    assert len(shapes) == 1 and (shapes[0].n_embd, shapes[0].n_ff, shapes[0].k) == (256, 128, 2)
+    assert m.expert_dram_gbps.keys() == {"256x128x2"} and m.dram_gbps_for(256, 128, 2) == m.expert_dram_gbps["256x128x2"]
+    assert m.dram_gbps_for(512, 128, 2) == base.dram_gbps  # not measured: the default shape's figure
+    assert m.dram_gbps_for(256, 128, 8) == base.dram_gbps  # another top-k is another call shape
+    assert mb.with_expert_dram(m, 256, 128, 2, hw, cache_dir=tmp_path, min_expert_bytes=0) is m and len(shapes) == 1
     cached = mb.load_or_measure(1, cache_dir=tmp_path, hw=hw, seconds_budget=0.1, dram_shape=TINY)
     assert cached == m  # saved with the machine's other figures
-    assert mb.with_expert_dram(cached, 100, 128, hw, cache_dir=tmp_path, min_expert_bytes=0) is cached  # not Q4_0
+    assert mb.with_expert_dram(cached, 100, 128, 2, hw, cache_dir=tmp_path, min_expert_bytes=0) is cached  # not Q4_0
 
     assert len(shapes) == 1
     path = mb.cache_path(hw, tmp_path)
     d = json.loads(path.read_text())
-    d["expert_dram_gbps"] = {"256x128": -1.0}
+    d["expert_dram_gbps"] = {"256x128x2": -1.0}
     path.write_text(json.dumps(d))
     assert mb.load_cached(1, hw, tmp_path) is None  # an invalid figure: re-measured, never used
 
 
-@pytest.mark.parametrize("n_embd, n_ff", [(4096, 14336), (2048, 768), (4096, 1024)])
-def test_expert_shape_benchmark_streams_from_dram(n_embd: int, n_ff: int) -> None:
-    s = mb.DramBenchShape.for_experts(n_embd, n_ff)
-    assert (s.n_embd, s.n_ff, s.k) == (n_embd, n_ff, 2)
+@pytest.mark.parametrize("n_embd, n_ff, k", [(4096, 14336, 2), (2048, 768, 8), (4096, 1024, 2)])
+def test_expert_shape_benchmark_streams_from_dram(n_embd: int, n_ff: int, k: int) -> None:
+    s = mb.DramBenchShape.for_experts(n_embd, n_ff, k)
+    assert (s.n_embd, s.n_ff, s.k) == (n_embd, n_ff, k)
     assert s.total_bytes >= 450 << 20  # beyond any L3 (300 MiB on the H100 box)
     assert s.n_expert >= 3 * s.k  # rotation: a call's experts are not the previous call's
+    assert s.total_bytes < 2 * (450 << 20) + 3 * s.k * 3 * s.matrix_bytes  # and not much more

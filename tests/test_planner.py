@@ -292,7 +292,8 @@ def test_plan_prices_misses_at_the_models_expert_shape(model: Path, tmp_path: Pa
     s = _model_sizes(model)
     plain = MachineMeasurements(30.0, 10.0, 200.0, threads=4, measured_at="t", machine_key="k")
     shaped = MachineMeasurements(30.0, 10.0, 200.0, threads=4, measured_at="t", machine_key="k",
-                                 expert_dram_gbps={expert_shape_key(s.n_embd, s.n_ff): 45.0, "1x1": 5.0})
+                                 expert_dram_gbps={expert_shape_key(s.n_embd, s.n_ff, s.k): 45.0,
+                                                   expert_shape_key(s.n_embd, s.n_ff, s.k + 1): 5.0})
     p_plain, p_shaped = (make_plan(model, hw, profile, m) for m in (plain, shaped))
     assert p_plain.dram_gbps == 30.0 and p_shaped.dram_gbps == 45.0
     assert any("this model's" in n for n in p_shaped.notes)
