@@ -207,10 +207,16 @@ def measure_cpu_call_us(threads: int, calls: int = CALL_BENCH_CALLS, seed: int =
     return (fixed if fixed > 0 else t1) * 1e6
 
 
+# The DRAM figure is the median of this many windows: single 1 s windows on the H100 box read
+# 17-44 GB/s for one shape back to back (session 7), a dip in one window moving the plan.
+DRAM_WINDOWS = 3
+
+
 def measure_dram_gbps(threads: int, seconds: float, shape: DramBenchShape = DramBenchShape(),
                       seed: int = 0, call_us: float = 0.0) -> float:
     """GB/s of the ggml CPU expert path on experts streamed from DRAM, net of `call_us`
-    microseconds of fixed cost per call (not subtracted where it would leave under half the time)."""
+    microseconds of fixed cost per call (not subtracted where it would leave under half the time):
+    the median over DRAM_WINDOWS windows of `seconds` / DRAM_WINDOWS each."""
     from edge_moe.cpu_experts import CpuExpertConfig, CpuExpertEngine
 
     rng = np.random.default_rng(seed)
@@ -225,20 +231,23 @@ def measure_dram_gbps(threads: int, seconds: float, shape: DramBenchShape = Dram
         out = np.empty_like(x)
         for layer in layers:  # warm-up: builds the graph, touches every page once
             engine.forward(layer, x, np.arange(s.k, dtype=np.int32)[None, :], w, out)
-        calls, passes, start = 0, 0, time.perf_counter()
-        while True:  # whole passes over the layers, so no layer stays hot in the cache
-            for layer in layers:
-                engine.forward(layer, x, ids[passes % len(ids)][None, :], w, out)
-                calls += 1
-            passes += 1
-            elapsed = time.perf_counter() - start
-            if elapsed >= seconds:
-                break
+        rates, passes = [], 0
+        for _ in range(DRAM_WINDOWS):
+            calls, start = 0, time.perf_counter()
+            while True:  # whole passes over the layers, so no layer stays hot in the cache
+                for layer in layers:
+                    engine.forward(layer, x, ids[passes % len(ids)][None, :], w, out)
+                    calls += 1
+                passes += 1
+                elapsed = time.perf_counter() - start
+                if elapsed >= seconds / DRAM_WINDOWS:
+                    break
+            fixed = calls * call_us * 1e-6
+            busy = elapsed - fixed if fixed < 0.5 * elapsed else elapsed
+            rates.append(calls * s.k * 3 * s.matrix_bytes / busy / 1e9)
         for layer in layers:
             layer.close()
-    fixed = calls * call_us * 1e-6
-    busy = elapsed - fixed if fixed < 0.5 * elapsed else elapsed
-    return calls * s.k * 3 * s.matrix_bytes / busy / 1e9
+    return float(np.median(rates))
 
 
 def measure_pcie_h2d_gbps(seconds: float, nbytes: int = 256 << 20) -> float | None:
