@@ -14,18 +14,7 @@ pytest.importorskip("triton")
 from edge_moe.fused_ffn import fused_ffn_pairs, fused_supported  # noqa: E402
 from edge_moe.quant_ops import QuantMatrix, glu_pairs, scatter_pairs  # noqa: E402
 from tests.reference import x_as_int8_kernels_see  # noqa: E402
-from tests.test_quant_kernels import DEVICE, _buffer, _quantized  # noqa: E402
-
-
-def _experts(rng: np.random.Generator, qtype: T, e: int, f: int, n: int):
-    experts = []
-    for _ in range(n):
-        g, gr = _quantized(rng, qtype, f, e)
-        u, ur = _quantized(rng, qtype, f, e)
-        d, dr = _quantized(rng, qtype, e, f)
-        experts.append(((g, u, d), (gr, ur, dr)))
-    buf, offs = _buffer([part for ex in experts for part in ex[0]])
-    return experts, buf, offs
+from tests.test_quant_kernels import DEVICE, _experts  # noqa: E402
 
 
 @pytest.mark.parametrize("qtype", [T.Q4_0, T.Q8_0], ids=lambda t: t.name)

@@ -47,6 +47,19 @@ def _buffer(parts: list[np.ndarray], pad: int = 7) -> tuple[QuantBuffer, list[in
     return QuantBuffer(data), offsets
 
 
+def _experts(rng: np.random.Generator, qtype: T, e: int, f: int, n: int):
+    """n experts (gate [f, e], up [f, e], down [e, f]) in one buffer: ([(bytes, values)], buffer,
+    offsets: expert i's gate, up, down at offs[3i], offs[3i+1], offs[3i+2])."""
+    experts = []
+    for _ in range(n):
+        g, gr = _quantized(rng, qtype, f, e)
+        u, ur = _quantized(rng, qtype, f, e)
+        d, dr = _quantized(rng, qtype, e, f)
+        experts.append(((g, u, d), (gr, ur, dr)))
+    buf, offs = _buffer([part for ex in experts for part in ex[0]])
+    return experts, buf, offs
+
+
 def _i64(v: list[int]) -> torch.Tensor:
     return torch.tensor(v, dtype=torch.int64, device=DEVICE)
 
@@ -81,14 +94,8 @@ def test_matvec_and_dequantize_match_gguf_reference(qtype: T) -> None:
 def test_expert_ffn_pairs_match_reference(qtype: T) -> None:
     """gate/up fused with SiLU, then down scattered with routing weights into token rows."""
     rng = np.random.default_rng(7)
-    e, f, n_exp = 256, 512, 2
-    experts = []
-    for _ in range(n_exp):
-        g, gr = _quantized(rng, qtype, f, e)
-        u, ur = _quantized(rng, qtype, f, e)
-        d, dr = _quantized(rng, qtype, e, f)
-        experts.append(((g, u, d), (gr, ur, dr)))
-    buf, offs = _buffer([part for ex in experts for part in ex[0]])
+    e, f = 256, 512
+    experts, buf, offs = _experts(rng, qtype, e, f, 2)
     gate = QuantMatrix(int(qtype), f, e)
     down = QuantMatrix(int(qtype), e, f)
     x = (rng.standard_normal((2, e)) * 0.5).astype(np.float32)
