@@ -107,6 +107,11 @@ def expert_shape_key(n_embd: int, n_ff: int, k: int) -> str:
     return f"{n_embd}x{n_ff}x{k}"
 
 
+def _q4_0_matrix_bytes(n_embd: int, n_ff: int) -> int:
+    """One [n_embd x n_ff] expert matrix in Q4_0 (both multiples of 32)."""
+    return n_embd * n_ff // Q4_0_BLOCK * Q4_0_BLOCK_BYTES
+
+
 @dataclass(frozen=True)
 class DramBenchShape:
     """Synthetic experts for the DRAM benchmark; the default totals ~453 MB (> a 300 MiB L3)."""
@@ -127,14 +132,14 @@ class DramBenchShape:
     def for_experts(cls, n_embd: int, n_ff: int, k: int = 2, min_bytes: int = 450 << 20) -> DramBenchShape:
         """Experts of this shape, enough of them (>= min_bytes, and >= 3k so a call never
         re-reads the previous calls' experts) to stream from DRAM like the default shape."""
-        per_expert = 3 * n_embd * n_ff // Q4_0_BLOCK * Q4_0_BLOCK_BYTES
+        per_expert = 3 * _q4_0_matrix_bytes(n_embd, n_ff)
         n_total = max(3 * k, -(-min_bytes // per_expert))
         n_expert = max(min(n_total, 8), 3 * k)  # per layer
         return cls(n_layers=-(-n_total // n_expert), n_expert=n_expert, n_embd=n_embd, n_ff=n_ff, k=k)
 
     @property
     def matrix_bytes(self) -> int:  # one [n_embd x n_ff] matrix of one expert
-        return self.n_embd * self.n_ff // Q4_0_BLOCK * Q4_0_BLOCK_BYTES
+        return _q4_0_matrix_bytes(self.n_embd, self.n_ff)
 
     @property
     def total_bytes(self) -> int:
@@ -355,7 +360,7 @@ def with_expert_dram(m: MachineMeasurements, n_embd: int, n_ff: int, k: int, hw:
     tensors) keep the default figure."""
     key = expert_shape_key(n_embd, n_ff, k)
     if (key in m.expert_dram_gbps or k < 1 or n_embd % Q4_0_BLOCK or n_ff % Q4_0_BLOCK
-            or 3 * n_embd * n_ff // Q4_0_BLOCK * Q4_0_BLOCK_BYTES < max(min_expert_bytes, 1)):
+            or 3 * _q4_0_matrix_bytes(n_embd, n_ff) < max(min_expert_bytes, 1)):
         return m
     gbps = measure_dram_gbps(m.threads, seconds, DramBenchShape.for_experts(n_embd, n_ff, k), call_us=m.cpu_call_us or 0.0)
     out = replace(m, expert_dram_gbps={**m.expert_dram_gbps, key: gbps})

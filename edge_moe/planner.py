@@ -46,7 +46,7 @@ from edge_moe.cost_model import (CPU_CALL_FIXED_S, CPU_DEVICE_LAYER_S, LAYER_SEC
                                  decode_figures, prefill_tps)
 from edge_moe.expert_cache import CacheConfig, ReplacePolicy, parse_replace_policy
 from edge_moe.hardware import GIB, HardwareInfo
-from edge_moe.microbench import MachineMeasurements
+from edge_moe.microbench import MachineMeasurements, expert_shape_key
 from edge_moe.placement import candidate_placements, placement_text
 from edge_moe.profiles import HardwareProfile, resolve_threads
 from edge_moe.simulator import admission_config, simulate
@@ -240,7 +240,7 @@ def make_plan(model_path: str | Path, hw: HardwareInfo, profile: HardwareProfile
     # figures: measured, else the profile's expected ones
     src = "measured" if measurements else f"profile {profile.name}"
     dram = measurements.dram_gbps_for(m.n_embd, m.n_ff, m.k) if measurements else profile.expected.dram_read_gbps
-    if measurements and dram != measurements.dram_gbps:
+    if measurements and expert_shape_key(m.n_embd, m.n_ff, m.k) in measurements.expert_dram_gbps:
         notes.append(f"DRAM measured at this model's {m.n_embd} x {m.n_ff} experts, top-{m.k} "
                      f"({measurements.dram_gbps:g} GB/s at the default shape)")
     pcie = (measurements.pcie_h2d_gbps if measurements else None) or profile.expected.pcie_h2d_gbps
@@ -410,10 +410,14 @@ def measure_for_model(model_path: str | Path, threads: int, hw: HardwareInfo,
                       refresh: bool = False) -> MachineMeasurements:
     """This machine's cached figures (measured where absent, stale or `refresh`), with the DRAM
     figure at the model's expert shape (microbench.with_expert_dram)."""
+    from edge_moe.gguf_file import GGUFFile
     from edge_moe.microbench import load_or_measure, with_expert_dram
+    from edge_moe.model_config import read_config
 
-    sizes = _model_sizes(model_path)
-    return with_expert_dram(load_or_measure(threads, hw=hw, refresh=refresh), sizes.n_embd, sizes.n_ff, sizes.k, hw)
+    with GGUFFile(model_path) as gguf:  # the expert shape only (make_plan reads the sizes it needs)
+        cfg = read_config(gguf)
+    return with_expert_dram(load_or_measure(threads, hw=hw, refresh=refresh), cfg.n_embd, cfg.n_ff_expert,
+                            cfg.n_expert_used, hw)
 
 
 def plan_for_machine(model_path: str | Path, overrides: PlanOverrides | None = None,
