@@ -44,6 +44,9 @@ class Row:
     host_rss_gib: float
     predicted_decode: float | None
     complete: bool
+    cpu_gbps: float | None = None  # the CPU expert path in the run's decode steps (bench.cpu_in_situ)
+    cpu_planned_gbps: float | None = None  # what the planner assumed for the same work
+    predicted_at_in_situ: float | None = None  # the prediction with the run's own CPU time
 
     @property
     def decode_ratio(self) -> tuple[float, float] | None:
@@ -58,6 +61,12 @@ class Row:
         if self.predicted_decode is None or self.edge_decode[0] <= 0:
             return None
         return self.predicted_decode / self.edge_decode[0]
+
+    @property
+    def accuracy_at_in_situ(self) -> float | None:
+        if self.predicted_at_in_situ is None or self.edge_decode[0] <= 0:
+            return None
+        return self.predicted_at_in_situ / self.edge_decode[0]
 
 
 def ratio(a: tuple[float, float], b: tuple[float, float] | None) -> tuple[float, float] | None:
@@ -85,6 +94,7 @@ def edge_row(e: dict[str, Any], llama: dict[str, dict[str, Any]]) -> Row:
     gpu = e["memory"]["gpu"]
     plan = e["plan"]
     pred = plan["predicted_decode_tps_on_trace"] if c["routing"] == "replay" else plan["predicted_decode_tps"]
+    cpu = e.get("cpu_in_situ")  # absent in results written before session 8
     return Row(shape=shape, budget_gib=float(budget), routing=c["routing"],
                llama_ncmoe=None if lrow is None else lrow["n_cpu_moe"],
                llama_vram_gib=None if lrow is None or lrow["peak_vram_bytes"] is None
@@ -97,7 +107,10 @@ def edge_row(e: dict[str, Any], llama: dict[str, dict[str, Any]]) -> Row:
                hit_rate=s["hit_rate"]["mean"], dram_mib_per_token=s["dram_bytes_per_token"]["mean"] / 2**20,
                pcie_mib_per_token=s["pcie_bytes_per_token"]["mean"] / 2**20,
                host_rss_gib=e["memory"]["host"]["peak_rss_bytes"] / GIB, predicted_decode=pred,
-               complete=bool(e["complete"]))
+               complete=bool(e["complete"]),
+               cpu_gbps=None if cpu is None else cpu["gbps"]["mean"],
+               cpu_planned_gbps=None if cpu is None else cpu["planned_gbps"]["mean"],
+               predicted_at_in_situ=None if cpu is None else cpu["predicted_decode_tps_at_in_situ"]["mean"])
 
 
 def load_dir(d: Path) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
@@ -120,6 +133,7 @@ def _num(v: float | None, fmt: str) -> str:
 def markdown(rows: list[Row]) -> str:
     head = ("| shape | VRAM budget | routing | llama.cpp -ncmoe | llama.cpp VRAM | edge-moe cache | edge-moe VRAM "
             "| decode llama.cpp | decode edge-moe | **decode ratio** | planner pred | pred/meas "
+            "| CPU GB/s run / plan | pred/meas at run's CPU "
             "| prefill llama.cpp | prefill edge-moe | **prefill ratio** | TTFT edge-moe ms | hit rate "
             "| DRAM MiB/tok | PCIe MiB/tok | host RSS GiB |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -128,14 +142,20 @@ def markdown(rows: list[Row]) -> str:
             r.shape, f"{r.budget_gib:g} GiB", r.routing + ("" if r.complete else " (incomplete)"),
             _num(r.llama_ncmoe, "d"), _num(r.llama_vram_gib, ".2f"), r.edge_cache, _num(r.edge_vram_gib, ".2f"),
             _pm(r.llama_decode), _pm(r.edge_decode), f"**{_pm(r.decode_ratio)}**", _num(r.predicted_decode, ".2f"),
-            _num(r.prediction_accuracy, ".2f"), _pm(r.llama_prefill, 0), _pm(r.edge_prefill, 0),
+            _num(r.prediction_accuracy, ".2f"),
+            "-" if r.cpu_gbps is None else f"{r.cpu_gbps:.1f} / {r.cpu_planned_gbps:.1f}",
+            _num(r.accuracy_at_in_situ, ".2f"), _pm(r.llama_prefill, 0), _pm(r.edge_prefill, 0),
             f"**{_pm(r.prefill_ratio)}**", _pm(r.edge_ttft_ms, 0), f"{r.hit_rate:.3f}", f"{r.dram_mib_per_token:.1f}",
             f"{r.pcie_mib_per_token:.1f}", f"{r.host_rss_gib:.1f}"]) + " |")
     lines.append("")
     lines.append("Ratios are edge-moe / llama.cpp (> 1: edge-moe faster), mean ± stddev over the repeats. "
                  "llama.cpp's placement is static (`-ngl 99 --n-cpu-moe N`, the smallest N that fits the "
                  "budget), so its speed does not depend on routing: the same llama.cpp numbers stand on the "
-                 "natural and replay rows. pred/meas: the planner's predicted decode tok/s over the measured one.")
+                 "natural and replay rows. pred/meas: the planner's predicted decode tok/s over the measured one. "
+                 "CPU GB/s run / plan: expert bytes the CPU read in the decode steps over the seconds of its "
+                 "CPU expert phase, and over the time the planner's figures give the same calls and bytes; "
+                 "pred/meas at run's CPU: the prediction with its CPU time swapped for the measured one "
+                 "(what is left is hit rate, GPU and host overheads).")
     return "\n".join(lines)
 
 
@@ -176,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     md = "\n\n".join([markdown(rows), "## Where the time goes (per layer: one decode token, one prefill)", breakdowns(edges)])
     (args.out_md or args.results / "results.md").write_text(md)
     data = [asdict(r) | {"decode_ratio": r.decode_ratio, "prefill_ratio": r.prefill_ratio,
-                         "prediction_accuracy": r.prediction_accuracy} for r in rows]
+                         "prediction_accuracy": r.prediction_accuracy,
+                         "accuracy_at_in_situ": r.accuracy_at_in_situ} for r in rows]
     (args.out_json or args.results / "results.json").write_text(json.dumps(
         {"rows": data, "llama_cpp": llama, "edge_moe": edges}, indent=1))
     print(markdown(rows))

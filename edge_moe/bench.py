@@ -104,6 +104,9 @@ class RunResult:
     decode_seconds: float
     prefill_counts: tuple[int, int, int]  # cache (hits, misses, fills) during the prefill
     decode_counts: tuple[int, int, int]  # cache (hits, misses, fills) over the decode steps
+    decode_cpu_seconds: float = 0.0  # the executor's cpu_experts phase over the decode steps
+    decode_cpu_calls: int = 0  # layer steps that ran the CPU expert path
+    decode_cpu_misses: tuple[int, ...] = ()  # experts computed on the CPU, per layer, over the decode steps
 
     @property
     def prefill_tps(self) -> float:
@@ -248,6 +251,7 @@ def _one_run(model: Any, prompt: list[int], feed: list[int], replay: Any, deadli
     int(torch.argmax(logits[-1]))  # the first greedy pick (int() waits for it: part of the TTFT)
     t2 = time.perf_counter()
     mid = _counts(model)
+    cpu0, calls0, miss0 = model.timings.cpu_experts, model.timings.cpu_calls, _cpu_misses(model)
     n, decode_s = 0, 0.0
     for fed in feed:
         if deadline is not None and time.perf_counter() > deadline:
@@ -257,7 +261,48 @@ def _one_run(model: Any, prompt: list[int], feed: list[int], replay: Any, deadli
         decode_s += time.perf_counter() - ts
         n += 1
     after = _counts(model)
-    return RunResult(len(prompt), t1 - t0, t2 - t0, n, decode_s, _diff(before, mid), _diff(mid, after))
+    misses = tuple(b - a for a, b in zip(miss0, _cpu_misses(model)))
+    return RunResult(len(prompt), t1 - t0, t2 - t0, n, decode_s, _diff(before, mid), _diff(mid, after),
+                     model.timings.cpu_experts - cpu0, model.timings.cpu_calls - calls0, misses)
+
+
+def _cpu_misses(model: Any) -> tuple[int, ...]:
+    """Experts computed on the CPU so far, per layer (without a cache: every routed expert)."""
+    c, cfg = model.gpu.cache, model.cfg
+    if c is None:  # every layer step is a call with all k experts
+        return tuple(model.timings.cpu_calls * cfg.n_expert_used // cfg.n_layer for _ in range(cfg.n_layer))
+    return tuple(c.stats.misses_by_layer)
+
+
+def cpu_in_situ(runs: list[RunResult], plan: Any, predicted_tps: float, served: list[bool]) -> dict[str, Any] | None:
+    """The CPU expert path as the decode steps saw it, against what the plan assumed for the same work.
+
+    gbps: the expert bytes the CPU read over the seconds of the cpu_experts phase (fixed costs of
+    its ggml calls included). planned_gbps: the same bytes over the time the planner's cost model
+    gives them (cpu_call_seconds per call; dram_gbps on layers with cache slots, whose experts stay
+    zero-copy, x REPACK_DRAM_GAIN on the others on CUDA). predicted_decode_tps_at_in_situ: the prediction
+    with that planned CPU time swapped for the measured one, so that its error over the measured
+    decode is what the CPU figure does not explain (hit rate, GPU, host overheads)."""
+    from edge_moe.cost_model import REPACK_DRAM_GAIN
+
+    d = plan.dram_gbps * 1e9
+    gain = REPACK_DRAM_GAIN if plan.device == "cuda" else 1.0  # the CPU-device plan assumes no repacking
+    rates, planned, adjusted = [], [], []
+    for r in runs:
+        if r.decode_tokens == 0 or r.decode_cpu_seconds <= 0 or len(r.decode_cpu_misses) != len(served):
+            continue
+        zero_copy = plan.expert_bytes * sum(m for m, s in zip(r.decode_cpu_misses, served) if s)
+        repacked = plan.expert_bytes * sum(m for m, s in zip(r.decode_cpu_misses, served) if not s)
+        if zero_copy + repacked == 0:
+            continue
+        t_plan = r.decode_cpu_calls * plan.cpu_call_seconds + zero_copy / d + repacked / (d * gain)
+        rates.append((zero_copy + repacked) / r.decode_cpu_seconds / 1e9)
+        planned.append((zero_copy + repacked) / t_plan / 1e9)
+        adjusted.append(1.0 / (1.0 / predicted_tps + (r.decode_cpu_seconds - t_plan) / r.decode_tokens))
+    if not rates:
+        return None
+    return {"gbps": mean_std(rates), "planned_gbps": mean_std(planned),
+            "predicted_decode_tps_at_in_situ": mean_std(adjusted)}
 
 
 def _diff(a: tuple[int, int, int], b: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -378,6 +423,8 @@ def _result(cfg: BenchConfig, plan: Any, on_trace: Any, model: Any, runs: list[R
         per_token["dram_bytes_per_token"].append((misses + fills) * expert_bytes / n)
         per_token["fills_per_token"].append(fills / n)
     complete = len(runs) == cfg.repeats and all(r.decode_tokens == cfg.gen_tokens for r in runs)
+    predicted = plan.predicted_decode_tps if on_trace is None else on_trace.predicted_decode_tps
+    served = [model.gpu.serves(il) for il in range(mcfg.n_layer)]
     cache = model.gpu.cache
     d = asdict(cfg)
     d["model"], d["trace"] = str(cfg.model), None if cfg.trace is None else str(cfg.trace)
@@ -400,7 +447,9 @@ def _result(cfg: BenchConfig, plan: Any, on_trace: Any, model: Any, runs: list[R
         "runs": [{"prefill_seconds": r.prefill_seconds, "ttft_seconds": r.ttft_seconds,
                   "prefill_tps": r.prefill_tps, "decode_tokens": r.decode_tokens, "decode_seconds": r.decode_seconds,
                   "decode_tps": r.decode_tps, "prefill_hits_misses_fills": list(r.prefill_counts),
-                  "decode_hits_misses_fills": list(r.decode_counts)} for r in runs],
+                  "decode_hits_misses_fills": list(r.decode_counts), "decode_cpu_seconds": r.decode_cpu_seconds,
+                  "decode_cpu_calls": r.decode_cpu_calls} for r in runs],
+        "cpu_in_situ": cpu_in_situ(runs, plan, predicted, served),
         "summary": {"decode_tps": mean_std([r.decode_tps for r in runs]),
                     "prefill_tps": mean_std([r.prefill_tps for r in runs]),
                     "ttft_seconds": mean_std([r.ttft_seconds for r in runs]),

@@ -236,6 +236,7 @@ class DecodeGraphs:
             forward_misses(m.cpu, m.cpu_layers[il], np.ascontiguousarray(h_np), ids, w, hit,
                            out=self.y_cpu_host.numpy())
             self.y_cpu.copy_(self.y_cpu_host, non_blocking=True)
+            tm.cpu_calls += 1
         t4 = time.perf_counter()
         tm.cpu_experts += t4 - t3
         if prof is not None:

@@ -102,9 +102,11 @@ class StepTimings:
     router_sync: float = 0.0
     cpu_experts: float = 0.0
     gpu_experts_enqueue: float = 0.0
+    cpu_calls: int = 0  # layer steps that ran the CPU expert path (a count, not seconds)
 
     def as_dict(self) -> dict[str, float]:
-        return dict(self.__dict__)
+        """The seconds per phase (the call count left out)."""
+        return {k: v for k, v in self.__dict__.items() if k != "cpu_calls"}
 
 
 class HybridModel:
@@ -315,6 +317,7 @@ class HybridModel:
             prof.lap(il, "gpu_enqueue", sync=False)
         if h_host is not None:
             y_cpu = torch.from_numpy(forward_misses(self.cpu, self.cpu_layers[il], h_host, ids_host, w_host, on_gpu))
+            tm.cpu_calls += 1
             y_cpu = y_cpu.to(device=h.device, dtype=h.dtype, non_blocking=True)
             y = y_cpu if y is None else y + y_cpu
         t3 = time.perf_counter()

@@ -36,6 +36,7 @@ Explicit user flags (`PlanOverrides`) always win and are recorded in the notes.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,7 @@ class Plan:
     vram_budget_bytes: int | None = None  # --vram-budget: the total the plan keeps within
     dense_format: str = "fp16"  # how the executor's dense_format "auto" keeps them on `device` (dense_weights.py)
     prefill_chunk: int = 512  # tokens per prefill step (ExecutorConfig.prefill_chunk): sizes the workspace
+    cpu_call_seconds: float = 0.0  # the fixed cost of one ggml call the prediction assumed
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda"):
@@ -236,6 +238,10 @@ def make_plan(model_path: str | Path, hw: HardwareInfo, profile: HardwareProfile
 
     threads = o.threads or resolve_threads(profile, hw)
     notes.append(f"threads {threads}: " + ("your flag" if o.threads else f"profile {profile.name}"))
+    if os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE":
+        # H100 box, Qwen3 30B shape, 6 GiB budget (session 8): a layer's ggml call 0.71-0.78 ms instead of 0.42-0.45
+        notes.append("warning: OMP_WAIT_POLICY=PASSIVE puts ggml's OpenMP threads to sleep after every layer's "
+                     "CPU experts; measured 1.6x slower per call (decode 23 vs 29 tok/s): unset it")
 
     # figures: measured, else the profile's expected ones
     src = "measured" if measurements else f"profile {profile.name}"
@@ -379,7 +385,7 @@ def make_plan(model_path: str | Path, hw: HardwareInfo, profile: HardwareProfile
                 vram_free_bytes=free, margin_bytes=margin, dram_gbps=dram, pcie_gbps=pcie, gpu_gbps=gpu_bw,
                 figures_source=src, hit_rate=hit_rate, routing_source=routing_source,
                 predicted_decode_tps=decode_tps, predicted_prefill_tps=prefill,
-                no_cache_decode_tps=no_cache_tps, notes=notes,
+                no_cache_decode_tps=no_cache_tps, notes=notes, cpu_call_seconds=call_s,
                 vram_budget_bytes=None if o.vram_budget_gib is None else int(o.vram_budget_gib * GIB),
                 dense_format=m.dense_cuda_format if device == "cuda" else "fp16", prefill_chunk=d.prefill_chunk)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from edge_moe.bench import BenchConfig, mean_std, run_bench
+from edge_moe.bench import BenchConfig, RunResult, cpu_in_situ, mean_std, run_bench
 from edge_moe.cli import main
 from edge_moe.trace_synth import TraceParams, save_trace
 
@@ -53,6 +53,12 @@ def test_no_cache_runs_the_protocol(model: Path) -> None:
     assert p["prompt_tokens"] == 8 and p["tokens"] == 1 and p["total_ms"]["cpu_experts"] > 0
     assert 0 < p["layers_ms"] <= p["token_ms"]
     assert r["memory"]["host"]["peak_rss_bytes"] > 0 and r["memory"]["gpu"] == {}
+    # the CPU path as the decode steps saw it: one call per layer and token, every routed expert
+    assert all(run["decode_cpu_calls"] == 5 * m["n_layer"] and run["decode_cpu_seconds"] > 0 for run in r["runs"])
+    cpu = r["cpu_in_situ"]
+    measured = [5 * per_token / run["decode_cpu_seconds"] / 1e9 for run in r["runs"]]
+    assert cpu["gbps"]["mean"] == pytest.approx(sum(measured) / 3)
+    assert cpu["planned_gbps"]["mean"] > 0 and cpu["predicted_decode_tps_at_in_situ"]["mean"] > 0
 
 
 def test_replay_of_a_fixed_set_hits_every_time(model: Path, tmp_path: Path) -> None:
@@ -65,6 +71,7 @@ def test_replay_of_a_fixed_set_hits_every_time(model: Path, tmp_path: Path) -> N
     assert s["hit_rate"]["mean"] == 1.0 and s["fills_per_token"]["mean"] == 0.0
     assert s["dram_bytes_per_token"]["mean"] == 0.0
     assert r["breakdown"]["total_ms"]["gpu_experts"] > 0
+    assert r["cpu_in_situ"] is None  # no CPU work in the decode steps: nothing to measure
     # natural routing through the same cache misses some of the time
     nat = run_bench(small(model, gpu_budget_gib=2.5 * _slot_gib(model)))
     assert nat["cache"]["n_ways"] == 1 and nat["summary"]["hit_rate"]["mean"] < 1.0
@@ -126,6 +133,29 @@ def test_profiler_changes_no_numbers_and_is_off_by_default(model: Path) -> None:
     with_flag = HybridModel(model, ExecutorConfig(device="cpu", n_threads=2, profile_layers=True))
     assert isinstance(with_flag.profiler, LayerProfiler)
     with_flag.close()
+
+
+def test_cpu_in_situ_by_hand() -> None:
+    """Two layers, one with cache slots (zero-copy experts), one without (repacked): 10 misses
+    each of 1 MB experts in 10 tokens, 20 calls, 20 ms of CPU phase."""
+    from types import SimpleNamespace
+
+    from edge_moe.cost_model import REPACK_DRAM_GAIN as g
+
+    plan = SimpleNamespace(dram_gbps=10.0, expert_bytes=10**6, cpu_call_seconds=1e-4, device="cuda")
+    run = RunResult(8, 1.0, 1.0, 10, 0.5, (0, 0, 0), (0, 20, 0), 0.02, 20, (10, 10))
+    d = cpu_in_situ([run, run], plan, 50.0, [True, False])
+    t_plan = 20 * 1e-4 + 1e7 / 1e10 + 1e7 / (1e10 * g)
+    assert d["gbps"]["mean"] == pytest.approx(2e7 / 0.02 / 1e9) and d["gbps"]["n"] == 2
+    assert d["planned_gbps"]["mean"] == pytest.approx(2e7 / t_plan / 1e9)
+    # the prediction keeps everything but its CPU time, which becomes the measured one
+    assert d["predicted_decode_tps_at_in_situ"]["mean"] == pytest.approx(1 / (1 / 50 + (0.02 - t_plan) / 10))
+    # a CPU-device plan assumes no repacking; runs without CPU work give nothing
+    cpu_plan = SimpleNamespace(**(vars(plan) | {"device": "cpu"}))
+    assert cpu_in_situ([run], cpu_plan, 50.0, [True, False])["planned_gbps"]["mean"] == pytest.approx(
+        2e7 / (2e-3 + 2e7 / 1e10) / 1e9)
+    idle = RunResult(8, 1.0, 1.0, 10, 0.5, (0, 0, 0), (20, 0, 0), 0.0, 0, (0, 0))
+    assert cpu_in_situ([idle], plan, 50.0, [True, False]) is None
 
 
 def test_mean_std() -> None:

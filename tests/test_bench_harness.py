@@ -74,6 +74,8 @@ def test_report_puts_both_sides_and_the_prediction_together(model: Path, tmp_pat
     edge["summary"]["decode_tps"] = {"mean": 10.0, "std": 1.0, "n": 2}
     edge["summary"]["prefill_tps"] = {"mean": 300.0, "std": 0.0, "n": 2}
     edge["plan"]["predicted_decode_tps"] = 11.5
+    edge["cpu_in_situ"] = {"gbps": {"mean": 40.0, "std": 1.0, "n": 2}, "planned_gbps": {"mean": 50.0, "std": 0.0, "n": 2},
+                           "predicted_decode_tps_at_in_situ": {"mean": 9.5, "std": 0.1, "n": 2}}
     replay = json.loads(json.dumps(edge))
     replay["config"]["routing"] = "replay"
     replay["plan"]["predicted_decode_tps_on_trace"] = 9.0
@@ -91,8 +93,10 @@ def test_report_puts_both_sides_and_the_prediction_together(model: Path, tmp_pat
     assert nat["prefill_ratio"] == pytest.approx([0.5, 0.0])
     assert nat["prediction_accuracy"] == pytest.approx(1.15) and rows["replay"]["prediction_accuracy"] == 0.9
     assert nat["llama_ncmoe"] == 3 and nat["llama_vram_gib"] == 5.0
+    assert nat["accuracy_at_in_situ"] == pytest.approx(0.95) and nat["cpu_gbps"] == 40.0
     md = (tmp_path / "results.md").read_text()
     assert "**0.50 ± 0.07**" in md and "does not depend on routing" in md and "| **all** |" in md
+    assert "| 40.0 / 50.0 | 0.95 |" in md
 
 
 def test_report_without_llama_row_and_bad_folder(model: Path, tmp_path: Path) -> None:

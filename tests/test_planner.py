@@ -230,6 +230,19 @@ def test_cpu_device_prediction_by_hand(model: Path, tmp_path: Path) -> None:
     q = make_plan(model, hw, profile, slow)
     assert 1 / q.no_cache_decode_tps - 1 / p.no_cache_decode_tps == pytest.approx(s.n_layer * 475e-6)
     assert any("ggml call 500 us fixed: measured" in n for n in q.notes)
+    assert p.cpu_call_seconds == pytest.approx(25e-6) and q.cpu_call_seconds == pytest.approx(500e-6)
+
+
+@pytest.mark.parametrize("policy,warned", [("PASSIVE", True), (" passive", True), ("ACTIVE", False), (None, False)])
+def test_plan_warns_about_a_passive_openmp_wait_policy(model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       policy: str | None, warned: bool) -> None:
+    if policy is None:
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    else:
+        monkeypatch.setenv("OMP_WAIT_POLICY", policy)
+    hw, profile = machine("cpu_only", tmp_path)
+    p = make_plan(model, hw, profile)
+    assert any("OMP_WAIT_POLICY=PASSIVE" in n for n in p.notes) == warned
 
 
 def test_full_cache_is_priced_as_one_graph(model: Path, tmp_path: Path) -> None:
