@@ -58,6 +58,7 @@ class BenchConfig:
     device: str = "auto"  # auto | cpu | cuda
     profile_tokens: int = 1
     warmup: bool = True
+    record_figures: bool = True  # keep the decode steps' DRAM figure for later plans on this machine (CUDA runs)
     max_seconds: float | None = None  # stop decoding past this (after loading); the result says so
     seed: int = 0
     label: str = ""
@@ -302,7 +303,34 @@ def cpu_in_situ(runs: list[RunResult], plan: Any, predicted_tps: float, served: 
     if not rates:
         return None
     return {"gbps": mean_std(rates), "planned_gbps": mean_std(planned),
-            "predicted_decode_tps_at_in_situ": mean_std(adjusted)}
+            "predicted_decode_tps_at_in_situ": mean_std(adjusted),
+            "dram_gbps": run_dram_figure(runs, plan, served)}
+
+
+# A run's DRAM figure is kept only from this much CPU work: a few calls measure the machine's mood
+MIN_RUN_CPU_SECONDS = 0.5
+MIN_RUN_CPU_CALLS = 100
+
+
+def run_dram_figure(runs: list[RunResult], plan: Any, served: list[bool]) -> float | None:
+    """The planner's DRAM figure (zero-copy GB/s, the cost model's terms) that explains the CPU
+    time of these decode steps: d = (zero-copy bytes + repacked bytes / gain) / (seconds - calls x
+    the plan's fixed call cost), over all runs. None with too little CPU work to say."""
+    from edge_moe.cost_model import REPACK_DRAM_GAIN
+
+    gain = REPACK_DRAM_GAIN if plan.device == "cuda" else 1.0
+    seconds = calls = 0.0
+    scaled_bytes = 0.0
+    for r in runs:
+        if len(r.decode_cpu_misses) != len(served):
+            continue
+        seconds += r.decode_cpu_seconds
+        calls += r.decode_cpu_calls
+        scaled_bytes += plan.expert_bytes * sum(m if s else m / gain for m, s in zip(r.decode_cpu_misses, served))
+    busy = seconds - calls * plan.cpu_call_seconds
+    if seconds < MIN_RUN_CPU_SECONDS or calls < MIN_RUN_CPU_CALLS or busy < 0.5 * seconds or scaled_bytes <= 0:
+        return None
+    return scaled_bytes / busy / 1e9
 
 
 def _diff(a: tuple[int, int, int], b: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -363,9 +391,22 @@ def run_bench(cfg: BenchConfig, log: Any = None) -> dict[str, Any]:
                       gpu_memory(device, nvml_before), host_memory())
         out["prefill_breakdown"] = prefill_breakdown
         out["warnings"] = warnings
+        figure = (out["cpu_in_situ"] or {}).get("dram_gbps")
+        keep = cfg.record_figures and device.type == "cuda" and figure is not None
+        out["recorded_dram_gbps"] = _record(model, plan.threads, figure) if keep else None
         return out
     finally:
         model.close()
+
+
+def _record(model: Any, threads: int, gbps: float) -> float | None:
+    """Keep the run's DRAM figure for the next plans on this machine (microbench.record_run_dram)."""
+    from edge_moe.hardware import detect_hardware
+    from edge_moe.microbench import record_run_dram
+
+    c = model.cfg
+    saved = record_run_dram(threads, detect_hardware(), c.n_embd, c.n_ff_expert, c.n_expert_used, gbps)
+    return None if saved is None else gbps
 
 
 def _profile(model: Any, feed: list[int], replay: Any, profiler_cls: Any) -> dict[str, Any] | None:

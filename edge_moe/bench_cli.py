@@ -33,6 +33,8 @@ def add_bench_parser(sub: Any) -> None:
     b.add_argument("--profile-tokens", type=int, default=1,
                    help="decode steps run with the per-layer profiler after the runs (0: none)")
     b.add_argument("--no-warmup", action="store_true")
+    b.add_argument("--no-record-figures", action="store_true",
+                   help="do not keep this run's CPU DRAM figure for later plans on this machine")
     b.add_argument("--max-seconds", type=float, default=None,
                    help="stop decoding after this long (after loading); the result is marked incomplete")
     b.add_argument("--seed", type=int, default=0, help="prompt token ids")
@@ -51,7 +53,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                           prompt_tokens=args.n_prompt, gen_tokens=args.n_gen, repeats=args.repetitions,
                           threads=args.threads, vram_budget_gib=args.vram_budget, gpu_budget_gib=args.gpu_budget,
                           admission=args.cache_admission, device=args.device, profile_tokens=args.profile_tokens,
-                          warmup=not args.no_warmup, max_seconds=args.max_seconds, seed=args.seed, label=args.label)
+                          warmup=not args.no_warmup, max_seconds=args.max_seconds, seed=args.seed, label=args.label,
+                          record_figures=not args.no_record_figures)
     except ValueError as e:
         raise EdgeMoeError(f"invalid option: {e}") from None
     if args.routing == "replay":

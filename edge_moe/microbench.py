@@ -71,11 +71,17 @@ class MachineMeasurements:
     cpu_call_us: float | None = None  # fixed cost of one ggml call, microseconds; None: not measured
     # dram_gbps measured at a model's expert shape, keyed expert_shape_key(n_embd, n_ff, k)
     expert_dram_gbps: dict[str, float] = field(default_factory=dict)
+    # the same figure derived from a real run's decode steps (record_run_dram), same keys: what
+    # the CPU expert path reached inside decode tokens, where the micro-benchmark's figure was
+    # 1.0-1.2x too high on the H100 box (session 8)
+    run_dram_gbps: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _positive("dram_gbps", self.dram_gbps, optional=False)
         for key, gbps in self.expert_dram_gbps.items():
             _positive(f"expert_dram_gbps[{key!r}]", gbps, optional=False)
+        for key, gbps in self.run_dram_gbps.items():
+            _positive(f"run_dram_gbps[{key!r}]", gbps, optional=False)
         _positive("pcie_h2d_gbps", self.pcie_h2d_gbps, optional=True)
         _positive("gpu_gemv_gbps", self.gpu_gemv_gbps, optional=True)
         _positive("cpu_call_us", self.cpu_call_us, optional=True)
@@ -95,12 +101,20 @@ class MachineMeasurements:
         return cls(dram_gbps=d["dram_gbps"], pcie_h2d_gbps=d["pcie_h2d_gbps"],
                    gpu_gemv_gbps=d["gpu_gemv_gbps"], threads=d["threads"],
                    measured_at=d["measured_at"], machine_key=d["machine_key"], cpu_call_us=d["cpu_call_us"],
-                   expert_dram_gbps=dict(d.get("expert_dram_gbps", {})))
+                   expert_dram_gbps=dict(d.get("expert_dram_gbps", {})),
+                   run_dram_gbps=dict(d.get("run_dram_gbps", {})))
 
     def dram_gbps_for(self, n_embd: int, n_ff: int, k: int) -> float:
-        """DRAM GB/s of the CPU expert path for experts of this shape: measured at it where
-        `with_expert_dram` did, else the default shape's figure."""
-        return self.expert_dram_gbps.get(expert_shape_key(n_embd, n_ff, k), self.dram_gbps)
+        """DRAM GB/s of the CPU expert path for experts of this shape: from a run's decode steps
+        where one was recorded, else measured at the shape where `with_expert_dram` did, else
+        the default shape's figure."""
+        key = expert_shape_key(n_embd, n_ff, k)
+        return self.run_dram_gbps.get(key, self.expert_dram_gbps.get(key, self.dram_gbps))
+
+    def dram_source_for(self, n_embd: int, n_ff: int, k: int) -> str:
+        """Where dram_gbps_for's figure comes from: "run", "shape" or "default"."""
+        key = expert_shape_key(n_embd, n_ff, k)
+        return "run" if key in self.run_dram_gbps else "shape" if key in self.expert_dram_gbps else "default"
 
 
 def expert_shape_key(n_embd: int, n_ff: int, k: int) -> str:
@@ -366,6 +380,17 @@ def with_expert_dram(m: MachineMeasurements, n_embd: int, n_ff: int, k: int, hw:
     out = replace(m, expert_dram_gbps={**m.expert_dram_gbps, key: gbps})
     save(out, hw, cache_dir)
     return out
+
+
+def record_run_dram(threads: int, hw: HardwareInfo, n_embd: int, n_ff: int, k: int, gbps: float,
+                    cache_dir: Path | None = None) -> Path | None:
+    """Keep `gbps`, the DRAM figure a run's decode steps reached at this expert shape and top-k,
+    beside the machine's measurements for `threads`: later plans price CPU misses with it. None
+    where there are no measurements to keep it with, or the cache dir is not writable."""
+    m = load_cached(threads, hw, cache_dir)
+    if m is None or not (math.isfinite(gbps) and gbps > 0):
+        return None
+    return save(replace(m, run_dram_gbps={**m.run_dram_gbps, expert_shape_key(n_embd, n_ff, k): gbps}), hw, cache_dir)
 
 
 def load_or_measure(threads: int, cache_dir: Path | None = None, refresh: bool = False,

@@ -59,6 +59,7 @@ def test_no_cache_runs_the_protocol(model: Path) -> None:
     measured = [5 * per_token / run["decode_cpu_seconds"] / 1e9 for run in r["runs"]]
     assert cpu["gbps"]["mean"] == pytest.approx(sum(measured) / 3)
     assert cpu["planned_gbps"]["mean"] > 0 and cpu["predicted_decode_tps_at_in_situ"]["mean"] > 0
+    assert r["recorded_dram_gbps"] is None  # CPU-device runs keep no figure for CUDA plans
 
 
 def test_replay_of_a_fixed_set_hits_every_time(model: Path, tmp_path: Path) -> None:
@@ -156,6 +157,26 @@ def test_cpu_in_situ_by_hand() -> None:
         2e7 / (2e-3 + 2e7 / 1e10) / 1e9)
     idle = RunResult(8, 1.0, 1.0, 10, 0.5, (0, 0, 0), (20, 0, 0), 0.0, 0, (0, 0))
     assert cpu_in_situ([idle], plan, 50.0, [True, False]) is None
+
+
+def test_run_dram_figure_inverts_the_cost_model() -> None:
+    """The figure that, put into the plan, makes its CPU time equal the measured one; None on
+    too little work."""
+    from types import SimpleNamespace
+
+    from edge_moe.bench import MIN_RUN_CPU_CALLS, run_dram_figure
+
+    plan = SimpleNamespace(dram_gbps=10.0, expert_bytes=10**6, cpu_call_seconds=1e-4, device="cuda")
+    run = RunResult(8, 1.0, 1.0, 100, 5.0, (0, 0, 0), (0, 200, 0), 0.4, 100, (100, 100))
+    d = run_dram_figure([run, run], plan, [True, False])
+    refit = SimpleNamespace(**(vars(plan) | {"dram_gbps": d}))
+    assert cpu_in_situ([run], refit, 50.0, [True, False])["planned_gbps"]["mean"] == pytest.approx(
+        cpu_in_situ([run], refit, 50.0, [True, False])["gbps"]["mean"])
+    assert run_dram_figure([run], plan, [True, False]) is None  # 0.4 s of CPU work: too little to keep
+    few = RunResult(8, 1.0, 1.0, 5, 5.0, (0, 0, 0), (0, 10, 0), 1.0, MIN_RUN_CPU_CALLS - 1, (5, 5))
+    assert run_dram_figure([few], plan, [True, False]) is None
+    fixed_bound = RunResult(8, 1.0, 1.0, 100, 5.0, (0, 0, 0), (0, 200, 0), 0.6, 4000, (100, 100))
+    assert run_dram_figure([fixed_bound], plan, [True, False]) is None  # the call costs explain most of it
 
 
 def test_mean_std() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 from pathlib import Path
 
@@ -139,6 +141,32 @@ def test_expert_shape_dram_is_measured_once_and_cached(hw: HardwareInfo, tmp_pat
     d["expert_dram_gbps"] = {"256x128x2": -1.0}
     path.write_text(json.dumps(d))
     assert mb.load_cached(1, hw, tmp_path) is None  # an invalid figure: re-measured, never used
+
+
+def test_a_runs_dram_figure_is_kept_and_wins(hw: HardwareInfo, tmp_path: Path) -> None:
+    """record_run_dram keeps a run's figure beside the machine's measurements; dram_gbps_for
+    prefers it for that shape and top-k only; nothing is written without measurements."""
+    assert mb.record_run_dram(1, hw, 256, 128, 2, 33.0, cache_dir=tmp_path) is None  # nothing measured yet
+    assert not mb.cache_path(hw, tmp_path).exists()
+    base = mb.load_or_measure(1, cache_dir=tmp_path, hw=hw, seconds_budget=0.1, dram_shape=TINY)
+    shaped = dataclasses.replace(base, expert_dram_gbps={"256x128x2": 50.0})
+    mb.save(shaped, hw, tmp_path)
+    assert mb.record_run_dram(2, hw, 256, 128, 2, 33.0, cache_dir=tmp_path) is None  # another thread count
+    for bad in (0.0, -1.0, float("nan")):
+        assert mb.record_run_dram(1, hw, 256, 128, 2, bad, cache_dir=tmp_path) is None
+    assert mb.record_run_dram(1, hw, 256, 128, 2, 33.0, cache_dir=tmp_path) == mb.cache_path(hw, tmp_path)
+    m = mb.load_cached(1, hw, tmp_path)
+    assert m is not None and m.run_dram_gbps == {"256x128x2": 33.0} and m.expert_dram_gbps == {"256x128x2": 50.0}
+    assert m.dram_gbps_for(256, 128, 2) == 33.0 and m.dram_source_for(256, 128, 2) == "run"
+    assert m.dram_gbps_for(256, 128, 8) == base.dram_gbps and m.dram_source_for(256, 128, 8) == "default"
+    assert shaped.dram_source_for(256, 128, 2) == "shape"
+    # files written before session 8 have no run figures; an invalid one is refused as a whole
+    d = json.loads(mb.cache_path(hw, tmp_path).read_text())
+    del d["run_dram_gbps"]
+    assert mb.MachineMeasurements.from_dict(d).run_dram_gbps == {}
+    d["run_dram_gbps"] = {"256x128x2": -3.0}
+    with pytest.raises(ValueError, match="run_dram_gbps"):
+        mb.MachineMeasurements.from_dict(d)
 
 
 @pytest.mark.parametrize("n_embd, n_ff, k", [(4096, 14336, 2), (2048, 768, 8), (4096, 1024, 2)])

@@ -311,3 +311,9 @@ def test_plan_prices_misses_at_the_models_expert_shape(model: Path, tmp_path: Pa
     assert p_plain.dram_gbps == 30.0 and p_shaped.dram_gbps == 45.0
     assert any("this model's" in n for n in p_shaped.notes)
     assert p_shaped.no_cache_decode_tps > p_plain.no_cache_decode_tps
+    # a figure from an earlier run's decode steps wins over both, and the plan says so
+    ran = dataclasses.replace(shaped, run_dram_gbps={expert_shape_key(s.n_embd, s.n_ff, s.k): 36.0})
+    p_ran = make_plan(model, hw, profile, ran)
+    assert p_ran.dram_gbps == 36.0
+    assert any("earlier run's decode steps" in n and "micro-benchmark: 45 GB/s" in n for n in p_ran.notes)
+    assert p_plain.no_cache_decode_tps < p_ran.no_cache_decode_tps < p_shaped.no_cache_decode_tps
