@@ -1,7 +1,6 @@
 """ggml expert reads on 4 KiB vs 2 MiB pages: zero-copy arrays and repacked copies, per shape."""
 import mmap
 import sys
-import time
 
 import numpy as np
 
