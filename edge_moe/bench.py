@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 import resource
-import statistics
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -36,6 +35,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from edge_moe.bench_stats import cpu_in_situ, cpu_misses, mean_std, record_run_figure
 
 
 ROUTING_MODES = ("natural", "replay")
@@ -116,13 +117,6 @@ class RunResult:
     @property
     def decode_tps(self) -> float:
         return self.decode_tokens / self.decode_seconds if self.decode_seconds > 0 else 0.0
-
-
-def mean_std(xs: list[float]) -> dict[str, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    if not xs:
-        return {"mean": float("nan"), "std": float("nan"), "n": 0}
-    return {"mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0, "n": len(xs)}
 
 
 # ---- memory ---------------------------------------------------------------------------------
@@ -252,7 +246,7 @@ def _one_run(model: Any, prompt: list[int], feed: list[int], replay: Any, deadli
     int(torch.argmax(logits[-1]))  # the first greedy pick (int() waits for it: part of the TTFT)
     t2 = time.perf_counter()
     mid = _counts(model)
-    cpu0, calls0, miss0 = model.timings.cpu_experts, model.timings.cpu_calls, _cpu_misses(model)
+    cpu0, calls0, miss0 = model.timings.cpu_experts, model.timings.cpu_calls, cpu_misses(model)
     n, decode_s = 0, 0.0
     for fed in feed:
         if deadline is not None and time.perf_counter() > deadline:
@@ -262,75 +256,9 @@ def _one_run(model: Any, prompt: list[int], feed: list[int], replay: Any, deadli
         decode_s += time.perf_counter() - ts
         n += 1
     after = _counts(model)
-    misses = tuple(b - a for a, b in zip(miss0, _cpu_misses(model)))
+    misses = tuple(b - a for a, b in zip(miss0, cpu_misses(model)))
     return RunResult(len(prompt), t1 - t0, t2 - t0, n, decode_s, _diff(before, mid), _diff(mid, after),
                      model.timings.cpu_experts - cpu0, model.timings.cpu_calls - calls0, misses)
-
-
-def _cpu_misses(model: Any) -> tuple[int, ...]:
-    """Experts computed on the CPU so far, per layer (without a cache: every routed expert)."""
-    c, cfg = model.gpu.cache, model.cfg
-    if c is None:  # every layer step is a call with all k experts
-        return tuple(model.timings.cpu_calls * cfg.n_expert_used // cfg.n_layer for _ in range(cfg.n_layer))
-    return tuple(c.stats.misses_by_layer)
-
-
-def cpu_in_situ(runs: list[RunResult], plan: Any, predicted_tps: float, served: list[bool]) -> dict[str, Any] | None:
-    """The CPU expert path as the decode steps saw it, against what the plan assumed for the same work.
-
-    gbps: the expert bytes the CPU read over the seconds of the cpu_experts phase (fixed costs of
-    its ggml calls included). planned_gbps: the same bytes over the time the planner's cost model
-    gives them (cpu_call_seconds per call; dram_gbps on layers with cache slots, whose experts stay
-    zero-copy, x REPACK_DRAM_GAIN on the others on CUDA). predicted_decode_tps_at_in_situ: the prediction
-    with that planned CPU time swapped for the measured one, so that its error over the measured
-    decode is what the CPU figure does not explain (hit rate, GPU, host overheads)."""
-    from edge_moe.cost_model import REPACK_DRAM_GAIN
-
-    d = plan.dram_gbps * 1e9
-    gain = REPACK_DRAM_GAIN if plan.device == "cuda" else 1.0  # the CPU-device plan assumes no repacking
-    rates, planned, adjusted = [], [], []
-    for r in runs:
-        if r.decode_tokens == 0 or r.decode_cpu_seconds <= 0 or len(r.decode_cpu_misses) != len(served):
-            continue
-        zero_copy = plan.expert_bytes * sum(m for m, s in zip(r.decode_cpu_misses, served) if s)
-        repacked = plan.expert_bytes * sum(m for m, s in zip(r.decode_cpu_misses, served) if not s)
-        if zero_copy + repacked == 0:
-            continue
-        t_plan = r.decode_cpu_calls * plan.cpu_call_seconds + zero_copy / d + repacked / (d * gain)
-        rates.append((zero_copy + repacked) / r.decode_cpu_seconds / 1e9)
-        planned.append((zero_copy + repacked) / t_plan / 1e9)
-        adjusted.append(1.0 / (1.0 / predicted_tps + (r.decode_cpu_seconds - t_plan) / r.decode_tokens))
-    if not rates:
-        return None
-    return {"gbps": mean_std(rates), "planned_gbps": mean_std(planned),
-            "predicted_decode_tps_at_in_situ": mean_std(adjusted),
-            "dram_gbps": run_dram_figure(runs, plan, served)}
-
-
-# A run's DRAM figure is kept only from this much CPU work: a few calls measure the machine's mood
-MIN_RUN_CPU_SECONDS = 0.5
-MIN_RUN_CPU_CALLS = 100
-
-
-def run_dram_figure(runs: list[RunResult], plan: Any, served: list[bool]) -> float | None:
-    """The planner's DRAM figure (zero-copy GB/s, the cost model's terms) that explains the CPU
-    time of these decode steps: d = (zero-copy bytes + repacked bytes / gain) / (seconds - calls x
-    the plan's fixed call cost), over all runs. None with too little CPU work to say."""
-    from edge_moe.cost_model import REPACK_DRAM_GAIN
-
-    gain = REPACK_DRAM_GAIN if plan.device == "cuda" else 1.0
-    seconds = calls = 0.0
-    scaled_bytes = 0.0
-    for r in runs:
-        if len(r.decode_cpu_misses) != len(served):
-            continue
-        seconds += r.decode_cpu_seconds
-        calls += r.decode_cpu_calls
-        scaled_bytes += plan.expert_bytes * sum(m if s else m / gain for m, s in zip(r.decode_cpu_misses, served))
-    busy = seconds - calls * plan.cpu_call_seconds
-    if seconds < MIN_RUN_CPU_SECONDS or calls < MIN_RUN_CPU_CALLS or busy < 0.5 * seconds or scaled_bytes <= 0:
-        return None
-    return scaled_bytes / busy / 1e9
 
 
 def _diff(a: tuple[int, int, int], b: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -393,20 +321,10 @@ def run_bench(cfg: BenchConfig, log: Any = None) -> dict[str, Any]:
         out["warnings"] = warnings
         figure = (out["cpu_in_situ"] or {}).get("dram_gbps")
         keep = cfg.record_figures and device.type == "cuda" and figure is not None
-        out["recorded_dram_gbps"] = _record(model, plan.threads, figure) if keep else None
+        out["recorded_dram_gbps"] = record_run_figure(model, plan.threads, figure) if keep else None
         return out
     finally:
         model.close()
-
-
-def _record(model: Any, threads: int, gbps: float) -> float | None:
-    """Keep the run's DRAM figure for the next plans on this machine (microbench.record_run_dram)."""
-    from edge_moe.hardware import detect_hardware
-    from edge_moe.microbench import record_run_dram
-
-    c = model.cfg
-    saved = record_run_dram(threads, detect_hardware(), c.n_embd, c.n_ff_expert, c.n_expert_used, gbps)
-    return None if saved is None else gbps
 
 
 def _profile(model: Any, feed: list[int], replay: Any, profiler_cls: Any) -> dict[str, Any] | None:

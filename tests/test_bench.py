@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from edge_moe.bench import BenchConfig, RunResult, cpu_in_situ, mean_std, run_bench
+from edge_moe.bench import BenchConfig, RunResult, mean_std, run_bench
+from edge_moe.bench_stats import cpu_in_situ
 from edge_moe.cli import main
 from edge_moe.trace_synth import TraceParams, save_trace
 
@@ -164,7 +165,7 @@ def test_run_dram_figure_inverts_the_cost_model() -> None:
     too little work."""
     from types import SimpleNamespace
 
-    from edge_moe.bench import MIN_RUN_CPU_CALLS, run_dram_figure
+    from edge_moe.bench_stats import MIN_RUN_CPU_CALLS, run_dram_figure
 
     plan = SimpleNamespace(dram_gbps=10.0, expert_bytes=10**6, cpu_call_seconds=1e-4, device="cuda")
     run = RunResult(8, 1.0, 1.0, 100, 5.0, (0, 0, 0), (0, 200, 0), 0.4, 100, (100, 100))
