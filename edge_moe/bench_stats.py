@@ -36,6 +36,19 @@ def cpu_misses(model: Any) -> tuple[int, ...]:
     return tuple(c.stats.misses_by_layer)
 
 
+def _repack_gain(plan: Any) -> float:
+    """The DRAM gain the plan assumed on layers without cache slots (a CPU-device plan assumes none)."""
+    return REPACK_DRAM_GAIN if plan.device == "cuda" else 1.0
+
+
+def _cpu_bytes(r: RunResult, plan: Any, served: list[bool]) -> tuple[int, int]:
+    """Expert bytes the CPU read in a run's decode steps: (on layers with cache slots, whose experts
+    stay zero-copy; on the others, repacked)."""
+    zero_copy = sum(m for m, s in zip(r.decode_cpu_misses, served) if s)
+    repacked = sum(m for m, s in zip(r.decode_cpu_misses, served) if not s)
+    return plan.expert_bytes * zero_copy, plan.expert_bytes * repacked
+
+
 def cpu_in_situ(runs: list[RunResult], plan: Any, predicted_tps: float, served: list[bool]) -> dict[str, Any] | None:
     """The CPU expert path as the decode steps saw it, against what the plan assumed for the same work.
 
@@ -45,14 +58,12 @@ def cpu_in_situ(runs: list[RunResult], plan: Any, predicted_tps: float, served: 
     zero-copy, x REPACK_DRAM_GAIN on the others on CUDA). predicted_decode_tps_at_in_situ: the prediction
     with that planned CPU time swapped for the measured one, so that its error over the measured
     decode is what the CPU figure does not explain (hit rate, GPU, host overheads)."""
-    d = plan.dram_gbps * 1e9
-    gain = REPACK_DRAM_GAIN if plan.device == "cuda" else 1.0  # the CPU-device plan assumes no repacking
+    d, gain = plan.dram_gbps * 1e9, _repack_gain(plan)
     rates, planned, adjusted = [], [], []
     for r in runs:
         if r.decode_tokens == 0 or r.decode_cpu_seconds <= 0 or len(r.decode_cpu_misses) != len(served):
             continue
-        zero_copy = plan.expert_bytes * sum(m for m, s in zip(r.decode_cpu_misses, served) if s)
-        repacked = plan.expert_bytes * sum(m for m, s in zip(r.decode_cpu_misses, served) if not s)
+        zero_copy, repacked = _cpu_bytes(r, plan, served)
         if zero_copy + repacked == 0:
             continue
         t_plan = r.decode_cpu_calls * plan.cpu_call_seconds + zero_copy / d + repacked / (d * gain)
@@ -75,15 +86,15 @@ def run_dram_figure(runs: list[RunResult], plan: Any, served: list[bool]) -> flo
     """The planner's DRAM figure (zero-copy GB/s, the cost model's terms) that explains the CPU
     time of these decode steps: d = (zero-copy bytes + repacked bytes / gain) / (seconds - calls x
     the plan's fixed call cost), over all runs. None with too little CPU work to say."""
-    gain = REPACK_DRAM_GAIN if plan.device == "cuda" else 1.0
-    seconds = calls = 0.0
-    scaled_bytes = 0.0
+    gain = _repack_gain(plan)
+    seconds = calls = scaled_bytes = 0.0
     for r in runs:
         if len(r.decode_cpu_misses) != len(served):
             continue
+        zero_copy, repacked = _cpu_bytes(r, plan, served)
         seconds += r.decode_cpu_seconds
         calls += r.decode_cpu_calls
-        scaled_bytes += plan.expert_bytes * sum(m if s else m / gain for m, s in zip(r.decode_cpu_misses, served))
+        scaled_bytes += zero_copy + repacked / gain
     busy = seconds - calls * plan.cpu_call_seconds
     if seconds < MIN_RUN_CPU_SECONDS or calls < MIN_RUN_CPU_CALLS or busy < 0.5 * seconds or scaled_bytes <= 0:
         return None

@@ -73,7 +73,7 @@ class MachineMeasurements:
     expert_dram_gbps: dict[str, float] = field(default_factory=dict)
     # the same figure derived from a real run's decode steps (record_run_dram), same keys: what
     # the CPU expert path reached inside decode tokens, where the micro-benchmark's figure was
-    # 1.0-1.2x too high on the H100 box (session 8)
+    # 1.0-2.0x too high on the shared H100 boxes (session 8)
     run_dram_gbps: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -246,14 +246,14 @@ def make_plan(model_path: str | Path, hw: HardwareInfo, profile: HardwareProfile
     # figures: measured, else the profile's expected ones
     src = "measured" if measurements else f"profile {profile.name}"
     dram = measurements.dram_gbps_for(m.n_embd, m.n_ff, m.k) if measurements else profile.expected.dram_read_gbps
-    source = measurements.dram_source_for(m.n_embd, m.n_ff, m.k) if measurements else None
-    if source == "run":
-        bench = measurements.expert_dram_gbps.get(expert_shape_key(m.n_embd, m.n_ff, m.k))  # type: ignore[union-attr]
+    source = measurements.dram_source_for(m.n_embd, m.n_ff, m.k) if measurements else "profile"
+    if measurements and source == "run":
+        bench = measurements.expert_dram_gbps.get(expert_shape_key(m.n_embd, m.n_ff, m.k))
         notes.append(f"DRAM figure from an earlier run's decode steps at this model's {m.n_embd} x {m.n_ff} "
                      f"experts, top-{m.k}" + ("" if bench is None else f" (micro-benchmark: {bench:g} GB/s)"))
-    elif source == "shape":
+    elif measurements and source == "shape":
         notes.append(f"DRAM measured at this model's {m.n_embd} x {m.n_ff} experts, top-{m.k} "
-                     f"({measurements.dram_gbps:g} GB/s at the default shape)")  # type: ignore[union-attr]
+                     f"({measurements.dram_gbps:g} GB/s at the default shape)")
     pcie = (measurements.pcie_h2d_gbps if measurements else None) or profile.expected.pcie_h2d_gbps
     gpu_bw = (measurements.gpu_gemv_gbps if measurements else None) or profile.expected.gpu_bandwidth_gbps
     if measurements and measurements.threads != threads:
