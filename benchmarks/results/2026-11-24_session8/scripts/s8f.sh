@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# session 8 call F: the hybrid rows with the in-situ CPU columns (final code)
+# session 8 calls F and H (the same script): the hybrid rows in sequence; in H (code with the kept run figure) each later row plans with the DRAM figure the rows before it kept
 set -u
 export WORK=/tmp/emb PYTHONUNBUFFERED=1
 O=/tmp/o; mkdir -p $O
