@@ -13,15 +13,15 @@ Kernels (one launch each, over every (token, expert) pair of a layer):
     _dequant_kernel:              W fp16 [N, K] from its blocks (prefill: then torch matmul), or
                                   chosen rows of it (GATHER: a quantized token embedding)
 
-Each program takes ROWS rows of one pair and walks K in steps. Q4_0, Q8_0 and Q4_K take x
-quantized to int8 in blocks of 32 (`_quantize_x_kernel`, ggml's Q8_0 rounding, plus each
-block's sum) and multiply with `dp4a`: four int8 products per instruction, so the kernel
-reads its bytes instead of waiting on ~6 float ops a weight, as the float kernels before it
-did (llama.cpp's CPU and CUDA paths quantize x the same way for these formats). Where the
+Each program takes ROWS rows of one pair and walks K in steps. Q4_0, Q8_0, Q4_K, Q5_K and
+Q6_K take x quantized to int8 in blocks of 32 (`_quantize_x_kernel`, ggml's Q8_0 rounding,
+plus each block's sum) and multiply with `dp4a`: four int8 products per instruction, so the
+kernel reads its bytes instead of waiting on ~6 float ops a weight, as the float kernels
+before it did (llama.cpp's CUDA path quantizes x the same way for these formats). Where the
 interpreter runs the kernels (no inline PTX), `_dp4a` computes the same sums in plain ints.
-The other formats take float x: dequantized 256 weights a step by byte gathers, accumulated
-elementwise in fp32 and reduced once at the end; integers become floats by the 2**23
-mantissa trick, not the (slow) convert unit.
+F16 and BF16 (and the dequantize kernel, every format) take float x: 256 weights a step by
+byte gathers, accumulated elementwise in fp32 and reduced once at the end; integers become
+floats by the 2**23 mantissa trick, not the (slow) convert unit.
 """
 
 from __future__ import annotations
@@ -239,24 +239,38 @@ def _int8_dot(ww, row, xq, xd, xs, c, K, QTYPE: tl.constexpr, NBLK: tl.constexpr
 
 
 @triton.jit
-def _int8_dot_q4_k(wb, ww, row, xq, xd, xs, c, K, NSB: tl.constexpr, ASM: tl.constexpr):
-    """Per-super-block dot of Q4_K rows [ROWS] with int8 x -> [ROWS, NSB]. Super-block: d, dmin
-    (fp16), 12 bytes of 6-bit scales and mins, then 4 runs of 32 bytes: run j holds sub-block
-    2j in its low nibbles and 2j + 1 in its high ones; weight = d * sc * q - dmin * m."""
+def _int8_dot_q4_k(wb, ww, row, xq, xd, xs, c, K, NSB: tl.constexpr, HIGH_BIT: tl.constexpr, ASM: tl.constexpr):
+    """Per-super-block dot of Q4_K (HIGH_BIT False) or Q5_K rows [ROWS] with int8 x -> [ROWS, NSB].
+    Q4_K super-block (144 bytes): d, dmin (fp16), 12 bytes of 6-bit scales and mins, then 4 runs
+    of 32 bytes: run j holds sub-block 2j in its low nibbles and 2j + 1 in its high ones. Q5_K
+    (176 bytes) puts 32 bytes qh before the runs: bit i of qh[l] is the fifth bit of weight l of
+    sub-block i. weight = d * sc * q - dmin * m, q unsigned (0..15 / 0..31): dp4a takes it as is."""
     sbk = c * NSB + tl.arange(0, NSB)
     valid = sbk < K // 256
     kc = tl.minimum(sbk, K // 256 - 1)
     jj = tl.arange(0, 4)
     w = tl.arange(0, 8)
-    base = row[:, None] + kc[None, :] * 144  # byte offset [ROWS, NSB]
-    at = (base // 2 + 8)[:, :, None, None] + (jj * 16)[None, None, :, None] + (2 * w)[None, None, None, :]
+    if HIGH_BIT:
+        base = row[:, None] + kc[None, :] * 176  # byte offset [ROWS, NSB]
+        qs_word = 24
+    else:
+        base = row[:, None] + kc[None, :] * 144
+        qs_word = 8
+    at = (base // 2 + qs_word)[:, :, None, None] + (jj * 16)[None, None, :, None] + (2 * w)[None, None, None, :]
     q = (tl.load(ww + at).to(tl.int32) & 0xFFFF) | (tl.load(ww + at + 1).to(tl.int32) << 16)  # [ROWS, NSB, 4, 8]
+    q_lo = q & 0x0F0F0F0F
+    q_hi = (q >> 4) & 0x0F0F0F0F
+    if HIGH_BIT:
+        at_h = (base // 2 + 8)[:, :, None, None] + (2 * w)[None, None, None, :]  # qh words [ROWS, NSB, 1, 8]
+        qh = (tl.load(ww + at_h).to(tl.int32) & 0xFFFF) | (tl.load(ww + at_h + 1).to(tl.int32) << 16)
+        q_lo = q_lo | (((qh >> (2 * jj)[None, None, :, None]) & 0x01010101) << 4)
+        q_hi = q_hi | (((qh >> (2 * jj + 1)[None, None, :, None]) & 0x01010101) << 4)
     xb = kc[:, None] * 8 + 2 * jj[None, :]  # x block of sub-block 2j [NSB, 4]
     x_lo = tl.load(xq + xb[:, :, None] * 8 + w[None, None, :])  # [NSB, 4, 8]
     x_hi = tl.load(xq + (xb + 1)[:, :, None] * 8 + w[None, None, :])
     zero = tl.zeros(q.shape, tl.int32)
-    s_lo = tl.sum(_dp4a(q & 0x0F0F0F0F, x_lo[None] + zero, zero, ASM), axis=3).to(tl.float32)  # [ROWS, NSB, 4]
-    s_hi = tl.sum(_dp4a((q >> 4) & 0x0F0F0F0F, x_hi[None] + zero, zero, ASM), axis=3).to(tl.float32)
+    s_lo = tl.sum(_dp4a(q_lo, x_lo[None] + zero, zero, ASM), axis=3).to(tl.float32)  # [ROWS, NSB, 4]
+    s_hi = tl.sum(_dp4a(q_hi, x_hi[None] + zero, zero, ASM), axis=3).to(tl.float32)
     sb = (base + 4)[:, :, None]
     sc_lo, mn_lo = _scale_min_k4(wb, sb, (2 * jj)[None, None, :])  # [ROWS, NSB, 4]
     sc_hi, mn_hi = _scale_min_k4(wb, sb, (2 * jj + 1)[None, None, :])
@@ -268,15 +282,62 @@ def _int8_dot_q4_k(wb, ww, row, xq, xd, xs, c, K, NSB: tl.constexpr, ASM: tl.con
     return tl.where(valid[None, :], r, 0.0)
 
 
+# int32 constants of the per-byte subtraction in _int8_dot_q6_k (0x80808080 does not fit an int32 literal)
+_BYTE_SIGNS = -2139062144  # 0x80808080
+_BYTE_32S = 0x20202020
+
+
+@triton.jit
+def _int8_dot_q6_k(wb, ww, row, xq, xd, c, K, NSB: tl.constexpr, ASM: tl.constexpr):
+    """Per-super-block dot of Q6_K rows [ROWS] with int8 x -> [ROWS, NSB]. Super-block (210
+    bytes): ql[128] (low 4 bits), qh[64] (high 2 bits), 16 int8 scales, d (fp16). Run r = 4h + t
+    (x block r of the super-block, 32 weights l) takes nibble t // 2 of ql[64h + 32(t % 2) + l]
+    and bits 2t, 2t + 1 of qh[32h + l]; weights l < 16 and l >= 16 have scales 2r and 2r + 1.
+    weight = d * sc * (q - 32): the 6-bit q becomes the signed byte q - 32 four at a time,
+    without borrows between bytes (top bit set first, then 32 subtracted, then the top bit flipped
+    back), so dp4a needs no offset term."""
+    sbk = c * NSB + tl.arange(0, NSB)
+    valid = sbk < K // 256
+    kc = tl.minimum(sbk, K // 256 - 1)
+    r = tl.arange(0, 8)
+    h = r // 4
+    t = r % 4
+    base = row[:, None] + kc[None, :] * 210  # byte offset [ROWS, NSB]
+    xb = kc[:, None] * 8 + r[None, :]  # x block of run r [NSB, 8]
+    acc = tl.zeros((base.shape[0], NSB, 8), dtype=tl.float32)
+    for g in tl.static_range(2):  # the 16-weight halves of each run: one scale each
+        w = g * 4 + tl.arange(0, 4)  # int32 words of the run's 32 bytes
+        at_l = (base // 2)[:, :, None, None] + ((h * 32 + (t % 2) * 16)[:, None] + 2 * w[None, :])[None, None]
+        ql = (tl.load(ww + at_l).to(tl.int32) & 0xFFFF) | (tl.load(ww + at_l + 1).to(tl.int32) << 16)
+        at_h = (base // 2 + 64)[:, :, None, None] + ((h * 16)[:, None] + 2 * w[None, :])[None, None]
+        qh = (tl.load(ww + at_h).to(tl.int32) & 0xFFFF) | (tl.load(ww + at_h + 1).to(tl.int32) << 16)
+        q = ((ql >> (4 * (t // 2))[None, None, :, None]) & 0x0F0F0F0F) \
+            | (((qh >> (2 * t)[None, None, :, None]) & 0x03030303) << 4)  # [ROWS, NSB, 8, 4], bytes 0..63
+        q = ((q | _BYTE_SIGNS) - _BYTE_32S) ^ _BYTE_SIGNS  # bytes q - 32 (signed)
+        xw = tl.load(xq + xb[:, :, None] * 8 + w[None, None, :])  # [NSB, 8, 4]
+        zero = tl.zeros(q.shape, tl.int32)
+        s = tl.sum(_dp4a(q, xw[None] + zero, zero, ASM), axis=3).to(tl.float32)  # [ROWS, NSB, 8]
+        sc = tl.load(wb + base[:, :, None] + 192 + (2 * r + g)[None, None, :]).to(tl.int8, bitcast=True)
+        acc += sc.to(tl.float32) * s
+    d = _fp16_bits(tl.load(ww + (base + 208) // 2))  # [ROWS, NSB]
+    out = tl.sum(acc * tl.load(xd + xb)[None], axis=2) * d
+    return tl.where(valid[None, :], out, 0.0)
+
+
 @triton.jit
 def _int8_row_dots(wb, ww, row, xq, xd, xs, K: tl.constexpr, QTYPE: tl.constexpr, NBLK: tl.constexpr,
                    ASM: tl.constexpr):
     """Dot of each row [ROWS] with the int8 x: per-block terms accumulate over the steps of
-    NBLK blocks (Q4_K: NBLK // 8 super-blocks) and are reduced once at the end."""
-    if QTYPE == 12:  # (one function per shape: Triton wants one return type per function)
-        acc = _int8_dot_q4_k(wb, ww, row, xq, xd, xs, 0, K, NBLK // 8, ASM)
+    NBLK blocks (K-quants: NBLK // 8 super-blocks) and are reduced once at the end."""
+    if QTYPE == 12 or QTYPE == 13:  # (one function per shape: Triton wants one return type per function)
+        acc = _int8_dot_q4_k(wb, ww, row, xq, xd, xs, 0, K, NBLK // 8, QTYPE == 13, ASM)
         for c in range(1, (K // 32 + NBLK - 1) // NBLK):
-            acc += _int8_dot_q4_k(wb, ww, row, xq, xd, xs, c, K, NBLK // 8, ASM)
+            acc += _int8_dot_q4_k(wb, ww, row, xq, xd, xs, c, K, NBLK // 8, QTYPE == 13, ASM)
+        out = tl.sum(acc, axis=1)
+    elif QTYPE == 14:
+        acc = _int8_dot_q6_k(wb, ww, row, xq, xd, 0, K, NBLK // 8, ASM)
+        for c in range(1, (K // 32 + NBLK - 1) // NBLK):
+            acc += _int8_dot_q6_k(wb, ww, row, xq, xd, c, K, NBLK // 8, ASM)
         out = tl.sum(acc, axis=1)
     else:
         acc = _int8_dot(ww, row, xq, xd, xs, 0, K, QTYPE, NBLK, ASM)

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from edge_moe.quant_kernels import (BLOCKS, MODE_GLU, MODE_SCATTER, MODE_STORE, Q4_0, Q4_K, Q8_0, _dequant_kernel,
+from edge_moe.quant_kernels import (BLOCKS, MODE_GLU, MODE_SCATTER, MODE_STORE, Q4_0, Q4_K, Q5_K, Q6_K, Q8_0,
+                                    _dequant_kernel,
                                     _matvec_kernel, _quantize_x_kernel)
 
 SUPPORTED_TYPES = frozenset(BLOCKS)
@@ -32,7 +33,7 @@ if MATVEC_BLOCKS < 8 or MATVEC_BLOCKS & (MATVEC_BLOCKS - 1) or MATVEC_ROWS & (MA
     raise ValueError(f"EDGE_MOE_QBLOCKS ({MATVEC_BLOCKS}) must be a power of two >= 8 (a Q4_K super-block "
                      f"is 8 blocks) and EDGE_MOE_QROWS ({MATVEC_ROWS}) a power of two")
 # Formats whose matvecs take x quantized to int8 (dp4a); the others take it in float.
-INT8_TYPES = frozenset((Q4_0, Q8_0, Q4_K))
+INT8_TYPES = frozenset((Q4_0, Q8_0, Q4_K, Q5_K, Q6_K))
 QUANTIZE_BLOCKS = 32  # x blocks per program of the quantizing kernel
 
 

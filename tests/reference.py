@@ -174,9 +174,9 @@ def preround_checkpoint(src: Path, dst: Path, outtype: str) -> Path:
 
 def x_as_int8_kernels_see(x: np.ndarray, ggml_type: int) -> np.ndarray:
     """x [T, K] as the GPU matvec for `ggml_type` multiplies it: the int8 kernels (Q4_0, Q8_0,
-    Q4_K) take x through ggml's Q8_0 quantization, as llama.cpp's CPU and CUDA paths do for
-    Q4_0/Q8_0 (for Q4_K its CPU path uses 256-wide Q8_K blocks, a little coarser); the other
-    kernels take it as it is."""
+    Q4_K, Q5_K, Q6_K) take x through ggml's Q8_0 quantization, as llama.cpp's CUDA path does
+    (Q8_1 blocks of 32) and its CPU path for Q4_0/Q8_0 (for the K-quants its CPU path uses
+    256-wide Q8_K blocks, a little coarser); the other kernels take it as it is."""
     from gguf.constants import GGMLQuantizationType
     from gguf.quants import dequantize
 

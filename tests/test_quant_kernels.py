@@ -90,7 +90,7 @@ def test_matvec_and_dequantize_match_gguf_reference(qtype: T) -> None:
     np.testing.assert_allclose(deq.cpu().numpy(), ref_b, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("qtype", [T.Q4_0, T.Q8_0, T.Q4_K, T.Q6_K], ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", [T.Q4_0, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K], ids=lambda t: t.name)
 def test_expert_ffn_pairs_match_reference(qtype: T) -> None:
     """gate/up fused with SiLU, then down scattered with routing weights into token rows."""
     rng = np.random.default_rng(7)
