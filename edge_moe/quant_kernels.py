@@ -282,11 +282,6 @@ def _int8_dot_q4_k(wb, ww, row, xq, xd, xs, c, K, NSB: tl.constexpr, HIGH_BIT: t
     return tl.where(valid[None, :], r, 0.0)
 
 
-# int32 constants of the per-byte subtraction in _int8_dot_q6_k (0x80808080 does not fit an int32 literal)
-_BYTE_SIGNS = -2139062144  # 0x80808080
-_BYTE_32S = 0x20202020
-
-
 @triton.jit
 def _int8_dot_q6_k(wb, ww, row, xq, xd, c, K, NSB: tl.constexpr, ASM: tl.constexpr):
     """Per-super-block dot of Q6_K rows [ROWS] with int8 x -> [ROWS, NSB]. Super-block (210
@@ -313,7 +308,8 @@ def _int8_dot_q6_k(wb, ww, row, xq, xd, c, K, NSB: tl.constexpr, ASM: tl.constex
         qh = (tl.load(ww + at_h).to(tl.int32) & 0xFFFF) | (tl.load(ww + at_h + 1).to(tl.int32) << 16)
         q = ((ql >> (4 * (t // 2))[None, None, :, None]) & 0x0F0F0F0F) \
             | (((qh >> (2 * t)[None, None, :, None]) & 0x03030303) << 4)  # [ROWS, NSB, 8, 4], bytes 0..63
-        q = ((q | _BYTE_SIGNS) - _BYTE_32S) ^ _BYTE_SIGNS  # bytes q - 32 (signed)
+        # bytes q - 32 (signed); -2139062144 is 0x80808080 as an int32 (a global would need to be a constexpr)
+        q = ((q | -2139062144) - 0x20202020) ^ -2139062144
         xw = tl.load(xq + xb[:, :, None] * 8 + w[None, None, :])  # [NSB, 8, 4]
         zero = tl.zeros(q.shape, tl.int32)
         s = tl.sum(_dp4a(q, xw[None] + zero, zero, ASM), axis=3).to(tl.float32)  # [ROWS, NSB, 8]

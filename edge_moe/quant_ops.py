@@ -28,6 +28,10 @@ SUPPORTED_TYPES = frozenset(BLOCKS)
 MATVEC_ROWS = int(os.environ.get("EDGE_MOE_QROWS", "1"))
 MATVEC_WARPS = int(os.environ.get("EDGE_MOE_QWARPS", "1"))
 MATVEC_BLOCKS = int(os.environ.get("EDGE_MOE_QBLOCKS", "32"))  # int8 kernels: blocks of 32 per row per loop step
+# Q5_K's int8 kernel keeps more live registers a step (the qh words beside the nibbles): 16 blocks a
+# step measured 0.52 of fp16 GEMV bandwidth against 0.36 at 32 on Mixtral-shaped experts, H100,
+# session 9 call B; Qwen3-shaped 0.28 vs 0.26. EDGE_MOE_QBLOCKS, when set, applies to every type.
+_BLOCKS_BY_TYPE = {} if "EDGE_MOE_QBLOCKS" in os.environ else {Q5_K: 16}
 DEQUANT_ROWS = int(os.environ.get("EDGE_MOE_QROWS_DEQUANT", "8"))
 if MATVEC_BLOCKS < 8 or MATVEC_BLOCKS & (MATVEC_BLOCKS - 1) or MATVEC_ROWS & (MATVEC_ROWS - 1):
     raise ValueError(f"EDGE_MOE_QBLOCKS ({MATVEC_BLOCKS}) must be a power of two >= 8 (a Q4_K super-block "
@@ -83,6 +87,11 @@ def _grid(n_pairs: int, n_rows: int) -> tuple[int, int]:
     return (triton_cdiv(n_rows, MATVEC_ROWS), n_pairs)
 
 
+def matvec_blocks(ggml_type: int) -> int:
+    """Blocks of 32 weights a matvec program takes per loop step for this format."""
+    return _BLOCKS_BY_TYPE.get(ggml_type, MATVEC_BLOCKS)
+
+
 def triton_cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -115,8 +124,8 @@ def _launch(buf: QuantBuffer, m: QuantMatrix, mode: int, n_pairs: int, a_off: to
     _matvec_kernel[_grid(n_pairs, m.n_rows)](
         buf.bytes, buf.words, a_off, b_off, xw, xd, xs, x_row, scales, scale_idx, out, out_row,
         m.n_rows, m.n_cols, m.row_bytes, x_stride, out.stride(0),
-        QTYPE=m.ggml_type, MODE=mode, ROWS=MATVEC_ROWS, NBLK=MATVEC_BLOCKS, INT8_X=int8_x,
-        ASM=buf.device.type == "cuda", num_warps=MATVEC_WARPS)
+        QTYPE=m.ggml_type, MODE=mode, ROWS=MATVEC_ROWS, NBLK=matvec_blocks(m.ggml_type),
+        INT8_X=int8_x, ASM=buf.device.type == "cuda", num_warps=MATVEC_WARPS)
 
 
 def glu_pairs(buf: QuantBuffer, gate: QuantMatrix, up: QuantMatrix, gate_off: torch.Tensor,
