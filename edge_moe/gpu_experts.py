@@ -5,16 +5,10 @@ The bookkeeping (sets, ways, replacement, admission) is `ExpertCache`; the stora
 staging, ordered by events: a slot is read only after its fill completed and refilled only
 after the kernels that read it). A slot holds one expert's gate [F, E], up [F, E] and
 down [E, F] exactly as the GGUF stores them (block-quantized bytes): a fill is a copy, and
-the budget counts quantized bytes.
+the budget counts quantized bytes (the sizes: edge_moe/expert_bytes.py).
 
-Hit compute ("triton" kernels, the default on CUDA): the hits of a layer with few tokens
-each run as two launches over all (token, expert) pairs (quant_ops.glu_pairs, then
-scatter_pairs); fused_ffn.py's one-launch kernel is opt-in (EDGE_MOE_FUSED_FFN=1). From GROUPED_MIN_TOKENS tokens on, Q4_0 / Q8_0 layers run their hits
-as two launches of the grouped tile kernels (edge_moe/grouped_kernels.py), but for experts
-with DEQUANT_OVER_GROUPED_TOKENS tokens or more; those, and in other formats any expert used
-by many tokens, are dequantized into a scratch matrix and multiplied with torch.
-"reference" dequantizes the slot's bytes with gguf.quants on the host (the CPU device in
-tests, and any type the kernels do not read).
+Hit compute (the "triton" kernels, the default on CUDA: matvec pairs, grouped tiles or
+dequantize + matmul; "reference" on the host) is the `HitCompute` mixin, edge_moe/hit_compute.py.
 
 Prefill streaming: a *missed* expert that many tokens of one call use is cheaper to copy
 to the GPU and compute there than to compute on the CPU (the CPU's time grows with the
@@ -34,17 +28,17 @@ never evicted; `layer_resident` tells the decode graphs which layers need no hos
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from edge_moe.dense_weights import tensor_to_numpy
-from edge_moe.gguf_file import GGUFFile, GGUFTensor
+from edge_moe.expert_bytes import (PARTS, SLOT_ALIGNMENT, expert_bytes_view, quantized_expert_bytes, slot_nbytes,
+                                   slot_part_nbytes)
+from edge_moe.gguf_file import GGUFFile
+from edge_moe.hit_compute import HitCompute, _use_triton, dequant_min_tokens
 from edge_moe.model_config import MoEConfig
 from edge_moe.stream_rule import stream_slots_for, stream_threshold, stream_vram_bytes
 
@@ -52,33 +46,8 @@ if TYPE_CHECKING:
     from edge_moe.expert_cache import CacheConfig, ExpertCache
     from edge_moe.gpu_slots import SlotStore
 
-SLOT_ALIGNMENT = 256  # bytes; each part of a slot starts at a multiple (kernels read 16-bit words)
 # Free VRAM left beside the ring and its scratch before a stream-only config is built.
 STREAM_VRAM_MARGIN = 512 << 20
-# A cached expert used by enough tokens of one call is dequantized once and multiplied as a
-# matrix; fewer tokens read its blocks once per token (matvec kernels, all pairs in two
-# launches). The matrix path costs ~12 launches and ~0.15 ms of host time per expert (H100
-# box, Qwen3 prefill profile) whatever its size; the matvec path costs the expert's bytes per
-# token at the kernels' ~0.6 TB/s. So small experts (Qwen3's 2.65 MB: ~34 tokens) stay on the
-# matvec path much longer than large ones (Mixtral's 99 MB: from DEQUANT_MIN_TOKENS on).
-DEQUANT_MIN_TOKENS = 8
-DEQUANT_HOST_S, MATVEC_BYTES_PER_S = 150e-6, 0.6e12
-# From this many tokens in a call, layers whose experts are Q4_0 / Q8_0 take the grouped
-# kernels (edge_moe/grouped_kernels.py) for all their hits: one tile of 16 pairs reads an
-# expert once. Below it (decode, short prompts) the matvec / dequantize paths above.
-GROUPED_MIN_TOKENS = 16
-# ...except experts with this many tokens or more: a tile re-reads its expert once per 16 of
-# them, while dequantizing once + cuBLAS reads it once (Mixtral 32 GiB prefill, ~128 tokens an
-# expert: grouped-only 0.18-0.24x of llama.cpp, dequantize-only 0.30x in session 3).
-DEQUANT_OVER_GROUPED_TOKENS = 64
-
-
-def dequant_min_tokens(expert_bytes: int) -> int:
-    """Tokens of one call from which a cached expert takes the dequantize + matmul path."""
-    return max(DEQUANT_MIN_TOKENS, math.ceil(DEQUANT_HOST_S * MATVEC_BYTES_PER_S / expert_bytes))
-
-
-PARTS = ("gate", "up", "down")
 
 
 @dataclass(frozen=True)
@@ -107,43 +76,6 @@ class GpuExpertsConfig:
             raise ValueError("preload needs a cache")
 
 
-def quantized_expert_bytes(gguf: GGUFFile, cfg: MoEConfig) -> int:
-    """Bytes of one expert (gate + up + down) as stored in the GGUF: what a miss reads from DRAM."""
-    return sum(gguf.tensor(f"blk.0.ffn_{k}_exps.weight").nbytes for k in PARTS) // cfg.n_expert
-
-
-def slot_part_nbytes(gguf: GGUFFile, cfg: MoEConfig) -> tuple[int, int, int]:
-    """Bytes of a slot's gate, up and down: the largest over layers (types may vary by layer)."""
-    return tuple(max(gguf.tensor(f"blk.{il}.ffn_{k}_exps.weight").nbytes // cfg.n_expert
-                     for il in range(cfg.n_layer)) for k in PARTS)  # type: ignore[return-value]
-
-
-def slot_nbytes(gguf: GGUFFile, cfg: MoEConfig) -> int:
-    """Device bytes of one cache slot: the expert's GGUF bytes, each part aligned."""
-    return sum(-(-n // SLOT_ALIGNMENT) * SLOT_ALIGNMENT for n in slot_part_nbytes(gguf, cfg))
-
-
-def expert_bytes_view(t: GGUFTensor, expert: int) -> np.ndarray:
-    """One expert's raw block bytes of a stacked [n_expert, rows, cols] GGUF tensor (mmap view)."""
-    per = t.nbytes // t.shape[2]
-    return t.data[expert * per:(expert + 1) * per]
-
-
-def _use_triton(choice: str, device: torch.device, types: set[int]) -> bool:
-    if choice == "reference" or (choice == "auto" and device.type != "cuda"):
-        return False
-    from edge_moe.quant_ops import SUPPORTED_TYPES
-
-    missing = types - SUPPORTED_TYPES
-    if missing:
-        msg = f"expert types {sorted(missing)} have no GPU kernel; cached experts run the slow reference path"
-        if choice == "triton":
-            raise ValueError(msg)
-        warnings.warn(msg, stacklevel=3)
-        return False
-    return True
-
-
 def _stream_only_config(gguf: GGUFFile, cfg: MoEConfig, device: torch.device,
                         dtype: torch.dtype) -> GpuExpertsConfig | None:
     """No cache configured: on CUDA, the stream ring alone when free VRAM holds it, else None."""
@@ -158,7 +90,7 @@ def _stream_only_config(gguf: GGUFFile, cfg: MoEConfig, device: torch.device,
     return GpuExpertsConfig(cache=None)
 
 
-class GpuExperts:
+class GpuExperts(HitCompute):
     """No config on a CPU device: every lookup misses, nothing is filled or streamed. No
     config on CUDA: a stream-only config (`_stream_only_config`) when VRAM allows."""
 
@@ -215,25 +147,6 @@ class GpuExperts:
         if self.device.type != "cuda" or not self.use_triton:
             return None  # a CPU device, or the host-dequantizing reference path: the CPU is faster
         return stream_threshold(self.expert_bytes, self.cfg.n_embd, self.cfg.n_ff_expert)
-
-    def _init_kernels(self) -> None:
-        from edge_moe.quant_ops import QuantBuffer, QuantMatrix
-
-        assert self.store is not None
-        e, f = self.cfg.n_embd, self.cfg.n_ff_expert
-        self._buf = QuantBuffer(self.store.storage.view(-1))
-        shapes = ((f, e), (f, e), (e, f))
-        self._layouts = [tuple(QuantMatrix(int(t.ggml_type), *shape) for t, shape in zip(ts, shapes))
-                         for ts in self._tensors]
-        stride, offs = self.store.slot_stride, self.store.part_offsets
-        self._part_offsets = np.array(offs, dtype=np.int64)[:, None]  # [3, 1]
-        self._stride = stride
-        from edge_moe.grouped_kernels import grouped_supported
-
-        self._grouped = [grouped_supported(g.ggml_type, u.ggml_type, d.ggml_type, e, f) for g, u, d in self._layouts]
-        from edge_moe.fused_ffn import fused_for
-
-        self._fused = [fused_for(g, u, d) for g, u, d in self._layouts]
 
     def _fill(self, slot: int, layer: int, expert: int) -> None:
         """Copy the expert's GGUF bytes into `slot` (on the side stream on CUDA)."""
@@ -411,117 +324,6 @@ class GpuExperts:
         assert self.cache is not None
         for layer in layers:
             self.cache.stats.hits_by_layer[layer] += self.cfg.n_expert_used
-
-    def pair_table(self, slots: np.ndarray, out: np.ndarray) -> None:
-        """Every (token, j) of slots [T, k] as a column of out [5, T * k] for `pairs_ffn`: byte
-        offsets of gate, up, down (-1 for a miss: the kernels skip that pair), token row, index
-        into the flat weights. A fixed-size table, so a CUDA graph can replay the same launch."""
-        flat = slots.reshape(-1)  # [P]
-        hit = flat >= 0
-        out[:3] = np.where(hit, flat * self._stride + self._part_offsets, -1)
-        out[3] = np.arange(flat.size) // slots.shape[1]
-        out[4] = np.arange(flat.size)
-
-    def pairs_ffn(self, layer: int, h: torch.Tensor, w_flat: torch.Tensor, pairs: torch.Tensor,
-                  y: torch.Tensor) -> None:
-        """y[row_p] += w_flat[idx_p] * FFN_p(h[row_p]) for the pairs p of the table pairs [5, P]
-        (device int64, `pair_table`'s layout); y float32 [T, E]. Two launches for all pairs, or
-        one where the fused kernel is on for the layer (fused_ffn.fused_for)."""
-        from edge_moe.quant_ops import glu_pairs, matvec_pairs, scatter_pairs
-
-        gate, up, down = self._layouts[layer]
-        if self._fused[layer]:
-            from edge_moe.fused_ffn import fused_ffn_pairs
-
-            fused_ffn_pairs(self._buf, gate, down, pairs, h, w_flat, y)
-            return
-        if gate == up:
-            act = glu_pairs(self._buf, gate, up, pairs[0], pairs[1], h, pairs[3])
-        else:  # gate and up in different types: two plain launches
-            g = matvec_pairs(self._buf, gate, pairs[0], h, pairs[3])
-            act = F.silu(g) * matvec_pairs(self._buf, up, pairs[1], h, pairs[3])
-        scatter_pairs(self._buf, down, pairs[2], act, w_flat, pairs[4], pairs[3], y)
-
-    def _compute_triton(self, layer: int, h: torch.Tensor, weights: torch.Tensor, slots: np.ndarray,
-                        y: torch.Tensor) -> None:
-        """y [T, E] float32 += the FFNs of the slots in `slots` [T, k] (-1: not here)."""
-        gate, up, down = self._layouts[layer]
-        k = slots.shape[1]
-        tok, j = np.nonzero(slots >= 0)
-        slot = slots[tok, j]
-        grouped = h.shape[0] >= GROUPED_MIN_TOKENS and self._grouped[layer]
-        uses = np.bincount(slot, minlength=self.store.n_slots) if slot.size else np.zeros(0, np.int64)
-        threshold = DEQUANT_OVER_GROUPED_TOKENS if grouped else self._dequant_min  # tokens of a "big" slot
-        big = uses[slot] >= threshold if slot.size else np.zeros(0, bool)
-        if grouped and (~big).any():  # the grouped tile kernels, two launches for all these pairs
-            self._compute_grouped(layer, h, weights, slot[~big], tok[~big], (tok * k + j)[~big], y)
-        elif (~big).any():  # pairs of rarely used slots: matvec kernels, two launches for all
-            t, jj, s = tok[~big], j[~big], slot[~big]
-            # one host->device copy: byte offsets of gate/up/down [3, P], token [P], weight index [P]
-            host = np.concatenate([s[None] * self._stride + self._part_offsets, t[None], (t * k + jj)[None]])
-            dev = torch.from_numpy(host.astype(np.int64)).to(h.device, non_blocking=False)
-            self.pairs_ffn(layer, h, weights.reshape(-1), dev, y)
-        for s in np.unique(slot[big]):  # slots used by many tokens: dequantize once, matmul
-            rows_np, jj = np.nonzero(slots == s)
-            rows = torch.as_tensor(rows_np, device=h.device)
-            hs = h[rows]  # [n, E]
-            base = int(s) * self._stride
-            a = F.linear(hs, self._dequantized(gate, base + int(self._part_offsets[0, 0])))
-            b = F.linear(hs, self._dequantized(up, base + int(self._part_offsets[1, 0])))
-            out = F.linear(F.silu(a) * b, self._dequantized(down, base + int(self._part_offsets[2, 0])))  # [n, E]
-            w = weights[rows, torch.as_tensor(jj, device=h.device)].float()[:, None]
-            y.index_add_(0, rows, out.float() * w)
-
-    def _compute_grouped(self, layer: int, h: torch.Tensor, weights: torch.Tensor, slot: np.ndarray,
-                         tok: np.ndarray, widx: np.ndarray, y: torch.Tensor) -> None:
-        """y += every pair (slot, token row, weight index) [P] through the grouped kernels: one
-        launch for gate/up, one for down, over tiles of pairs sharing an expert."""
-        from edge_moe.grouped_kernels import grouped_ffn, tile_table
-
-        gate, _, down = self._layouts[layer]
-        tile_slot, start, count, ptok, pwidx = tile_table(slot, tok, widx)
-        n_tiles = tile_slot.shape[0]
-        # one host->device copy: [gate, up, down byte offsets, start, count] x tiles, then token, weight index x pairs
-        host = np.concatenate([(tile_slot[None] * self._stride + self._part_offsets).reshape(-1), start, count,
-                               ptok, pwidx]).astype(np.int64)
-        dev = torch.from_numpy(host).to(h.device)
-        n3 = 3 * n_tiles
-        tile_off = dev[:n3]
-        tile_start = dev[n3:n3 + n_tiles].to(torch.int32)
-        tile_count = dev[n3 + n_tiles:n3 + 2 * n_tiles].to(torch.int32)
-        pair_tok = dev[n3 + 2 * n_tiles:n3 + 2 * n_tiles + ptok.shape[0]].to(torch.int32)
-        pair_widx = dev[n3 + 2 * n_tiles + ptok.shape[0]:]
-        grouped_ffn(self._buf.bytes, self._buf.words, gate.ggml_type, down.ggml_type, self.cfg.n_embd,
-                    self.cfg.n_ff_expert, gate.row_bytes, down.row_bytes, tile_off, tile_start, tile_count,
-                    pair_tok, pair_widx, weights.reshape(-1), h.contiguous(), y)
-
-    def _dequantized(self, m: "object", byte_offset: int) -> torch.Tensor:
-        """The matrix at `byte_offset` dequantized into the scratch buffer (valid until the next call)."""
-        from edge_moe.quant_ops import dequantize
-
-        n = m.n_rows * m.n_cols  # type: ignore[attr-defined]
-        if self._scratch is None or self._scratch.numel() < n:
-            self._scratch = torch.empty(self.cfg.n_embd * self.cfg.n_ff_expert, dtype=self.dtype, device=self.device)
-        return dequantize(self._buf, m, byte_offset, self._scratch[:n].view(m.n_rows, m.n_cols))  # type: ignore
-
-    def _compute_reference(self, layer: int, h: torch.Tensor, weights: torch.Tensor, slots: np.ndarray,
-                           y: torch.Tensor) -> None:
-        """y [T, E] float32 += the same, each used slot's bytes dequantized on the host (gguf.quants)."""
-        assert self.store is not None
-        e, f = self.cfg.n_embd, self.cfg.n_ff_expert
-        for slot in np.unique(slots[slots >= 0]):
-            tok, j = np.nonzero(slots == slot)
-            rows = torch.as_tensor(tok, device=h.device)
-            mats = []
-            for t, part, shape in zip(self._tensors[layer], self.store.parts(int(slot)), ((f, e), (f, e), (e, f))):
-                raw = part[:t.nbytes // self.cfg.n_expert].cpu().numpy()
-                one = GGUFTensor(t.name, t.ggml_type, (shape[1], shape[0]), 0, raw.size, raw)
-                mats.append(torch.from_numpy(tensor_to_numpy(one)).to(h.device, h.dtype))
-            gate, up, down = mats
-            hs = h[rows]  # [n, E]
-            out = F.linear(F.silu(F.linear(hs, gate)) * F.linear(hs, up), down)  # [n, E]
-            w = weights[rows, torch.as_tensor(j, device=h.device)].to(h.dtype)[:, None]
-            y.index_add_(0, rows, (out * w).float())
 
     def after_layer(self, layer: int, ids: np.ndarray, slots: np.ndarray) -> None:
         """Offer this layer's misses to the admission policy and fill what it admits, then

@@ -190,12 +190,13 @@ def test_triton_kernels_match_llama_cpp(arch: str, outtype: str, hit_path: str, 
     matmul for the experts many tokens use)."""
     pytest.importorskip("triton")
     import edge_moe.gpu_experts as ge
+    import edge_moe.hit_compute as hc
 
     if hit_path == "grouped" and outtype == "f16":
         pytest.skip("the grouped kernels read Q4_0 and Q8_0 only")
     monkeypatch.setattr(ge, "dequant_min_tokens", lambda expert_bytes: 10**9 if hit_path == "matvec" else 1)
-    monkeypatch.setattr(ge, "GROUPED_MIN_TOKENS", 2 if hit_path == "grouped" else 10**9)
-    monkeypatch.setattr(ge, "DEQUANT_OVER_GROUPED_TOKENS", 3)  # grouped: experts with 3+ tokens dequantize
+    monkeypatch.setattr(hc, "GROUPED_MIN_TOKENS", 2 if hit_path == "grouped" else 10**9)
+    monkeypatch.setattr(hc, "DEQUANT_OVER_GROUPED_TOKENS", 3)  # grouped: experts with 3+ tokens dequantize
     path, tokens = _case(arch, outtype, tiny_gguf)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     cache = GpuExpertsConfig(CacheConfig(2, 8), preload="all", kernels="triton")

@@ -170,7 +170,7 @@ def test_no_config_on_cuda_streams_prefill_misses(tiny_gguf: Callable[[str, str]
 
 def test_small_experts_stay_on_the_matvec_path_longer() -> None:
     """The dequantize+matmul path's fixed host cost pays off later for small experts."""
-    from edge_moe.gpu_experts import DEQUANT_MIN_TOKENS, dequant_min_tokens
+    from edge_moe.hit_compute import DEQUANT_MIN_TOKENS, dequant_min_tokens
 
     qwen3, mixtral = dequant_min_tokens(2_654_208), dequant_min_tokens(99_090_432)
     assert mixtral == DEQUANT_MIN_TOKENS and 30 <= qwen3 <= 40
