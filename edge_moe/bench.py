@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edge_moe.bench_stats import cpu_in_situ, cpu_misses, mean_std, record_run_figure
+from edge_moe.bench_stats import cpu_in_situ, mean_std, record_run_figure
 
 
 ROUTING_MODES = ("natural", "replay")
@@ -246,7 +246,7 @@ def _one_run(model: Any, prompt: list[int], feed: list[int], replay: Any, deadli
     int(torch.argmax(logits[-1]))  # the first greedy pick (int() waits for it: part of the TTFT)
     t2 = time.perf_counter()
     mid = _counts(model)
-    cpu0, calls0, miss0 = model.timings.cpu_experts, model.timings.cpu_calls, cpu_misses(model)
+    cpu0 = model.decode_cpu.copy()
     n, decode_s = 0, 0.0
     for fed in feed:
         if deadline is not None and time.perf_counter() > deadline:
@@ -256,9 +256,9 @@ def _one_run(model: Any, prompt: list[int], feed: list[int], replay: Any, deadli
         decode_s += time.perf_counter() - ts
         n += 1
     after = _counts(model)
-    misses = tuple(b - a for a, b in zip(miss0, cpu_misses(model)))
+    cpu = model.decode_cpu.since(cpu0)
     return RunResult(len(prompt), t1 - t0, t2 - t0, n, decode_s, _diff(before, mid), _diff(mid, after),
-                     model.timings.cpu_experts - cpu0, model.timings.cpu_calls - calls0, misses)
+                     cpu.seconds, cpu.calls, tuple(cpu.misses))
 
 
 def _diff(a: tuple[int, int, int], b: tuple[int, int, int]) -> tuple[int, int, int]:

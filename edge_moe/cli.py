@@ -56,7 +56,8 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 def _cmd_chat(args: argparse.Namespace) -> int:
     from edge_moe.tui.app import run_chat
 
-    return run_chat(args.model, args.threads, args.ctx_size, args.gpu_budget)
+    return run_chat(args.model, args.threads, args.ctx_size, args.gpu_budget,
+                    record_figures=not args.no_record_figures)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -97,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-t", "--threads", type=int, default=None, help="CPU expert threads")
     c.add_argument("-c", "--ctx-size", type=int, default=4096, help="context length")
     c.add_argument("--gpu-budget", type=float, default=None, metavar="GiB", help="memory for cached experts")
+    c.add_argument("--no-record-figures", action="store_true",
+                   help="do not keep the replies' CPU DRAM figure for later plans on this machine")
     c.set_defaults(func=_cmd_chat)
 
     i = sub.add_parser("inspect", help="validate a GGUF and print its configuration")

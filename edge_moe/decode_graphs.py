@@ -230,7 +230,8 @@ class DecodeGraphs:
         if prof is not None:
             prof.lap(il, "gpu_enqueue", sync=False)
 
-        if hit.all():
+        n_miss = hit.size - int(np.count_nonzero(hit))
+        if not n_miss:
             self.y_cpu.zero_()
         else:
             forward_misses(m.cpu, m.cpu_layers[il], np.ascontiguousarray(h_np), ids, w, hit,
@@ -239,6 +240,7 @@ class DecodeGraphs:
             tm.cpu_calls += 1
         t4 = time.perf_counter()
         tm.cpu_experts += t4 - t3
+        m.decode_cpu.add(il, t4 - t3, n_miss)  # every step here is a decode step (T = 1)
         if prof is not None:
             prof.lap(il, "cpu_experts", sync=False)
             prof.lap(il, "wait_gpu")

@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +109,32 @@ class StepTimings:
         return {k: v for k, v in self.__dict__.items() if k != "cpu_calls"}
 
 
+@dataclass
+class DecodeCpuWork:
+    """The CPU expert path in decode steps only (one-token forwards), which StepTimings mixes with
+    the prompt's: a run's DRAM figure is computed from these (bench_stats.decode_dram_figure). A
+    prompt's calls read each missed expert once for many tokens, so they cost another way."""
+
+    seconds: float = 0.0  # their cpu_experts phase (layers without a miss included, as in StepTimings)
+    calls: int = 0  # layer steps that ran the CPU expert path
+    misses: list[int] = field(default_factory=list)  # experts computed on the CPU, per layer
+
+    def add(self, layer: int, seconds: float, misses: int) -> None:
+        """One decode layer step: its cpu_experts phase and the experts the CPU computed (0: no call)."""
+        self.seconds += seconds
+        if misses:
+            self.calls += 1
+            self.misses[layer] += misses
+
+    def copy(self) -> DecodeCpuWork:
+        return DecodeCpuWork(self.seconds, self.calls, list(self.misses))
+
+    def since(self, before: DecodeCpuWork) -> DecodeCpuWork:
+        """The work done after `before` (an earlier copy)."""
+        return DecodeCpuWork(self.seconds - before.seconds, self.calls - before.calls,
+                             [a - b for a, b in zip(self.misses, before.misses)])
+
+
 class HybridModel:
     def __init__(self, model_path: str | Path, config: ExecutorConfig | None = None) -> None:
         self.config = config or ExecutorConfig()
@@ -127,6 +153,7 @@ class HybridModel:
         self.repacked_layers: list[int] = []  # layers whose CPU experts are in ggml's repacked layout
         self.cpu_layers: list[LayerTensors] = self._prepare_cpu_layers()
         self.timings = StepTimings()
+        self.decode_cpu = DecodeCpuWork(misses=[0] * self.cfg.n_layer)  # since load, never reset
         # None: no profiling and no extra syncs; attach one to profile the next forwards
         self.profiler = LayerProfiler(self.device, self.cfg.n_layer) if self.config.profile_layers else None
         # callbacks (layer, router logits [T, n_expert] float32 host, ids [T, k], hit mask [T, k]): tracing
@@ -189,13 +216,16 @@ class HybridModel:
         logits = []
         for a in range(0, n, step):
             last = a + step >= n
-            x = self._forward_tokens(host_toks[a:a + step], None if force_ids is None else force_ids[:, a:a + step])
+            x = self._forward_tokens(host_toks[a:a + step], None if force_ids is None else force_ids[:, a:a + step],
+                                     decode=n == 1)
             if last or not last_only:
                 logits.append(self.head(x[-1:] if last_only else x))
         return logits[0] if len(logits) == 1 else torch.cat(logits)
 
-    def _forward_tokens(self, host_toks: np.ndarray, force_ids: np.ndarray | None) -> torch.Tensor:
-        """Every layer over tokens [T] after the KV cache's; the residual stream [T, E] after them."""
+    def _forward_tokens(self, host_toks: np.ndarray, force_ids: np.ndarray | None, decode: bool = False,
+                        ) -> torch.Tensor:
+        """Every layer over tokens [T] after the KV cache's; the residual stream [T, E] after them.
+        decode: a one-token forward (not a prompt's last chunk of one token): counted in decode_cpu."""
         n = host_toks.shape[0]
         toks = torch.as_tensor(host_toks, device=self.device)  # [T]
         pos = self.kv.pos
@@ -213,7 +243,7 @@ class HybridModel:
             self.timings.attention += time.perf_counter() - t0
             if prof is not None:
                 prof.lap(il, "attention")
-            x = x + self._moe(il, lw, h, None if force_ids is None else force_ids[il])
+            x = x + self._moe(il, lw, h, None if force_ids is None else force_ids[il], decode)
         self.gpu.end_step()
         if prof is not None:
             prof.end_token()
@@ -284,7 +314,8 @@ class HybridModel:
         out = out.view(kv, group, n, d).permute(2, 0, 1, 3).reshape(n, cfg.n_head * d)  # [T, H * D]
         return linear(out, lw.wo, lw.bo)  # [T, E]
 
-    def _moe(self, il: int, lw: LayerWeights, h: torch.Tensor, forced: np.ndarray | None) -> torch.Tensor:
+    def _moe(self, il: int, lw: LayerWeights, h: torch.Tensor, forced: np.ndarray | None,
+             decode: bool = False) -> torch.Tensor:
         tm, prof = self.timings, self.profiler
         t0 = time.perf_counter()
         forced_dev = None if forced is None else torch.as_tensor(forced, device=h.device, dtype=torch.int64)
@@ -322,6 +353,8 @@ class HybridModel:
             y = y_cpu if y is None else y + y_cpu
         t3 = time.perf_counter()
         tm.cpu_experts += t3 - t2
+        if decode:
+            self.decode_cpu.add(il, t3 - t2, 0 if h_host is None else on_gpu.size - int(np.count_nonzero(on_gpu)))
         if prof is not None:
             prof.lap(il, "cpu_experts", sync=False)
             prof.lap(il, "wait_gpu")

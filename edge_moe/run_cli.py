@@ -43,6 +43,8 @@ def add_run_parser(sub: Any) -> None:
     r.add_argument("--replay-trace", default=None, help="force routing from a trace (.npz or .json): benchmarks only")
     r.add_argument("--replay-problem", default="0", help="which experts_<p> array of an .npz trace")
     r.add_argument("--json", action="store_true", help="print one JSON object instead of text and timings")
+    r.add_argument("--no-record-figures", action="store_true",
+                   help="do not keep the decode steps' CPU DRAM figure for later plans on this machine")
     r.set_defaults(func=cmd_run)
 
 
@@ -177,6 +179,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         stats.stop_reason = "interrupted"
     report = _report(model, stats, tokens, "".join(pieces), args)
+    # The decode steps' DRAM figure prices later plans on this machine, as `edge-moe bench`'s does.
+    # Kept whether the plan or the user's flags chose the cache, threads or routing (replay): the
+    # figure is per expert byte and call of the CPU path, keyed by expert shape and threads, so
+    # any configuration measures it; only CUDA runs keep it (bench_stats.RUN_FIGURE_POLICY).
+    from edge_moe.bench_stats import keep_run_figure
+
+    report["run_figure"] = keep_run_figure(model, record=not args.no_record_figures).to_dict()
     if recorder:
         recorder.save(args.trace_out)
     model.close()
@@ -226,6 +235,7 @@ def _print_report(r: dict[str, Any]) -> None:
           f"({t['generation_tps']:8.2f} tokens per second)", file=err)
     b = t["breakdown_seconds"]
     print("breakdown (s): " + ", ".join(f"{k} {v:.3f}" for k, v in b.items()), file=err)
+    print(f"run figure: {r['run_figure']['note']}", file=err)
     c = r["cache"]
     if c is None:
         print("cache: none (every expert on the CPU)", file=err)

@@ -330,6 +330,55 @@ async def test_load_progress_is_visible_while_loading(tmp_path: Path) -> None:
         await settle(pilot)
 
 
+async def test_each_reply_keeps_the_run_figure(demo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               ) -> None:
+    """After a reply the session's decode-step DRAM figure is kept beside the machine's measurements
+    (a policy any tiny run meets: the real one wants CUDA and more work); `record_figures=False`
+    keeps nothing, and a cache dir that cannot be written only skips it."""
+    from edge_moe import bench_stats
+    from edge_moe import microbench as mb
+    from edge_moe.hardware import detect_hardware
+
+    monkeypatch.setattr(bench_stats, "RUN_FIGURE_POLICY",
+                        bench_stats.FigurePolicy(min_cpu_seconds=0.0, min_cpu_calls=1, devices=("cuda", "cpu")))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    hw = detect_hardware()
+    path = mb.save(mb.MachineMeasurements(dram_gbps=10.0, pcie_h2d_gbps=None, gpu_gemv_gbps=None, threads=2,
+                                          measured_at="2026-11-24T00:00:00+00:00", machine_key=mb.machine_key(hw),
+                                          cpu_call_us=1.0), hw)
+    assert path is not None
+    before = path.read_text()
+
+    def chat(record: bool) -> ChatApp:
+        loader = default_loader(LoadOptions(None, n_threads=2, ctx=512, demo_workdir=demo_dir))
+        return ChatApp(loader, GREEDY, MAX_TOKENS, conversations_dir=tmp_path / "conv", memory=fixed_memory,
+                       record_figures=record)
+
+    app = chat(record=False)
+    async with app.run_test() as pilot:
+        await settle(pilot)
+        await send(pilot, "hello")
+        assert app.run_figure is None and path.read_text() == before
+    assert app.loaded is not None
+    app.loaded.close()
+
+    app = chat(record=True)
+    async with app.run_test() as pilot:
+        await settle(pilot)
+        await send(pilot, "hello")
+        fig = app.run_figure
+        assert fig is not None and fig.recorded and fig.cpu_calls > 0
+        saved = mb.load_cached(2, hw)
+        assert saved is not None and saved.run_dram_gbps == {fig.shape: pytest.approx(fig.gbps)}
+        # the cache dir turns into a file: the next reply still comes, the figure is just not kept
+        monkeypatch.setenv("XDG_CACHE_HOME", str(path))
+        await send(pilot, "again")
+        assert len(app.query(ChatMessage)) == 4 and not app.query(".error")
+        assert app.run_figure is not None and not app.run_figure.recorded
+    assert app.loaded is not None
+    app.loaded.close()
+
+
 def test_session_round_trip(tmp_path: Path) -> None:
     s = ChatSession(system="sys")
     s.add_user("first line\nsecond")

@@ -7,7 +7,7 @@ renders (the Markdown widget is re-parsed at most ten times a second, so typing 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from textual import events, work
 from textual.app import App, ComposeResult
@@ -22,6 +22,9 @@ from edge_moe.sampling import SamplingParams
 from edge_moe.tui.loader import LoadOptions, Loader, default_loader
 from edge_moe.tui.session import ChatSession, Loaded, default_conversations_dir, list_conversations
 from edge_moe.tui.stats_panel import MemoryProbe, StatsLine, StatsPanel, real_memory, snapshot, stats_report
+
+if TYPE_CHECKING:
+    from edge_moe.bench_stats import RunFigure
 
 NARROW = 100  # columns under which the side panel becomes a one-line strip
 FLUSH_SECONDS = 0.1  # streaming render period
@@ -122,8 +125,10 @@ class ChatApp(App[int]):
 
     def __init__(self, loader: Loader, params: SamplingParams | None = None, max_tokens: int = 512,
                  conversations_dir: Path | None = None, memory: MemoryProbe = real_memory,
-                 model_name: str = "") -> None:
+                 model_name: str = "", record_figures: bool = True) -> None:
         super().__init__()
+        self.record_figures = record_figures
+        self.run_figure: RunFigure | None = None  # after a reply, when figures are recorded
         self.loader = loader
         self.params = params or SamplingParams()
         self.max_tokens = max_tokens
@@ -327,7 +332,22 @@ class ChatApp(App[int]):
                 self._stream.append(piece)
         except BaseException as e:  # noqa: BLE001 - shown in the app, never as a traceback
             error = describe_error(e)
+        if self.record_figures:
+            self._keep_figure()
         self.call_from_thread(self._reply_done, error)
+
+    def _keep_figure(self) -> None:
+        """Keep the DRAM figure of the session's decode steps so far for later plans (as `edge-moe
+        run` does). After each reply rather than at exit: a chat often ends by a closed terminal,
+        never reaching a clean shutdown; the write happens here in the worker, not on the UI thread;
+        and the counters are cumulative, so each reply's write refines the last one's figure."""
+        try:
+            from edge_moe.bench_stats import keep_run_figure
+
+            assert self.loaded is not None
+            self.run_figure = keep_run_figure(self.loaded.model)
+        except Exception:  # noqa: BLE001 - a figure is a bonus: a stand-in model or a broken cache dir skips it
+            self.run_figure = None
 
     def _render_stream(self) -> None:
         """Render new tokens (at most once per FLUSH_SECONDS) and refresh the live stats."""
@@ -369,10 +389,12 @@ class ChatApp(App[int]):
         self.exit(1 if self.load_error else 0)
 
 
-def run_chat(model_path: str | None, n_threads: int | None, ctx: int, gpu_budget_gib: float | None) -> int:
+def run_chat(model_path: str | None, n_threads: int | None, ctx: int, gpu_budget_gib: float | None,
+             record_figures: bool = True) -> int:
     """Entry point of `edge-moe chat` (None model: the built-in demo)."""
     opts = LoadOptions(model_path, n_threads, ctx, gpu_budget_gib)
-    app = ChatApp(default_loader(opts), model_name=Path(model_path).name if model_path else "demo")
+    app = ChatApp(default_loader(opts), model_name=Path(model_path).name if model_path else "demo",
+                  record_figures=record_figures)
     result = app.run()
     if app.loaded is not None:
         app.loaded.close()
