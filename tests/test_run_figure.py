@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from edge_moe import bench_stats
 from edge_moe import microbench as mb
@@ -83,14 +84,18 @@ def test_decode_counters_count_one_token_forwards_only(model_path: Path, graphs:
         m.close()
 
 
-@pytest.mark.parametrize("graphs", ["off", "uncaptured"])
+@pytest.mark.parametrize("graphs", ["off", "uncaptured"] + (["on"] if torch.cuda.is_available() else []))
 def test_decode_misses_follow_the_cache(model_path: Path, graphs: str) -> None:
     """With a partial cache the decode counters hold the CPU's share: the cache's decode misses,
-    one call per layer step that missed anything (the decode graphs' hits run the Triton kernels)."""
-    if graphs == "uncaptured":
+    one call per layer step that missed anything (the decode graphs' hits run the Triton kernels:
+    compiled on CUDA, where "on" captures the graphs; without CUDA Triton's interpreter runs them
+    on the CPU)."""
+    if graphs != "off":
         pytest.importorskip("triton")
-    kernels = "triton" if graphs == "uncaptured" else "auto"
-    m = _model(model_path, cache=GpuExpertsConfig(CacheConfig(2, 3, "LRU"), kernels=kernels), decode_graphs=graphs)
+    kernels = "triton" if graphs != "off" else "auto"
+    device = "cuda" if graphs != "off" and torch.cuda.is_available() else "cpu"
+    m = HybridModel(model_path, ExecutorConfig(device=device, n_threads=THREADS, decode_graphs=graphs,
+                                               cache=GpuExpertsConfig(CacheConfig(2, 3, "LRU"), kernels=kernels)))
     try:
         m.forward(list(range(1, 9)))
         stats = m.gpu.cache.stats
