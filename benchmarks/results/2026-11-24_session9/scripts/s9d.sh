@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# session 9 call D: A/B of session 8's head (26a5337) against this session's code, Qwen3 12 GiB natural, same machine,
+# same file, ABAB, no kept figures
+set -u
+export WORK=/tmp/emb PYTHONUNBUFFERED=1
+T0=$SECONDS
+(OUT=/tmp/o/setup DEADLINE_S=300 bash benchmarks/gpu_machine/bench_vs_llamacpp.sh --shape qwen3 --budgets 12 --engines none > /tmp/setup.log 2>&1); echo "setup+model $((SECONDS-T0)) s"
+LIBDIR=$(dirname "$(readlink -f $WORK/build-cuda/bin/llama-bench)")
+export LD_LIBRARY_PATH=$LIBDIR
+NEW=$PWD; OLD=$PWD/scratch/base_full
+(cd $OLD && ln -sfn ../converters edge_moe/converters; ln -sfn ../tui edge_moe/tui; ln -sfn ../profiles edge_moe/profiles_data)
+for who in new old new old; do
+  [ $((SECONDS-T0)) -gt 500 ] && { echo "skip $who (time)"; continue; }
+  [ $who = new ] && R=$NEW || R=$OLD
+  (cd $R && PYTHONPATH=$WORK/shim:$R:$WORK/site timeout 150 python3 -m edge_moe.cli bench -m $WORK/qwen3.gguf --vram-budget 12 -t 16 -r 3 -p 512 -n 128 --max-seconds 35 --no-record-figures -o $OUT/ab_${who}_$((SECONDS-T0)).json > /tmp/ab.log 2>&1; echo "rc $?")
+  echo "== $who at $((SECONDS-T0)) s"; grep -E "^(prefill|decode)|in situ|CPU" /tmp/ab.log | head -5
+done
+echo "total $((SECONDS-T0)) s"
