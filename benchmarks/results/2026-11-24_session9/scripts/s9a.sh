@@ -1,11 +1,6 @@
 #!/usr/bin/env bash
 # session 9 call A: K-quant int8 kernels on CUDA: tests, A/B against the float kernels (HEAD~1), a rows/warps/blocks sweep
-set -u
-export WORK=/tmp/emb PYTHONUNBUFFERED=1
-T0=$SECONDS
-(OUT=/tmp/o/setup DEADLINE_S=200 bash benchmarks/gpu_machine/bench_vs_llamacpp.sh --shape qwen3 --budgets 24 --engines none > /tmp/setup.log 2>&1); echo "setup $((SECONDS-T0)) s"
-LIBDIR=$(dirname "$(readlink -f $WORK/build-cuda/bin/llama-bench)")
-export LD_LIBRARY_PATH=$LIBDIR
+source benchmarks/gpu_machine/box_env.sh  # (the setup lines this call ran)
 export PYTHONPATH=$WORK/shim:$PWD:$WORK/site
 nvidia-smi --query-gpu=name --format=csv,noheader
 timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/test_quant_kernels.py 2>&1 | grep -E "Error|error|passed|failed" | head -20

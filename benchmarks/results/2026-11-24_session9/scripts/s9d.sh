@@ -1,12 +1,7 @@
 #!/usr/bin/env bash
 # session 9 call D: A/B of session 8's head (26a5337) against this session's code, Qwen3 12 GiB natural, same machine,
 # same file, ABAB, no kept figures
-set -u
-export WORK=/tmp/emb PYTHONUNBUFFERED=1
-T0=$SECONDS
-(OUT=/tmp/o/setup DEADLINE_S=300 bash benchmarks/gpu_machine/bench_vs_llamacpp.sh --shape qwen3 --budgets 12 --engines none > /tmp/setup.log 2>&1); echo "setup+model $((SECONDS-T0)) s"
-LIBDIR=$(dirname "$(readlink -f $WORK/build-cuda/bin/llama-bench)")
-export LD_LIBRARY_PATH=$LIBDIR
+BUDGET=12 SETUP_S=300 source benchmarks/gpu_machine/box_env.sh  # (the setup lines this call ran)
 NEW=$PWD; OLD=$PWD/scratch/base_full
 (cd $OLD && ln -sfn ../converters edge_moe/converters; ln -sfn ../tui edge_moe/tui; ln -sfn ../profiles edge_moe/profiles_data)
 for who in new old new old; do
