@@ -50,9 +50,12 @@ JOIN_S = 0.03e-3  # waiting for / merging the CPU's and the GPU's halves, per la
 LAYER_HOST_S = HOST_LOOKUP_S + EXPERTS_LAUNCH_S + JOIN_S  # the host's per-layer Python, ~0.165 ms
 LAYER_SECONDS = LAYER_FRONT_S + LAYER_HOST_S  # 0.34 ms per layer whatever the routing
 # A layer no cache slot serves (pinned layers and no sets): no lookup, no pair table, no experts
-# graph, no admissions; ids to the host, the CPU call's inputs and the join remain. Qwen3 6 GiB
-# profile (36 such layers, H100 box, session 6): ~0.10 ms a layer besides its front and ggml call.
-HOST_UNCACHED_S = 0.10e-3
+# graph, no admissions; ids to the host, the CPU call's inputs and the join remain. Session 6's
+# Qwen3 6 GiB profile read ~0.10 ms a layer besides its front and ggml call, but part of that was
+# the token's eager prologue (rope tables, mask, embedding: 1.5-1.8 ms a token, now one graph).
+# Session 9 (H100 box, no profiler syncs): a layer's time outside its CPU expert phase is 0.192 ms
+# (Qwen3 6 GiB, 36 such layers) and 0.183 ms (12 GiB, 17), i.e. ~0.02 ms beyond LAYER_FRONT_S.
+HOST_UNCACHED_S = 0.02e-3
 # ---- the CPU miss path: one ggml call per layer with misses, T = 1 ---------------------------
 # Per call, m distinct 2.65 MB experts, 16 threads spinning between calls (not OMP passive):
 # m=1 0.08 ms, m=3 0.17-0.18 ms, m=8 0.46 ms. With the ~47 GB/s slope that path reaches

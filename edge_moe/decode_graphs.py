@@ -13,6 +13,10 @@ layer against ~0.1 ms of GPU work). Here each layer is:
     CPU          ggml computes the misses meanwhile -> y_cpu (pinned) -> one copy
     fills        admissions on the side stream, as in the eager path
 
+Before the layers, a "prologue" graph (one per KV bucket) makes the token's rope tables,
+attention mask and embedding from its position and id, which arrive in one copy from pinned
+memory.
+
 A resident layer (every expert cached for good: a pinned layer, `ExpertCache`) needs no
 host: a run of consecutive resident layers is one graph, routing and pair tables on the device
 (edge_moe/route_kernels.py: one launch), and no sync before the next host layer's front. When every expert of
@@ -77,7 +81,10 @@ class DecodeGraphs:
         self.h = torch.zeros((1, e), dtype=dt, device=dev)  # [1, E] FFN input of the current layer
         self.y_gpu = torch.zeros((1, e), dtype=dt, device=dev)  # [1, E] hits + shared expert
         self.y_cpu = torch.zeros((1, e), dtype=torch.float32, device=dev)  # [1, E] misses
-        self.positions = torch.zeros(1, dtype=torch.int64, device=dev)  # [1]
+        # the token's position and id, written by one copy from pinned memory; the prologue graph
+        # turns them into rope tables, the attention mask and the embedding
+        self.step_in = torch.zeros(2, dtype=torch.int64, device=dev)  # [position, token]
+        self.positions, self.token = self.step_in[:1], self.step_in[1:]  # [1], [1]
         tables = rope_tables(cfg, model.ops.rope, self.positions, dt)
         self.rope = RopeTables(tables.cos.clone(), tables.sin.clone(), tables.perm)  # rewritten per token
         self._masks: dict[int, torch.Tensor] = {}  # KV bucket -> [group, bucket] bool, rewritten per token
@@ -99,6 +106,7 @@ class DecodeGraphs:
         self.pairs_host = host((5, n_pairs), torch.int64)
         self.y_cpu_host = host((1, e), torch.float32)
         self.forced_host = host((cfg.n_layer, 1, k), torch.int64)
+        self.step_in_host = host((2,), torch.int64)
         self.pairs_host.fill_(-1)
         self._graphs: dict[tuple[object, ...], torch.cuda.CUDAGraph] = {}
         self._pool = torch.cuda.graph_pool_handle() if capture else None
@@ -120,16 +128,15 @@ class DecodeGraphs:
         m = self.m
         pos = m.kv.pos
         length = kv_bucket(pos + 1, m.kv.max_ctx)
-        self.positions.fill_(pos)
-        tables = rope_tables(m.cfg, m.ops.rope, self.positions, m.dtype)
-        self.rope.cos.copy_(tables.cos)
-        self.rope.sin.copy_(tables.sin)
-        mask = self._masks.get(length)
-        if mask is None:
-            mask = self._masks[length] = m.attention_mask(self.positions, length)
-        else:
-            mask.copy_(m.attention_mask(self.positions, length))
-        self.x_in.copy_(m.embed(token))
+        # (the previous token's copy from step_in_host is done: every token syncs after it)
+        self.step_in_host[0], self.step_in_host[1] = pos, token
+        self.step_in.copy_(self.step_in_host, non_blocking=True)
+        if length not in self._masks:
+            group = m.cfg.n_head // m.cfg.n_head_kv
+            self._masks[length] = torch.zeros((group, length), dtype=torch.bool, device=m.device)
+        # one graph instead of ~40 eager launches (rope tables, mask, embedding: 1.5-1.8 ms of host
+        # time a token on the H100 box, Qwen3 shape, session 9)
+        self._run(("prologue", length), lambda: self._prologue(length))
         if forced is not None:
             self.forced_host.copy_(torch.from_numpy(np.asarray(forced, dtype=np.int64)))
             self.forced.copy_(self.forced_host, non_blocking=True)
@@ -277,6 +284,16 @@ class DecodeGraphs:
             self._experts(il)
 
     # ---- segments (captured) -------------------------------------------------------------
+
+    def _prologue(self, length: int) -> None:
+        """The token's rope tables, attention mask (KV bucket `length`) and embedding, from
+        step_in (position, token) on the device."""
+        m = self.m
+        tables = rope_tables(m.cfg, m.ops.rope, self.positions, m.dtype)
+        self.rope.cos.copy_(tables.cos)
+        self.rope.sin.copy_(tables.sin)
+        self._masks[length].copy_(m.attention_mask(self.positions, length))
+        self.x_in.copy_(m.embed(self.token))
 
     def _front(self, il: int, length: int, forced: bool, resident: bool = False, add_cpu: bool = False) -> None:
         """resident: a layer whose experts are all cached, inside a graph of such layers: the
