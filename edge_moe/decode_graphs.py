@@ -93,8 +93,9 @@ class DecodeGraphs:
         self.ids = torch.zeros((1, k), dtype=torch.int64, device=dev)  # routed ids, resident mode
         self.resident = False  # every expert cached: a token is one graph (set on first use)
         self.runs = 0  # graphs of resident layers run so far (`_resident_run`)
-        # resident layers route and build their pair table in one Triton launch (route_kernels.py;
-        # EDGE_MOE_FUSED_ROUTE=0: torch's softmax / topk and the torch pair table)
+        # resident layers route and build their pair table in one Triton launch, host layers route
+        # and pack the host's row in one (route_kernels.py; EDGE_MOE_FUSED_ROUTE=0: torch's softmax /
+        # topk, the torch pair table and cat)
         self._fused_route = (getattr(gpu, "use_triton", False) and gpu.cache is not None
                              and os.environ.get("EDGE_MOE_FUSED_ROUTE", "1") != "0")
         self.forced = torch.zeros((cfg.n_layer, 1, k), dtype=torch.int64, device=dev)
@@ -103,6 +104,7 @@ class DecodeGraphs:
         # results come back in one copy: [ids (as floats, exact) | weights | router logits | h]
         self._cols = np.cumsum([0, k, k, cfg.n_expert, e])
         self.routed_host = host((1, int(self._cols[-1])), torch.float32)
+        self.routed = torch.zeros((1, int(self._cols[-1])), dtype=torch.float32, device=dev)  # its device side
         self.pairs_host = host((5, n_pairs), torch.int64)
         self.y_cpu_host = host((1, e), torch.float32)
         self.forced_host = host((cfg.n_layer, 1, k), torch.int64)
@@ -309,6 +311,15 @@ class DecodeGraphs:
         x, h = m.front(il, x, self.rope, self.positions, self._masks[length])
         self.x[(il + 1) % 2].copy_(x)
         self.h.copy_(h)
+        if not resident and not forced and self._fused_route:  # one launch: routing, weights, the host's row
+            from edge_moe.route_kernels import route_pack
+
+            cfg = m.cfg
+            logits = torch.nn.functional.linear(self.h, m.dense.layers[il].router)  # [1, n_expert], as m.route
+            route_pack(logits, self.h, cfg.n_expert_used, cfg.normalize_topk, cfg.expert_weights_scale,
+                       self.weights, self.routed)
+            self.routed_host.copy_(self.routed, non_blocking=True)
+            return
         if resident and not forced and self._fused_route:  # one launch: routing, weights, pair table
             from edge_moe.route_kernels import route_pairs
 

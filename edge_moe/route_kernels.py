@@ -13,6 +13,11 @@ routing (softmax, topk's gather and sort, the weights' sum) and the on-device pa
     pairs[3, t*k + j] = t;  pairs[4, t*k + j] = t*k + j             (gpu_experts.pair_table's layout)
 
 Equal probabilities go to the lower expert id first; torch.topk leaves their order open.
+
+A host layer's front (experts looked up on the host) takes `route_pack` instead: the same routing,
+and the row the host reads in one copy, [ids (as floats, exact) | weights | router logits | h],
+written by the same launch (torch's routing, casts and cat were ~8 kernels and ~12 us a layer,
+session 9's kernel table).
 """
 
 from __future__ import annotations
@@ -23,12 +28,10 @@ import triton.language as tl
 
 
 @triton.jit
-def _route_pairs_kernel(logits, n_expert, bases, part_offsets, w_out, ids_out, pairs, n_pairs, scale,
-                        K: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, NORMALIZE: tl.constexpr):
-    t = tl.program_id(0)
-    e = tl.arange(0, BLOCK_E)
-    em = e < n_expert
-    x = tl.load(logits + t * n_expert + e, mask=em, other=float("-inf")).to(tl.float32)
+def _softmax_topk(x, e, em, scale, K: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
+                  NORMALIZE: tl.constexpr):
+    """Logits x [BLOCK_E] float32 (-inf past n_expert) -> the k largest probabilities (normalized
+    and scaled) and their ids [BLOCK_K], largest first, and the mask of the k lanes."""
     p = tl.exp(x - tl.max(x, axis=0))
     p = p / tl.sum(p, axis=0)
     p = tl.where(em, p, -1.0)  # padding lanes are never picked
@@ -44,7 +47,18 @@ def _route_pairs_kernel(logits, n_expert, bases, part_offsets, w_out, ids_out, p
     km = kk < K
     if NORMALIZE:
         sel_w = sel_w / tl.sum(tl.where(km, sel_w, 0.0), axis=0)
-    sel_w = sel_w * scale
+    return sel_w * scale, sel_id, km
+
+
+@triton.jit
+def _route_pairs_kernel(logits, n_expert, bases, part_offsets, w_out, ids_out, pairs, n_pairs, scale,
+                        K: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, NORMALIZE: tl.constexpr):
+    t = tl.program_id(0)
+    e = tl.arange(0, BLOCK_E)
+    em = e < n_expert
+    x = tl.load(logits + t * n_expert + e, mask=em, other=float("-inf")).to(tl.float32)
+    sel_w, sel_id, km = _softmax_topk(x, e, em, scale, K, BLOCK_E, BLOCK_K, NORMALIZE)
+    kk = tl.arange(0, BLOCK_K)
     tl.store(w_out + t * K + kk, sel_w, mask=km)
     tl.store(ids_out + t * K + kk, sel_id, mask=km)
     base = tl.load(bases + sel_id, mask=km, other=0)
@@ -70,3 +84,39 @@ def route_pairs(logits: torch.Tensor, k: int, normalize: bool, scale: float, lay
     _route_pairs_kernel[(n_tok,)](logits, n_expert, layer_bases, part_offsets, w_out, ids_out, pairs, n_tok * k,
                                   float(scale), K=k, BLOCK_E=triton.next_power_of_2(n_expert),
                                   BLOCK_K=triton.next_power_of_2(k), NORMALIZE=normalize)
+
+
+@triton.jit
+def _route_pack_kernel(logits, n_expert, h, w_out, row, scale, N_EMBD: tl.constexpr, K: tl.constexpr,
+                       BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr, NORMALIZE: tl.constexpr):
+    e = tl.arange(0, BLOCK_E)
+    em = e < n_expert
+    x = tl.load(logits + e, mask=em, other=float("-inf")).to(tl.float32)
+    sel_w, sel_id, km = _softmax_topk(x, e, em, scale, K, BLOCK_E, BLOCK_K, NORMALIZE)
+    kk = tl.arange(0, BLOCK_K)
+    tl.store(w_out + kk, sel_w, mask=km)
+    tl.store(row + kk, sel_id.to(tl.float32), mask=km)  # ids < 2**24: exact as floats
+    tl.store(row + K + kk, sel_w, mask=km)
+    tl.store(row + 2 * K + e, x, mask=em)
+    for c in tl.static_range(0, N_EMBD, BLOCK_H):  # (a model's width: one compile per model)
+        j = c + tl.arange(0, BLOCK_H)
+        tl.store(row + 2 * K + n_expert + j, tl.load(h + j, mask=j < N_EMBD).to(tl.float32), mask=j < N_EMBD)
+
+
+def route_pack(logits: torch.Tensor, h: torch.Tensor, k: int, normalize: bool, scale: float, w_out: torch.Tensor,
+               row: torch.Tensor) -> None:
+    """One token's routing (logits [1, n_expert]) into w_out [1, k] float32 and the host row
+    row [1, 2k + n_expert + n_embd] float32 = [ids | weights | logits | h] (h [1, n_embd])."""
+    n_tok, n_expert = logits.shape
+    n_embd = h.shape[-1]
+    if n_tok != 1 or h.shape != (1, n_embd):
+        raise ValueError(f"route_pack takes one token, got logits {tuple(logits.shape)} and h {tuple(h.shape)}")
+    if w_out.shape != (1, k) or row.shape != (1, 2 * k + n_expert + n_embd):
+        raise ValueError(f"outputs must be [1, {k}] and [1, {2 * k + n_expert + n_embd}]")
+    if w_out.dtype != torch.float32 or row.dtype != torch.float32:
+        raise ValueError("w_out and row must be float32")
+    if not (logits.is_contiguous() and h.is_contiguous() and row.is_contiguous()):
+        raise ValueError("logits, h and row must be contiguous")
+    _route_pack_kernel[(1,)](logits, n_expert, h, w_out, row, float(scale), N_EMBD=n_embd, K=k,
+                             BLOCK_E=triton.next_power_of_2(n_expert), BLOCK_K=triton.next_power_of_2(k),
+                             BLOCK_H=min(1024, triton.next_power_of_2(n_embd)), NORMALIZE=normalize)

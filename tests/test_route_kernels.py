@@ -11,7 +11,7 @@ import torch
 from edge_moe.archs.common import softmax_topk
 
 pytest.importorskip("triton")
-from edge_moe.route_kernels import route_pairs  # noqa: E402
+from edge_moe.route_kernels import route_pack, route_pairs  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -58,3 +58,34 @@ def test_route_pairs_checks_its_buffers() -> None:
         route_pairs(logits, 2, True, 1.0, bases, parts, **{**ok, "pairs": torch.empty((5, 3), dtype=torch.int64)})
     with pytest.raises(ValueError, match="float32"):
         route_pairs(logits, 2, True, 1.0, bases, parts, **{**ok, "w_out": torch.empty((1, 2), dtype=torch.float16)})
+
+
+@pytest.mark.parametrize("n_expert, k, n_embd", [(8, 2, 64), (128, 8, 2048), (60, 4, 1100)])
+@pytest.mark.parametrize("normalize, scale", [(True, 1.0), (False, 2.5)])
+def test_route_pack_matches_torch_routing_and_cat(n_expert: int, k: int, n_embd: int, normalize: bool,
+                                                  scale: float) -> None:
+    """A host layer's routing and row [ids | weights | logits | h], as decode_graphs' torch path
+    builds it with softmax_topk and cat (n_embd 1100: h spans a partial last block)."""
+    g = torch.Generator().manual_seed(n_expert + k + n_embd)
+    logits = (torch.randn(1, n_expert, generator=g) * 3).to(DEVICE)
+    h = torch.randn(1, n_embd, generator=g).to(torch.float16).to(DEVICE)
+    w = torch.full((1, k), -7.0, device=DEVICE)
+    row = torch.full((1, 2 * k + n_expert + n_embd), -7.0, device=DEVICE)
+    route_pack(logits, h, k, normalize, scale, w, row)
+
+    want_w, want_ids = softmax_topk(logits, k, normalize, scale)
+    want = torch.cat([want_ids.float(), want_w.float(), logits.float(), h.float()], dim=1)
+    torch.testing.assert_close(w.cpu(), want_w.cpu(), rtol=1e-5, atol=1e-6)
+    assert torch.equal(row[:, :k].cpu(), want[:, :k].cpu())  # the ids, exactly
+    torch.testing.assert_close(row.cpu(), want.cpu(), rtol=1e-5, atol=1e-6)
+
+
+def test_route_pack_checks_its_buffers() -> None:
+    logits, h = torch.zeros((1, 8), device=DEVICE), torch.zeros((1, 16), device=DEVICE)
+    w, row = torch.empty((1, 2), device=DEVICE), torch.empty((1, 2 * 2 + 8 + 16), device=DEVICE)
+    with pytest.raises(ValueError, match="one token"):
+        route_pack(torch.zeros((2, 8), device=DEVICE), h, 2, True, 1.0, w, row)
+    with pytest.raises(ValueError, match="outputs must be"):
+        route_pack(logits, h, 2, True, 1.0, w, torch.empty((1, 27), device=DEVICE))
+    with pytest.raises(ValueError, match="float32"):
+        route_pack(logits, h, 2, True, 1.0, w.half(), row)
