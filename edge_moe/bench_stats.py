@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge_moe.cost_model import CPU_CALL_FIXED_S, REPACK_DRAM_GAIN
+from edge_moe.cost_model import REPACK_DRAM_GAIN
 
 if TYPE_CHECKING:
     from edge_moe.bench import RunResult
@@ -38,11 +38,16 @@ def _repack_gain(plan: Any) -> float:
     return REPACK_DRAM_GAIN if plan.device == "cuda" else 1.0
 
 
+def _split_misses(misses: list[int] | tuple[int, ...], served: list[bool]) -> tuple[int, int]:
+    """Experts the CPU computed: (on layers with cache slots, whose experts stay zero-copy; on the
+    others, repacked)."""
+    zero_copy = sum(m for m, s in zip(misses, served) if s)
+    return zero_copy, sum(misses) - zero_copy
+
+
 def _cpu_bytes(r: RunResult, plan: Any, served: list[bool]) -> tuple[int, int]:
-    """Expert bytes the CPU read in a run's decode steps: (on layers with cache slots, whose experts
-    stay zero-copy; on the others, repacked)."""
-    zero_copy = sum(m for m, s in zip(r.decode_cpu_misses, served) if s)
-    repacked = sum(m for m, s in zip(r.decode_cpu_misses, served) if not s)
+    """Expert bytes the CPU read in a run's decode steps, split as `_split_misses`."""
+    zero_copy, repacked = _split_misses(r.decode_cpu_misses, served)
     return plan.expert_bytes * zero_copy, plan.expert_bytes * repacked
 
 
@@ -141,8 +146,7 @@ def _figure(seconds: float, calls: int, misses: list[int] | tuple[int, ...], ser
     """(decode_dram_figure, or None and why not)."""
     if len(misses) != len(served):
         return None, f"{len(misses)} layers of misses for {len(served)} layers"
-    zero_copy = sum(m for m, s in zip(misses, served) if s)
-    repacked = sum(m for m, s in zip(misses, served) if not s)
+    zero_copy, repacked = _split_misses(misses, served)
     scaled_bytes = terms.expert_bytes * (zero_copy + repacked / terms.repack_gain)
     busy = seconds - calls * terms.cpu_call_seconds
     why = _short_of(seconds, calls, busy, scaled_bytes, policy)
@@ -208,14 +212,14 @@ def keep_run_figure(model: Any, record: bool = True, policy: FigurePolicy | None
     Never raises for a cache dir that cannot be read or written: the note says it was not kept."""
     from edge_moe.expert_bytes import quantized_expert_bytes
     from edge_moe.hardware import detect_hardware
-    from edge_moe.microbench import expert_shape_key, load_cached
+    from edge_moe.microbench import cpu_call_seconds, expert_shape_key, load_cached
 
     policy = policy or RUN_FIGURE_POLICY
     c, work = model.cfg, model.decode_cpu
     threads = model.cpu.config.n_threads
     hw = hw or detect_hardware()
     measured = load_cached(threads, hw, cache_dir)
-    call_s = measured.cpu_call_us * 1e-6 if measured and measured.cpu_call_us else CPU_CALL_FIXED_S  # as the planner
+    call_s = cpu_call_seconds(measured)  # as the planner prices calls
     device = model.device.type
     terms = FigureTerms(quantized_expert_bytes(model.gguf, c), call_s, REPACK_DRAM_GAIN if device == "cuda" else 1.0)
     served = [model.gpu.serves(il) for il in range(c.n_layer)]

@@ -311,23 +311,19 @@ class DecodeGraphs:
         x, h = m.front(il, x, self.rope, self.positions, self._masks[length])
         self.x[(il + 1) % 2].copy_(x)
         self.h.copy_(h)
-        if not resident and not forced and self._fused_route:  # one launch: routing, weights, the host's row
-            from edge_moe.route_kernels import route_pack
+        if not forced and self._fused_route:  # one launch: routing, weights, and the pair table or the host's row
+            from edge_moe.route_kernels import route_pack, route_pairs
 
             cfg = m.cfg
             logits = torch.nn.functional.linear(self.h, m.dense.layers[il].router)  # [1, n_expert], as m.route
-            route_pack(logits, self.h, cfg.n_expert_used, cfg.normalize_topk, cfg.expert_weights_scale,
-                       self.weights, self.routed)
-            self.routed_host.copy_(self.routed, non_blocking=True)
-            return
-        if resident and not forced and self._fused_route:  # one launch: routing, weights, pair table
-            from edge_moe.route_kernels import route_pairs
-
-            cfg = m.cfg
-            bases, parts = m.gpu.resident_bases(il)
-            logits = torch.nn.functional.linear(h, m.dense.layers[il].router)  # [1, n_expert], as m.route
-            route_pairs(logits, cfg.n_expert_used, cfg.normalize_topk, cfg.expert_weights_scale, bases,
-                        parts.view(-1), self.weights, self.ids, self.pairs)
+            if resident:
+                bases, parts = m.gpu.resident_bases(il)
+                route_pairs(logits, cfg.n_expert_used, cfg.normalize_topk, cfg.expert_weights_scale, bases,
+                            parts.view(-1), self.weights, self.ids, self.pairs)
+            else:
+                route_pack(logits, self.h, cfg.n_expert_used, cfg.normalize_topk, cfg.expert_weights_scale,
+                           self.weights, self.routed)
+                self.routed_host.copy_(self.routed, non_blocking=True)
             return
         logits, weights, ids = m.route(il, h, self.forced[il] if forced else None)
         self.weights.copy_(weights)

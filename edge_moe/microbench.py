@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_moe.cost_model import CPU_CALL_FIXED_S
 from edge_moe.hardware import HardwareInfo
 
 # bump when a figure changes meaning: older cache files are then re-measured.
@@ -115,6 +116,11 @@ class MachineMeasurements:
         """Where dram_gbps_for's figure comes from: "run", "shape" or "default"."""
         key = expert_shape_key(n_embd, n_ff, k)
         return "run" if key in self.run_dram_gbps else "shape" if key in self.expert_dram_gbps else "default"
+
+
+def cpu_call_seconds(m: MachineMeasurements | None) -> float:
+    """The fixed cost of one ggml call as plans price it: measured where it was, else cost_model's figure."""
+    return m.cpu_call_us * 1e-6 if m is not None and m.cpu_call_us else CPU_CALL_FIXED_S
 
 
 def expert_shape_key(n_embd: int, n_ff: int, k: int) -> str:

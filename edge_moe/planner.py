@@ -42,11 +42,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_moe.cost_model import (CPU_CALL_FIXED_S, CPU_DEVICE_LAYER_S, LAYER_SECONDS, MachineFigures,
+from edge_moe.cost_model import (CPU_DEVICE_LAYER_S, LAYER_SECONDS, MachineFigures,
                                  decode_figures, prefill_tps)
 from edge_moe.expert_cache import CacheConfig, ReplacePolicy, parse_replace_policy
 from edge_moe.hardware import GIB, HardwareInfo
-from edge_moe.microbench import MachineMeasurements, expert_shape_key
+from edge_moe.microbench import MachineMeasurements, cpu_call_seconds, expert_shape_key
 from edge_moe.placement import candidate_placements, placement_text
 from edge_moe.plan import RUNTIME_RESERVE_BYTES, Plan, PlanOverrides
 from edge_moe.plan import ALLOCATOR_SLACK_BYTES, CUDA_CONTEXT_BYTES, format_plan  # noqa: F401  (re-exported)
@@ -200,8 +200,7 @@ def make_plan(model_path: str | Path, hw: HardwareInfo, profile: HardwareProfile
             notes.append(f"warning: context {ctx} with the dense weights exceeds {what}")
 
     dense_s = dense / ((gpu_bw or FALLBACK_GPU_GBPS) * 1e9 if device == "cuda" else dram * 1e9)
-    call_s = (measurements.cpu_call_us * 1e-6 if measurements and measurements.cpu_call_us
-              else CPU_CALL_FIXED_S)
+    call_s = cpu_call_seconds(measurements)
     notes.append(f"ggml call {call_s * 1e6:.0f} us fixed: "
                  + ("measured" if measurements and measurements.cpu_call_us else "cost_model's H100 figure"))
     # the CPU device: no graphs, no cache (cost_model.CPU_DEVICE_LAYER_S is a first estimate)
