@@ -298,14 +298,48 @@ class CpuExpertEngine:
             np.copyto(graph.x, x)  # [T, E]
             np.copyto(graph.ids, ids)  # [T, k]
             np.copyto(graph.w, w)  # [T, k]
-            graph.plan.work_data = self._work_ptr
-            status = self._libs.cpu.ggml_graph_compute(graph.cgraph, graph.plan_ref)  # GIL released
-            if status != 0:
-                raise GgmlLibraryError(f"ggml_graph_compute failed with status {status}")
+            self._compute(graph)
             if out is None:
                 return graph.y.copy()
             np.copyto(out, graph.y)
             return out
+
+    def forward_token(self, layer: LayerTensors, x: np.ndarray, expert_ids: list[int], expert_weights: list[float],
+                      out: np.ndarray) -> None:
+        """`forward` for one token, the decode step's lean path: out [E] = sum_j w[j] * FFN_{ids[j]}(x)
+        (+ shared expert) for x [E] float32 and the k experts to compute as Python lists. It makes
+        the checks of validate_routing that a routed decode step can fail, in a few Python
+        operations: the numpy path cost ~70 us of a host layer's ~0.28 ms outside ggml's compute
+        (H100 box, Qwen3 shape, session 10)."""
+        if layer.closed:
+            raise ValueError("this LayerTensors was closed")
+        k = len(expert_ids)
+        if not 1 <= k <= layer.n_expert or len(expert_weights) != k:
+            raise ValueError(f"need 1..{layer.n_expert} expert ids and as many weights, got {k} and "
+                             f"{len(expert_weights)}")
+        lo, hi = min(expert_ids), max(expert_ids)
+        if lo < 0 or hi >= layer.n_expert:
+            raise ValueError(f"expert id {lo if lo < 0 else hi} out of range: this layer has experts "
+                             f"0..{layer.n_expert - 1}")
+        if not math.isfinite(sum(expert_weights)):
+            raise ValueError("expert weights contain NaN or infinity")
+        if x.shape != (layer.n_embd,) or out.shape != (layer.n_embd,) or out.dtype != np.float32:
+            raise ValueError(f"x and out must be [{layer.n_embd}] (out float32), got {list(x.shape)}, "
+                             f"{out.dtype} {list(out.shape)}")
+        with self._lock:
+            graph = self._graph(layer, 1, k)
+            graph.bind(layer)
+            graph.x[0] = x  # [E]
+            graph.ids[0] = expert_ids  # [k]
+            graph.w[0] = expert_weights  # [k]
+            self._compute(graph)
+            out[:] = graph.y[0]
+
+    def _compute(self, graph: _ExpertGraph) -> None:
+        graph.plan.work_data = self._work_ptr
+        status = self._libs.cpu.ggml_graph_compute(graph.cgraph, graph.plan_ref)  # GIL released
+        if status != 0:
+            raise GgmlLibraryError(f"ggml_graph_compute failed with status {status}")
 
     def _graph(self, layer: LayerTensors, n_tokens: int, k: int) -> _ExpertGraph:
         key = (layer.signature, n_tokens, k)

@@ -7,11 +7,18 @@ layer against ~0.1 ms of GPU work). Here each layer is:
     front[il]    graph: x + y of the previous layer, attention (KV length bucketed), FFN norm,
                  router, top-k; ids, weights, router logits and h copied to pinned host memory
     sync         the one host wait per layer (as in the eager path)
-    host         cache lookup -> pair table (pinned) -> one host-to-device copy
-    experts[il]  graph: every hit (pair table rows of misses hold offset -1: the kernels skip
-                 them) from the quantized slots, plus the shared expert -> y_gpu
-    CPU          ggml computes the misses meanwhile -> y_cpu (pinned) -> one copy
+    host         cache lookup -> pair table (pinned)
+    experts[il]  graph: the pair table's copy to the device, every hit (pair table rows of
+                 misses hold offset -1: the kernels skip them) from the quantized slots, plus
+                 the shared expert -> y_gpu
+    CPU          ggml computes the misses meanwhile -> y_cpu (pinned); the next segment's graph
+                 copies it to the device first
     fills        admissions on the side stream, as in the eager path
+
+A layer's experts leave y_gpu (a hit or a shared expert) and y_cpu (a miss), either or both;
+the segment after it (the next front, a run of resident layers, the head) adds exactly those,
+one captured variant per combination, so no eager launch zeroes what a layer did not write:
+each eager launch or copy cost 25-45 us of host time on the H100 box (session 10).
 
 Before the layers, a "prologue" graph (one per KV bucket) makes the token's rope tables,
 attention mask and embedding from its position and id, which arrive in one copy from pinned
@@ -46,7 +53,6 @@ import numpy as np
 import torch
 
 from edge_moe.archs.common import RopeTables, rope_tables
-from edge_moe.cpu_experts import forward_misses
 
 if TYPE_CHECKING:
     from edge_moe.executor import HybridModel
@@ -110,6 +116,8 @@ class DecodeGraphs:
         self.forced_host = host((cfg.n_layer, 1, k), torch.int64)
         self.step_in_host = host((2,), torch.int64)
         self.pairs_host.fill_(-1)
+        # what the last layer's experts left for the next segment to add: y_gpu, y_cpu (in y_cpu_host)
+        self._gpu_in = self._cpu_in = False
         self._graphs: dict[tuple[object, ...], torch.cuda.CUDAGraph] = {}
         self._pool = torch.cuda.graph_pool_handle() if capture else None
         # Captures run on a stream of torch's high-priority pool. torch.cuda.graph's default
@@ -143,11 +151,13 @@ class DecodeGraphs:
             self.forced_host.copy_(torch.from_numpy(np.asarray(forced, dtype=np.int64)))
             self.forced.copy_(self.forced_host, non_blocking=True)
         m.gpu.begin_step()
+        self._gpu_in = self._cpu_in = False  # layer 0 starts from the embedding
         if self._resident_now():
             self._token_resident(length, forced is not None)
         else:
             self._layers(length, forced is not None)
-        self._run(("head",), self._head)
+        adds = (self._gpu_in, self._cpu_in)
+        self._run(("head", *adds), lambda: self._head(*adds))
         m.gpu.end_step()
         if m.profiler is not None:
             m.profiler.end_token()
@@ -179,20 +189,20 @@ class DecodeGraphs:
         if m.profiler is not None:
             m.profiler.start_layer()
         t0 = time.perf_counter()
-        self._run(("run", start, end, length, forced), lambda: self._resident_layers(start, end, length, forced))
+        adds = (self._gpu_in, self._cpu_in)
+        self._run(("run", start, end, length, forced, *adds),
+                  lambda: self._resident_layers(start, end, length, forced, adds))
         m.timings.attention += time.perf_counter() - t0
+        self._gpu_in, self._cpu_in = True, False  # the last layer's hits (and shared expert); no CPU share
         self.runs += 1
         m.gpu.count_resident_hits(range(start, end))
         if m.profiler is not None:  # the run is billed to its first layer's wait_gpu (device synced)
             m.profiler.lap(start, "wait_gpu")
 
-    def _resident_layers(self, start: int, end: int, length: int, forced: bool) -> None:
+    def _resident_layers(self, start: int, end: int, length: int, forced: bool, adds: tuple[bool, bool]) -> None:
         for il in range(start, end):
-            # the first layer adds the CPU share of the host layer before it, then clears it
-            # (the layers after it, and the head, add y_cpu too: it must be zero there)
-            self._front(il, length, forced, resident=True, add_cpu=il == start and il > 0)
-            if il == start and il > 0:
-                self.y_cpu.zero_()
+            # the first layer adds what the host layer before it left; the others their predecessor's hits
+            self._front(il, length, forced, adds if il == start else (True, False), resident=True)
             self._experts(il)
 
     def _host_layer(self, il: int, length: int, forced: bool) -> None:
@@ -201,13 +211,14 @@ class DecodeGraphs:
         gpu, prof, tm = m.gpu, m.profiler, m.timings
         c = self._cols
         routed = self.routed_host.numpy()
-        w, router, h_np = routed[:, c[1]:c[2]], routed[:, c[2]:c[3]], routed[:, c[3]:c[4]]
         if prof is not None:
             prof.start_layer()
         t0 = time.perf_counter()
-        self._run(("front", il, length, forced), lambda: self._front(il, length, forced))
+        adds = (self._gpu_in, self._cpu_in)
+        self._run(("front", il, length, forced, *adds), lambda: self._front(il, length, forced, adds))
         self._sync()  # ids, weights, h and router logits are on the host now
-        ids = routed[:, :c[1]].astype(np.int32)
+        id_list = [int(v) for v in routed[0, :c[1]].tolist()]  # [k]
+        ids = np.array([id_list], dtype=np.int32)  # [1, k]
         t1 = time.perf_counter()
         tm.attention += t1 - t0
         if prof is not None:
@@ -215,23 +226,21 @@ class DecodeGraphs:
 
         slots = gpu.lookup(il, ids)  # [1, k], -1 where not cached
         hit = slots >= 0
+        n_hit = int(np.count_nonzero(hit))
         for cb in m.on_route:
-            cb(il, router.copy(), ids.copy(), hit)
+            cb(il, routed[:, c[2]:c[3]].copy(), ids.copy(), hit)
         used = None
         # the experts graph runs for hits and the shared expert; a layer with neither skips it
-        run_experts = bool(hit.any()) or m.dense.layers[il].shexp_gate is not None
+        run_experts = n_hit > 0 or m.dense.layers[il].shexp_gate is not None
         if run_experts and gpu.cache is not None:
-            gpu.pair_table(slots, self.pairs_host.numpy())
-            self.pairs.copy_(self.pairs_host, non_blocking=True)
+            gpu.pair_table(slots, self.pairs_host.numpy())  # the experts graph copies it to the device
             used = gpu.wait_hits(slots)
         t2 = time.perf_counter()
         tm.router_sync += t2 - t1
         if prof is not None:
             prof.lap(il, "router_sync", sync=False)
         if run_experts:
-            self._run(("experts", il), lambda: self._experts(il))
-        else:
-            self.y_gpu.zero_()
+            self._run(("experts", il), lambda: self._experts(il, host_pairs=gpu.cache is not None))
         if used is not None:
             gpu.mark_hits_read(used)
         t3 = time.perf_counter()
@@ -239,17 +248,21 @@ class DecodeGraphs:
         if prof is not None:
             prof.lap(il, "gpu_enqueue", sync=False)
 
-        n_miss = hit.size - int(np.count_nonzero(hit))
-        if not n_miss:
-            self.y_cpu.zero_()
-        else:
-            forward_misses(m.cpu, m.cpu_layers[il], np.ascontiguousarray(h_np), ids, w, hit,
-                           out=self.y_cpu_host.numpy())
-            self.y_cpu.copy_(self.y_cpu_host, non_blocking=True)
+        n_miss = len(id_list) - n_hit
+        if n_miss:
+            w_list = routed[0, c[1]:c[2]].tolist()  # [k]
+            if n_hit:
+                hit_list = hit[0].tolist()
+                miss = [j for j, h in enumerate(hit_list) if not h]
+                id_list, w_list = [id_list[j] for j in miss], [w_list[j] for j in miss]
+            # y_cpu_host: the graph after this layer copies it in (every earlier reader of it is
+            # done: the front above, which follows any of them on the stream, was synced)
+            m.cpu.forward_token(m.cpu_layers[il], routed[0, c[3]:c[4]], id_list, w_list, self.y_cpu_host.numpy()[0])
             tm.cpu_calls += 1
         t4 = time.perf_counter()
         tm.cpu_experts += t4 - t3
         m.decode_cpu.add(il, t4 - t3, n_miss)  # every step here is a decode step (T = 1)
+        self._gpu_in, self._cpu_in = run_experts, n_miss > 0
         if prof is not None:
             prof.lap(il, "cpu_experts", sync=False)
             prof.lap(il, "wait_gpu")
@@ -264,15 +277,14 @@ class DecodeGraphs:
         m = self.m
         if m.on_route or not m.gpu.all_resident():
             return False
-        if not self.resident:
-            self.resident = True
-            self.y_cpu.zero_()  # no CPU work from now on
+        self.resident = True
         return True
 
     def _token_resident(self, length: int, forced: bool) -> None:
         m = self.m
         t0 = time.perf_counter()
         self._run(("token", length, forced), lambda: self._all_layers(length, forced))
+        self._gpu_in = True
         self._sync()
         seconds = time.perf_counter() - t0
         m.timings.attention += seconds  # one graph: no phase boundaries left to time
@@ -282,7 +294,7 @@ class DecodeGraphs:
 
     def _all_layers(self, length: int, forced: bool) -> None:
         for il in range(self.m.cfg.n_layer):
-            self._front(il, length, forced, resident=True)
+            self._front(il, length, forced, (True, False), resident=True)
             self._experts(il)
 
     # ---- segments (captured) -------------------------------------------------------------
@@ -297,17 +309,12 @@ class DecodeGraphs:
         self._masks[length].copy_(m.attention_mask(self.positions, length))
         self.x_in.copy_(m.embed(self.token))
 
-    def _front(self, il: int, length: int, forced: bool, resident: bool = False, add_cpu: bool = False) -> None:
-        """resident: a layer whose experts are all cached, inside a graph of such layers: the
-        routing stays on the device instead of going to the host, and the previous layer's CPU
-        share is added only with `add_cpu` (else it is zero: two kernels a layer saved)."""
+    def _front(self, il: int, length: int, forced: bool, adds: tuple[bool, bool], resident: bool = False) -> None:
+        """adds: (y_gpu, y_cpu) the previous layer left (`_residual`). resident: a layer whose
+        experts are all cached, inside a graph of such layers: the routing stays on the device
+        instead of going to the host."""
         m = self.m
-        if il == 0:
-            x = self.x_in
-        elif resident and not add_cpu:
-            x = self.x[il % 2] + self.y_gpu
-        else:  # the previous layer's residual plus its experts
-            x = self.x[il % 2] + (self.y_gpu + self.y_cpu.to(self.x_in.dtype))
+        x = self.x_in if il == 0 else self._residual(self.x[il % 2], *adds)
         x, h = m.front(il, x, self.rope, self.positions, self._masks[length])
         self.x[(il + 1) % 2].copy_(x)
         self.h.copy_(h)
@@ -334,8 +341,11 @@ class DecodeGraphs:
             self.ids.copy_(ids)
             self.pairs.copy_(m.gpu.resident_pair_table(il, self.ids))  # [5, k]
 
-    def _experts(self, il: int) -> None:
+    def _experts(self, il: int, host_pairs: bool = False) -> None:
+        """y_gpu = the hits (+ the shared expert); host_pairs: the host wrote the pair table (pinned)."""
         m = self.m
+        if host_pairs:
+            self.pairs.copy_(self.pairs_host, non_blocking=True)
         y = torch.zeros((1, m.cfg.n_embd), dtype=torch.float32, device=m.device)  # [1, E]
         if m.gpu.cache is not None:
             m.gpu.pairs_ffn(il, self.h, self.weights.view(-1), self.pairs, y)
@@ -345,10 +355,17 @@ class DecodeGraphs:
         else:
             self.y_gpu.copy_(y)  # copy_ casts float32 -> the model dtype (no separate cast kernel)
 
-    def _head(self) -> None:
-        x = self.x[self.m.cfg.n_layer % 2]
-        x = x + (self.y_gpu + self.y_cpu.to(x.dtype))
-        self.logits.copy_(self.m.head(x))
+    def _head(self, gpu_in: bool, cpu_in: bool) -> None:
+        self.logits.copy_(self.m.head(self._residual(self.x[self.m.cfg.n_layer % 2], gpu_in, cpu_in)))
+
+    def _residual(self, x: torch.Tensor, gpu_in: bool, cpu_in: bool) -> torch.Tensor:
+        """x [1, E] plus what the previous layer's experts left: y_gpu and / or y_cpu, which is
+        copied from pinned memory first (inside the graph: no eager copy on the host's path)."""
+        if not cpu_in:
+            return x + self.y_gpu if gpu_in else x
+        self.y_cpu.copy_(self.y_cpu_host, non_blocking=True)
+        y_cpu = self.y_cpu.to(x.dtype)
+        return x + ((self.y_gpu + y_cpu) if gpu_in else y_cpu)
 
     # ---- graphs --------------------------------------------------------------------------
 

@@ -288,6 +288,49 @@ def test_rss_flat_over_10000_calls() -> None:
     assert grown < 2 * 2**20, f"RSS grew by {grown / 2**20:.1f} MiB over 10,000 calls"
 
 
+@pytest.mark.parametrize("k", [1, TOP_K])
+@pytest.mark.parametrize("shared", [False, True], ids=["routed", "with_shared_expert"])
+def test_forward_token_equals_forward(engine: CpuExpertEngine, shared: bool, k: int) -> None:
+    """The decode step's lean path (lists in, a row out) computes what `forward` does for T = 1,
+    on a graph of its own k, and overwrites `out` (stale contents must not survive)."""
+    x, ids, w = routing(1, seed=11, k=k)
+    layer = prepared(engine, Q.Q8_0, shared)
+    out = np.full(N_EMBD, 7.0, np.float32)
+    engine.forward_token(layer, x[0], ids[0].tolist(), w[0].tolist(), out)
+    np.testing.assert_array_equal(out, engine.forward(layer, x, ids, w)[0])
+    assert rel_error(out[None], reference(make_layer(Q.Q8_0, shared)[1], x, ids, w)) < TOLERANCE[Q.Q8_0]
+
+
+@pytest.mark.parametrize("case, message", [
+    ("id_too_large", "expert id 8 out of range"),
+    ("id_negative", "expert id -1 out of range"),
+    ("no_ids", "need 1..8 expert ids"),
+    ("weights_short", "and as many weights"),
+    ("weights_nan", "NaN or infinity"),
+    ("x_wrong_width", r"must be \[256\]"),
+    ("out_float64", "out float32"),
+])
+def test_forward_token_bad_input_raises(engine: CpuExpertEngine, case: str, message: str) -> None:
+    x, ids, w = routing(1, seed=12)
+    x_row, id_list, w_list, out = x[0], ids[0].tolist(), w[0].tolist(), np.zeros(N_EMBD, np.float32)
+    if case == "id_too_large":
+        id_list[0] = N_EXPERT
+    elif case == "id_negative":
+        id_list[-1] = -1
+    elif case == "no_ids":
+        id_list, w_list = [], []
+    elif case == "weights_short":
+        w_list = w_list[:1]
+    elif case == "weights_nan":
+        w_list[0] = float("nan")
+    elif case == "x_wrong_width":
+        x_row = x_row[:-1]
+    elif case == "out_float64":
+        out = out.astype(np.float64)
+    with pytest.raises(ValueError, match=message):
+        engine.forward_token(prepared(engine, Q.F32, False), x_row, id_list, w_list, out)
+
+
 # ---- validation -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("case, message", [

@@ -228,13 +228,14 @@ def test_decode_graphs_match_llama_cpp(arch: str, cache: str, tiny_gguf: Callabl
                                         decode_graphs="on" if cuda else "uncaptured")
     graphs = model.decode_graphs
     assert graphs is not None and graphs.capture == cuda
-    if cuda:  # the prologue, one front and one experts graph per layer (one KV bucket here) and
+    if cuda:  # the prologue, the fronts and an experts graph per layer (one KV bucket here) and
         # the head; a layer with no hit skips its experts graph (always so without a cache, unless
-        # the layer has a shared expert: qwen2moe)
+        # the layer has a shared expert: qwen2moe). A front or the head comes in one variant per
+        # (hits, misses) mix the layer before it left: up to 3 (it left at least one of the two).
         n = model.cfg.n_layer
         shared = model.dense.layers[0].shexp_gate is not None
         exact = {"no-cache": 2 * n + 2 if shared else n + 2, "all-cached": 2 * n + 2}.get(cache)
-        assert n + 2 <= graphs.n_graphs <= 2 * n + 2 and exact in (None, graphs.n_graphs), graphs.n_graphs
+        assert n + 2 <= graphs.n_graphs <= 4 * n + 2 and exact in (None, graphs.n_graphs), graphs.n_graphs
     if model.gpu.cache is not None and cache != "all-cached":
         stats = model.gpu.cache.stats
         assert stats.hits > 0 and stats.misses > 0 and stats.fills > 0
@@ -313,8 +314,8 @@ def test_quantized_dense_weights_match_llama_cpp(arch: str, outtype: str, tiny_g
     assert isinstance(dense.layers[0].wqkv, QuantWeight) and isinstance(dense.layers[0].wo, QuantWeight)
     stats = model.gpu.cache.stats
     assert stats.hits > 0 and stats.misses > 0 and stats.fills > 0
-    if cuda:  # the prologue, fronts and the head, and an experts graph per layer that had a hit
-        assert model.cfg.n_layer + 2 <= model.decode_graphs.n_graphs <= 2 * model.cfg.n_layer + 2
+    if cuda:  # the prologue, fronts and the head (up to 3 variants each), an experts graph per layer that had a hit
+        assert model.cfg.n_layer + 2 <= model.decode_graphs.n_graphs <= 4 * model.cfg.n_layer + 2
     model.close()
     tau, bound = BOUNDS[outtype]
     _compare(ours, _LLAMA[(arch, outtype)], margins, tau, bound, f"{arch} {outtype} quantized dense")
