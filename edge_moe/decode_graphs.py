@@ -116,6 +116,9 @@ class DecodeGraphs:
         self.forced_host = host((cfg.n_layer, 1, k), torch.int64)
         self.step_in_host = host((2,), torch.int64)
         self.pairs_host.fill_(-1)
+        # their numpy views, made once (.numpy() costs a few us a call on the host's path)
+        self._routed_np, self._pairs_np = self.routed_host.numpy(), self.pairs_host.numpy()
+        self._y_cpu_row = self.y_cpu_host.numpy()[0]  # [E]
         # what the last layer's experts left for the next segment to add: y_gpu, y_cpu (in y_cpu_host)
         self._gpu_in = self._cpu_in = False
         self._graphs: dict[tuple[object, ...], torch.cuda.CUDAGraph] = {}
@@ -206,11 +209,12 @@ class DecodeGraphs:
             self._experts(il)
 
     def _host_layer(self, il: int, length: int, forced: bool) -> None:
-        """One layer with the host in the loop: lookups, CPU misses, fills."""
+        """One layer with the host in the loop: lookups, CPU misses, fills. Lean on purpose: this
+        Python runs between the front's sync and the CPU call, ~36 times a Qwen3 token."""
         m = self.m
         gpu, prof, tm = m.gpu, m.profiler, m.timings
         c = self._cols
-        routed = self.routed_host.numpy()
+        routed = self._routed_np
         if prof is not None:
             prof.start_layer()
         t0 = time.perf_counter()
@@ -218,22 +222,29 @@ class DecodeGraphs:
         self._run(("front", il, length, forced, *adds), lambda: self._front(il, length, forced, adds))
         self._sync()  # ids, weights, h and router logits are on the host now
         id_list = [int(v) for v in routed[0, :c[1]].tolist()]  # [k]
-        ids = np.array([id_list], dtype=np.int32)  # [1, k]
         t1 = time.perf_counter()
         tm.attention += t1 - t0
         if prof is not None:
             prof.lap(il, "attention")  # includes the router: both are in the front graph
 
-        slots = gpu.lookup(il, ids)  # [1, k], -1 where not cached
-        hit = slots >= 0
-        n_hit = int(np.count_nonzero(hit))
+        served = gpu.serves(il)
+        ids = slots = None
+        if served or m.on_route:
+            ids = np.array([id_list], dtype=np.int32)  # [1, k]
+            slots = gpu.lookup(il, ids) if served else np.full(ids.shape, -1, dtype=np.int64)  # [1, k]
+        else:  # no slot can hold this layer's experts: every one is a miss
+            gpu.count_unserved(il, len(id_list))
+        hit_row = [False] * len(id_list) if slots is None else (slots[0] >= 0).tolist()
+        n_hit = sum(hit_row)
         for cb in m.on_route:
-            cb(il, routed[:, c[2]:c[3]].copy(), ids.copy(), hit)
+            cb(il, routed[:, c[2]:c[3]].copy(), ids.copy(), np.array([hit_row]))
         used = None
         # the experts graph runs for hits and the shared expert; a layer with neither skips it
         run_experts = n_hit > 0 or m.dense.layers[il].shexp_gate is not None
         if run_experts and gpu.cache is not None:
-            gpu.pair_table(slots, self.pairs_host.numpy())  # the experts graph copies it to the device
+            if slots is None:  # a shared expert beside an unserved layer: a table of misses only
+                slots = np.full((1, len(id_list)), -1, dtype=np.int64)
+            gpu.pair_table(slots, self._pairs_np)  # the experts graph copies it to the device
             used = gpu.wait_hits(slots)
         t2 = time.perf_counter()
         tm.router_sync += t2 - t1
@@ -252,12 +263,11 @@ class DecodeGraphs:
         if n_miss:
             w_list = routed[0, c[1]:c[2]].tolist()  # [k]
             if n_hit:
-                hit_list = hit[0].tolist()
-                miss = [j for j, h in enumerate(hit_list) if not h]
+                miss = [j for j, h in enumerate(hit_row) if not h]
                 id_list, w_list = [id_list[j] for j in miss], [w_list[j] for j in miss]
             # y_cpu_host: the graph after this layer copies it in (every earlier reader of it is
             # done: the front above, which follows any of them on the stream, was synced)
-            m.cpu.forward_token(m.cpu_layers[il], routed[0, c[3]:c[4]], id_list, w_list, self.y_cpu_host.numpy()[0])
+            m.cpu.forward_token(m.cpu_layers[il], routed[0, c[3]:c[4]], id_list, w_list, self._y_cpu_row)
             tm.cpu_calls += 1
         t4 = time.perf_counter()
         tm.cpu_experts += t4 - t3
@@ -266,7 +276,8 @@ class DecodeGraphs:
         if prof is not None:
             prof.lap(il, "cpu_experts", sync=False)
             prof.lap(il, "wait_gpu")
-        gpu.after_layer(il, ids, slots)
+        if served:
+            gpu.after_layer(il, ids, slots)
         if prof is not None:
             prof.lap(il, "fills")
 

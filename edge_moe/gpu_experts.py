@@ -274,6 +274,12 @@ class GpuExperts(HitCompute):
         return (self.cache is not None and self.use_triton
                 and self.cache.n_cached == self.cfg.n_layer * self.cfg.n_expert)
 
+    def count_unserved(self, layer: int, n: int) -> None:
+        """What `lookup` records for `n` routed experts of a layer it does not serve (all misses),
+        for a caller that skips the lookup there."""
+        if self.cache is not None:
+            self.cache.stats.misses_by_layer[layer] += n
+
     def serves(self, layer: int) -> bool:
         """Some slot can hold an expert of `layer`: it is pinned, or the cache has sets (which
         serve every layer not pinned). A layer it does not serve runs on the CPU with no lookup."""

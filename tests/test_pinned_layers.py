@@ -68,7 +68,7 @@ def _input_without_early_ties(path: Path) -> list[int]:
 
 
 @pytest.mark.parametrize("placement", list(PLACEMENTS))
-@pytest.mark.parametrize("arch", ["mixtral", "qwen3moe"])
+@pytest.mark.parametrize("arch", ["mixtral", "qwen3moe", "qwen2moe"])  # qwen2moe: a shared expert beside CPU-only layers
 def test_pinned_runs_match_llama_cpp(arch: str, placement: str, five_layer_case) -> None:
     pytest.importorskip("triton")
     path, tokens, ref = five_layer_case(arch)
