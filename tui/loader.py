@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from edge_moe.errors import EdgeMoeError
 
@@ -25,7 +26,18 @@ class LoadOptions:
     demo_workdir: Path | None = None  # where the demo model is built (default: the user cache dir)
 
 
-def _cache_config(path: Path, opts: LoadOptions, demo: bool):  # -> GpuExpertsConfig | None
+def _planned_threads() -> int:
+    """The CPU expert threads a plan picks on this machine without -t (planner.make_plan: the
+    profile's number, else P-cores / physical cores), for loads that need no full plan."""
+    from edge_moe.hardware import detect_hardware
+    from edge_moe.profiles import resolve_threads, select_profile
+
+    hw = detect_hardware()
+    return resolve_threads(select_profile(hw).profile, hw)
+
+
+def _cache_config(path: Path, opts: LoadOptions, demo: bool) -> tuple[Any, int | None]:
+    """(GpuExpertsConfig | None, the plan's CPU expert threads where the planner ran, else None)."""
     from edge_moe.expert_cache import CacheConfig
     from edge_moe.gpu_experts import GpuExpertsConfig
 
@@ -33,14 +45,15 @@ def _cache_config(path: Path, opts: LoadOptions, demo: bool):  # -> GpuExpertsCo
 
     if opts.gpu_budget_gib is None:
         if demo:  # why: the demo gets a small partial cache (as `edge-moe demo` does) so the panel has hits to show
-            return GpuExpertsConfig(CacheConfig(2, 3, "LRU"))
+            return GpuExpertsConfig(CacheConfig(2, 3, "LRU")), None
         if not torch.cuda.is_available():
-            return None
+            return None, None
         # zero tuning: the planner sizes the cache from the machine (as `edge-moe run` does without flags)
         from edge_moe.planner import PlanOverrides, plan_for_machine
 
         plan = plan_for_machine(path, PlanOverrides(threads=opts.n_threads, n_ctx=opts.ctx))
-        return GpuExpertsConfig(plan.cache) if plan.cache is not None and plan.device == "cuda" else None
+        cache = GpuExpertsConfig(plan.cache) if plan.cache is not None and plan.device == "cuda" else None
+        return cache, plan.threads
 
     from edge_moe.gguf_file import GGUFFile
     from edge_moe.gpu_experts import slot_nbytes
@@ -53,7 +66,7 @@ def _cache_config(path: Path, opts: LoadOptions, demo: bool):  # -> GpuExpertsCo
         cache = CacheConfig.from_budget(int(opts.gpu_budget_gib * 2**30), slot, cfg.n_layer, cfg.n_expert)
     except ValueError as e:
         raise EdgeMoeError(f"--gpu-budget: {e}") from None
-    return GpuExpertsConfig(cache)
+    return GpuExpertsConfig(cache), None
 
 
 def describe_plan(model: object) -> str:
@@ -88,12 +101,14 @@ def default_loader(opts: LoadOptions) -> Loader:
         tokenizer = Tokenizer(path)
         progress("loading the weights", 0.4)
         try:
-            config = ExecutorConfig(device=opts.device, n_ctx=opts.ctx, n_threads=opts.n_threads,
-                                    cache=_cache_config(path, opts, demo))
+            cache, plan_threads = _cache_config(path, opts, demo)
+            # as `edge-moe run`: -t wins over the plan's threads, which DRAM figures are kept with
+            n_threads = opts.n_threads or plan_threads or _planned_threads()
+            config = ExecutorConfig(device=opts.device, n_ctx=opts.ctx, n_threads=n_threads, cache=cache)
         except ValueError as e:
             raise EdgeMoeError(f"invalid option: {e}") from None
         model = HybridModel(path, config)
         progress("ready", 1.0)
-        return Loaded(model, tokenizer, path, describe_plan(model), opts.n_threads)
+        return Loaded(model, tokenizer, path, describe_plan(model), n_threads)
 
     return load

@@ -63,7 +63,7 @@ def host_layer(self, il, length, forced):
     if last["end"] is not None:
         acc["0 gap since previous host layer end"] += s[0] - last["end"]
     routed = self.routed_host.numpy()
-    w, router, h_np = routed[:, c[1]:c[2]], routed[:, c[2]:c[3]], routed[:, c[3]:c[4]]
+    w, h_np = routed[:, c[1]:c[2]], routed[:, c[3]:c[4]]
     if MODE["events"]:
         e0 = torch.cuda.Event(enable_timing=True); e1 = torch.cuda.Event(enable_timing=True)
         e0.record()
