@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from edge_moe.archs.common import RopeTables, rope_tables
+from edge_moe.archs.common import RopeTables, rms_norm, rope_tables
 
 if TYPE_CHECKING:
     from edge_moe.executor import HybridModel
@@ -104,6 +104,14 @@ class DecodeGraphs:
         # topk, the torch pair table and cat)
         self._fused_route = (getattr(gpu, "use_triton", False) and gpu.cache is not None
                              and os.environ.get("EDGE_MOE_FUSED_ROUTE", "1") != "0")
+        # residual adds and RMSNorms of a front in two Triton launches (norm_kernels.py) where the
+        # norms are bias-free RMSNorms (EDGE_MOE_FUSED_NORM=0: torch's ~8 kernels)
+        self._fused_norm = (model.ops.norm is rms_norm
+                            and (dev.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
+                            and all(lw.attn_norm_b is None and lw.ffn_norm_b is None for lw in model.dense.layers)
+                            and os.environ.get("EDGE_MOE_FUSED_NORM", "1") != "0")
+        self.x_mid = torch.zeros((1, e), dtype=dt, device=dev)  # [1, E] the residual before attention
+        self.h_attn = torch.zeros((1, e), dtype=dt, device=dev)  # [1, E] attention's normed input
         self.forced = torch.zeros((cfg.n_layer, 1, k), dtype=torch.int64, device=dev)
         self.logits = torch.zeros((1, cfg.n_vocab), dtype=torch.float32, device=dev)
         # host side (pinned on CUDA), written by copies the graphs make or read; the front's
@@ -325,10 +333,22 @@ class DecodeGraphs:
         experts are all cached, inside a graph of such layers: the routing stays on the device
         instead of going to the host."""
         m = self.m
-        x = self.x_in if il == 0 else self._residual(self.x[il % 2], *adds)
-        x, h = m.front(il, x, self.rope, self.positions, self._masks[length])
-        self.x[(il + 1) % 2].copy_(x)
-        self.h.copy_(h)
+        if self._fused_norm:  # x_mid = x + adds, h_attn = norm(x_mid); x' = x_mid + attention, h = norm(x')
+            from edge_moe.norm_kernels import add_rms_norm
+
+            lw, eps = m.dense.layers[il], m.cfg.norm_eps
+            gpu_in, cpu_in = adds if il > 0 else (False, False)
+            if cpu_in:
+                self.y_cpu.copy_(self.y_cpu_host, non_blocking=True)
+            add_rms_norm(self.x_in if il == 0 else self.x[il % 2], self.y_gpu if gpu_in else None,
+                         self.y_cpu if cpu_in else None, lw.attn_norm, eps, self.x_mid, self.h_attn)
+            out = m.attention(il, self.h_attn, self.rope, self.positions, self._masks[length])  # [1, E]
+            add_rms_norm(self.x_mid, out, None, lw.ffn_norm, eps, self.x[(il + 1) % 2], self.h)
+        else:
+            x = self.x_in if il == 0 else self._residual(self.x[il % 2], *adds)
+            x, h = m.front(il, x, self.rope, self.positions, self._masks[length])
+            self.x[(il + 1) % 2].copy_(x)
+            self.h.copy_(h)
         if not forced and self._fused_route:  # one launch: routing, weights, and the pair table or the host's row
             from edge_moe.route_kernels import route_pack, route_pairs
 
@@ -343,10 +363,10 @@ class DecodeGraphs:
                            self.weights, self.routed)
                 self.routed_host.copy_(self.routed, non_blocking=True)
             return
-        logits, weights, ids = m.route(il, h, self.forced[il] if forced else None)
+        logits, weights, ids = m.route(il, self.h, self.forced[il] if forced else None)
         self.weights.copy_(weights)
         if not resident:
-            routed = torch.cat([ids.float(), weights.float(), logits.float(), h.float()], dim=1)  # [1, cols]
+            routed = torch.cat([ids.float(), weights.float(), logits.float(), self.h.float()], dim=1)  # [1, cols]
             self.routed_host.copy_(routed, non_blocking=True)
         else:
             self.ids.copy_(ids)

@@ -261,6 +261,12 @@ class HybridModel:
                                 mask)
         return x, ops.norm(x, lw.ffn_norm, lw.ffn_norm_b, cfg.norm_eps)
 
+    def attention(self, il: int, h: torch.Tensor, rope: RopeTables, positions: torch.Tensor,
+                  mask: torch.Tensor) -> torch.Tensor:
+        """Layer il's attention output [T, E] for its normed input h [T, E] (`front` without the
+        norms and the residual, for callers that fuse those: decode_graphs)."""
+        return self._attention(il, self.dense.layers[il], h, rope, positions, mask)
+
     def embed(self, toks: torch.Tensor | int) -> torch.Tensor:
         """Token embeddings: ids [T] (device) -> [T, E], or one host id -> [1, E]."""
         return embedding(self.dense.tok_embd, toks, self.dtype)

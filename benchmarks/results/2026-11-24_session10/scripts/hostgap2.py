@@ -17,7 +17,8 @@ from edge_moe.bench import BenchConfig, _cache, _one_run, _plan
 from edge_moe.executor import ExecutorConfig, HybridModel
 
 model_path, budget, n_tok, label = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-cfg = BenchConfig(model=model_path, vram_budget_gib=budget, threads=16, prompt_tokens=512, gen_tokens=n_tok)
+import os
+cfg = BenchConfig(model=model_path, vram_budget_gib=budget, threads=int(os.environ.get("THREADS", "16")), prompt_tokens=512, gen_tokens=n_tok)
 plan, _ = _plan(cfg, None)
 cache = _cache(cfg, plan, torch.device("cuda"))
 model = HybridModel(cfg.model, ExecutorConfig(device="cuda", n_ctx=cfg.n_ctx, n_threads=plan.threads, cache=cache,
@@ -87,3 +88,33 @@ for rep in range(2):
         print(f"  {k:34s} {acc[k] / hl * 1e3:8.4f}")
     outside = acc["host layer (whole)"] - acc.get("cpu entry (forward_token)", acc.get("cpu entry (forward_misses)", 0))
     print(f"  {'host layer outside the CPU entry':34s} {outside / hl * 1e3:8.4f}")
+
+# does the main thread run Python slower right after a ggml call (workers still spinning) than when idle?
+if os.environ.get("PYSPEED", "1") == "1":
+    layer = model.cpu_layers[-1]
+    e = model.cfg.n_embd
+    x = np.random.default_rng(1).standard_normal(e).astype(np.float32)
+    out = np.zeros(e, np.float32)
+    ids, w = list(range(model.cfg.n_expert_used)), [0.1] * model.cfg.n_expert_used
+
+    def pyloop():
+        t = time.perf_counter()
+        acc2 = 0
+        for i in range(400):
+            acc2 += i * 3 % 7
+        d = {"a": 1}
+        for i in range(100):
+            d["a"] = d.get("a", 0) + 1
+        return time.perf_counter() - t
+    after, idle, after_gpu = [], [], []
+    fwd = getattr(model.cpu, "forward_token", None)
+    for i in range(200):
+        if fwd is not None:
+            fwd(layer, x, ids, w, out)
+        else:
+            model.cpu.forward(layer, x[None], np.array([ids], np.int32), np.array([w], np.float32))
+        after.append(pyloop())
+        time.sleep(0.01)
+        idle.append(pyloop())
+    print(f"  python probe (~{np.median(idle) * 1e6:.1f} us idle): right after a ggml call median "
+          f"{np.median(after) * 1e6:.1f} us, p90 {np.percentile(after, 90) * 1e6:.1f}; idle p90 {np.percentile(idle, 90) * 1e6:.1f}")
