@@ -53,9 +53,12 @@ LAYER_SECONDS = LAYER_FRONT_S + LAYER_HOST_S  # 0.34 ms per layer whatever the r
 # graph, no admissions; ids to the host, the CPU call's inputs and the join remain. Session 6's
 # Qwen3 6 GiB profile read ~0.10 ms a layer besides its front and ggml call, but part of that was
 # the token's eager prologue (rope tables, mask, embedding: 1.5-1.8 ms a token, now one graph).
-# Session 9 (H100 box, no profiler syncs): a layer's time outside its CPU expert phase is 0.192 ms
-# (Qwen3 6 GiB, 36 such layers) and 0.183 ms (12 GiB, 17), i.e. ~0.02 ms beyond LAYER_FRONT_S.
-HOST_UNCACHED_S = 0.02e-3
+# Session 9 (H100 box, no profiler syncs): a layer's time outside its CPU expert phase was 0.192 ms
+# (Qwen3 6 GiB, 36 such layers) and 0.183 ms (12 GiB, 17). Session 10 took the eager zero / copy
+# launches off that path, cut its Python and fused the front's norms: 0.113-0.123 ms outside the
+# CPU entry (ABAB, call E) plus ~0.025 ms inside it beyond ggml's compute (forward_token's checks
+# and copies): the whole of such a layer beside its ggml call (front, sync and host).
+UNCACHED_LAYER_S = 0.145e-3
 # ---- the CPU miss path: one ggml call per layer with misses, T = 1 ---------------------------
 # Per call, m distinct 2.65 MB experts, 16 threads spinning between calls (not OMP passive):
 # m=1 0.08 ms, m=3 0.17-0.18 ms, m=8 0.46 ms. With the ~47 GB/s slope that path reaches
@@ -82,9 +85,11 @@ FILL_ISSUE_SYNC_S = 0.85e-3
 # ~2.0 us each. (Session 4, before those kernels: 52 kernels of ~2.5 us.) The fused routing of
 # resident layers (edge_moe/route_kernels.py) then replaced ~11 of them (softmax, top-k gather
 # and sort, the weights' sum, the pair table's index_select, aranges, division and cat, two
-# copies) by one: 36. Whole tokens measured 4.9 ms (205 tok/s) with it, 6.1 ms without.
+# copies) by one: 36. Whole tokens measured 4.9 ms (205 tok/s) with it, 6.1 ms without. Session
+# 10's fused residual adds + norms (norm_kernels.py) took ~6 more: 30 fits its all-GPU rows (Qwen3
+# 4.06 ms a token, Mixtral 4.80; session 10 call F / H).
 PER_KERNEL_S = 2.0e-6
-KERNELS_PER_LAYER = 36
+KERNELS_PER_LAYER = 30
 # Q4_0 expert matvecs (benchmarks/quant_kernels_bench.py, one decode layer, CUDA-graph GPU time,
 # H100, 2026-11-24, the int8/dp4a kernels; README "Quantized experts on the GPU"): Mixtral
 # 4096x14336 top-2 (198 MB) in 80.7 us, Qwen3 2048x768 top-8 (21.2 MB) in 26.0 us, the fp16 GEMV
@@ -207,7 +212,7 @@ def quant_gbps(gpu_gemv_gbps: float) -> float:
 def resident_seconds(n_layer: int, k: int, slot_bytes: int, gpu_gemv_gbps: float,
                      base_token_seconds: float) -> float:
     """Every expert cached: one graph of ~KERNELS_PER_LAYER kernels per layer plus the k hits'
-    matvecs per layer (Qwen3 shape: 48 x (36 x 2.0 + 19 + 8 x 0.8) us = 4.7 ms; 4.9 measured)."""
+    matvecs per layer (Qwen3 shape: 48 x (30 x 2.0 + 19 + 8 x 0.8) us = 4.1 ms; 4.06 measured, session 10)."""
     expert_s = slot_bytes / (quant_gbps(gpu_gemv_gbps) * 1e9)
     return base_token_seconds + n_layer * resident_layer_seconds(k, expert_s)
 
@@ -232,7 +237,7 @@ def decode_figures(*, n_layer: int, k: int, slot_bytes: int, layer_dense_bytes: 
     resident = resident_seconds(n_layer, k, slot_bytes, gpu_gemv_gbps, base) if all_cached else None
     return MachineFigures(dram_gbps=dram_gbps, pcie_gbps=pcie_gbps, gpu_expert_seconds=slot_bytes / qbw,
                           base_token_seconds=base, layer_seconds=front + LAYER_HOST_S,
-                          uncached_layer_seconds=front + HOST_UNCACHED_S,
+                          uncached_layer_seconds=max(UNCACHED_LAYER_S, layer_dense_bytes / qbw),
                           uncached_dram_gbps=dram_gbps * REPACK_DRAM_GAIN,
                           cpu_call_seconds=cpu_call_seconds, gpu_layer_seconds=EXPERT_KERNELS_FIXED_S,
                           fill_issue_seconds=fill_issue_seconds, resident_token_seconds=resident,

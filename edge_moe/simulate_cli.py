@@ -93,7 +93,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                                  resident_token_seconds=None if args.resident_ms is None else args.resident_ms * 1e-3,
                                  resident_layer_seconds=cm.resident_layer_seconds(experts.shape[2],
                                                                                   args.gpu_expert_us * 1e-6),
-                                 uncached_layer_seconds=cm.LAYER_FRONT_S + cm.HOST_UNCACHED_S,
+                                 uncached_layer_seconds=cm.UNCACHED_LAYER_S,
                                  uncached_dram_gbps=args.dram_gbps * cm.REPACK_DRAM_GAIN)
         expert_bytes = int(args.expert_mib * 2**20)
         if expert_bytes <= 0:
