@@ -92,6 +92,11 @@ def test_pinned_runs_match_llama_cpp(arch: str, placement: str, five_layer_case)
     assert stats.misses == sum(stats.misses_by_layer[:first])
     if config.n_sets == 0:
         assert stats.fills == 0 and sum(stats.hits_by_layer[:first]) == 0
+    # the pinned layers' lookups (the prompt's: decode runs them on the device) read a table and
+    # pin nothing; the other layers' pins were all released
+    assert not any(cache.is_pinned(slot) for slot in range(cache.n_slots))
+    with pytest.raises(ValueError, match="out of range"):
+        model.gpu.lookup(N_LAYERS - 1, np.array([[0, model.cfg.n_expert]], dtype=np.int32))
     model.close()
     tau, bound = BOUNDS[OUTTYPE]
     _compare(torch.cat(out).cpu().numpy(), ref, margins, tau, bound, f"{arch} {placement} pinned runs")
