@@ -338,10 +338,8 @@ class DecodeGraphs:
 
             lw, eps = m.dense.layers[il], m.cfg.norm_eps
             gpu_in, cpu_in = adds if il > 0 else (False, False)
-            if cpu_in:
-                self.y_cpu.copy_(self.y_cpu_host, non_blocking=True)
             add_rms_norm(self.x_in if il == 0 else self.x[il % 2], self.y_gpu if gpu_in else None,
-                         self.y_cpu if cpu_in else None, lw.attn_norm, eps, self.x_mid, self.h_attn)
+                         self._y_cpu_in() if cpu_in else None, lw.attn_norm, eps, self.x_mid, self.h_attn)
             out = m.attention(il, self.h_attn, self.rope, self.positions, self._masks[length])  # [1, E]
             add_rms_norm(self.x_mid, out, None, lw.ffn_norm, eps, self.x[(il + 1) % 2], self.h)
         else:
@@ -390,13 +388,17 @@ class DecodeGraphs:
         self.logits.copy_(self.m.head(self._residual(self.x[self.m.cfg.n_layer % 2], gpu_in, cpu_in)))
 
     def _residual(self, x: torch.Tensor, gpu_in: bool, cpu_in: bool) -> torch.Tensor:
-        """x [1, E] plus what the previous layer's experts left: y_gpu and / or y_cpu, which is
-        copied from pinned memory first (inside the graph: no eager copy on the host's path)."""
+        """x [1, E] plus what the previous layer's experts left: y_gpu and / or y_cpu (`_y_cpu_in`)."""
         if not cpu_in:
             return x + self.y_gpu if gpu_in else x
-        self.y_cpu.copy_(self.y_cpu_host, non_blocking=True)
-        y_cpu = self.y_cpu.to(x.dtype)
+        y_cpu = self._y_cpu_in().to(x.dtype)
         return x + ((self.y_gpu + y_cpu) if gpu_in else y_cpu)
+
+    def _y_cpu_in(self) -> torch.Tensor:
+        """y_cpu [1, E] float32 on the device: the last host layer's CPU share, copied from pinned
+        memory inside the segment being captured (no eager copy on the host's path)."""
+        self.y_cpu.copy_(self.y_cpu_host, non_blocking=True)
+        return self.y_cpu
 
     # ---- graphs --------------------------------------------------------------------------
 

@@ -186,7 +186,7 @@ class GpuExperts(HitCompute):
         if self.cache is None:
             return np.full(ids.shape, -1, dtype=np.int64)  # [T, k]
         if not self.serves(layer):  # no slot can hold it: every lookup a miss, nothing to pin
-            self.cache.stats.misses_by_layer[layer] += ids.size
+            self.count_unserved(layer, ids.size)
             return np.full(ids.shape, -1, dtype=np.int64)
         if self.layer_resident(layer):
             # every expert cached for good: a table read, no pins (nothing can evict them) and no
@@ -195,12 +195,13 @@ class GpuExperts(HitCompute):
             if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= self.cfg.n_expert):
                 raise ValueError(f"expert ids of layer {layer} out of range 0..{self.cfg.n_expert - 1}")
             self.cache.stats.hits_by_layer[layer] += ids.size
-            return self._resident_slots(layer)[ids]  # [T, k]
+            return self._resident_slots()[layer][ids]  # [T, k]
         return np.array(self.cache.lookup_and_pin(layer, ids.reshape(-1).tolist()), dtype=np.int64).reshape(ids.shape)
 
-    def _resident_slots(self, layer: int) -> np.ndarray:
-        """A resident layer's slot per expert [n_expert] (host), from a table of every resident
-        layer built on first use and again once every expert is cached (as `resident_bases`)."""
+    def _resident_slots(self) -> np.ndarray:
+        """The resident layers' slot per expert [n_layer, n_expert] (host; -1 for the other layers),
+        built on first use and again once every expert is cached. `lookup` reads it, and
+        `resident_bases` makes the device's table of byte offsets from it."""
         assert self.cache is not None
         every = self.all_resident()
         if self._resident_slot_table is None or (every and not self._resident_slots_every):
@@ -209,7 +210,7 @@ class GpuExperts(HitCompute):
                 if every or self.cache.is_pinned_layer(lay):
                     table[lay, expert] = slot
             self._resident_slot_table, self._resident_slots_every = table, every
-        return self._resident_slot_table[layer]
+        return self._resident_slot_table
 
     def stream_plan(self, ids: np.ndarray, hit: np.ndarray) -> np.ndarray:
         """[T, k] bool: the misses computed on the GPU from streamed bytes in this call (their
@@ -333,10 +334,8 @@ class GpuExperts(HitCompute):
         every = self.all_resident()
         if self._resident_bases is None or (every and not self._resident_every):
             assert self.layer_resident(layer)
-            table = np.full((self.cfg.n_layer, self.cfg.n_expert), -1, dtype=np.int64)
-            for slot, (lay, expert) in self.cache.contents().items():
-                if every or self.cache.is_pinned_layer(lay):
-                    table[lay, expert] = slot * self._stride
+            slots = self._resident_slots()
+            table = np.where(slots >= 0, slots * self._stride, -1)
             for slot in sorted(self._unwaited):  # simpler than picking the resident layers' slots
                 self.store.wait_filled(slot)
             self._unwaited.clear()
