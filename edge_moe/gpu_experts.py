@@ -45,6 +45,7 @@ from edge_moe.stream_rule import stream_slots_for, stream_threshold, stream_vram
 if TYPE_CHECKING:
     from edge_moe.expert_cache import CacheConfig, ExpertCache
     from edge_moe.gpu_slots import SlotStore
+    from edge_moe.host_register import RegisteredExperts
 
 # Free VRAM left beside the ring and its scratch before a stream-only config is built.
 STREAM_VRAM_MARGIN = 512 << 20
@@ -60,6 +61,10 @@ class GpuExpertsConfig:
     # A missed expert used by at least this many tokens of one call is streamed to the GPU.
     # None: `stream_threshold` on CUDA, never on a CPU device (tests set it to force streaming).
     stream_min_tokens: int | None = None
+    # Page-lock the GGUF bytes of the layers whose experts are filled or streamed after start-up
+    # (not the pinned ones), so those copies are direct DMAs (edge_moe/host_register.py).
+    # None: on CUDA when `register_bytes_allowed`; False: through pinned staging copies.
+    register_host: bool | None = None
 
     def __post_init__(self) -> None:
         if self.preload not in ("none", "all"):
@@ -134,6 +139,7 @@ class GpuExperts(HitCompute):
                 self._init_kernels()
             self._scratch: torch.Tensor | None = None
             self.stream_min_tokens = self._stream_rule(config)
+            self._registered = self._register_host(config)
             if self.cache is not None:  # pinned layers: every expert copied in now, never evicted
                 for d in self.cache.pinned_contents():
                     self._fill(d.slot, d.layer, d.expert)
@@ -150,10 +156,41 @@ class GpuExperts(HitCompute):
             return None  # a CPU device, or the host-dequantizing reference path: the CPU is faster
         return stream_threshold(self.expert_bytes, self.cfg.n_embd, self.cfg.n_ff_expert)
 
+    def _register_host(self, config: GpuExpertsConfig) -> "RegisteredExperts | None":
+        """Page-lock the expert bytes of every layer that is not pinned (module docstring of
+        host_register.py), or None: off, nothing to fill after start-up, or refused."""
+        from edge_moe.host_register import RegisteredExperts, register_bytes_allowed
+
+        layers = range(self.cfg.n_layer if self.cache is None else self.cache.first_pinned)
+        self._host_views: dict[int, list[torch.Tensor]] = {}
+        if (config.register_host is False or self.device.type != "cuda" or not layers
+                or (self.cache is None or self.cache.n_slots == 0) and self.stream_min_tokens is None):
+            return None
+        arrays = [t.data for il in layers for t in self._tensors[il]]
+        if config.register_host is None and not register_bytes_allowed(sum(a.nbytes for a in arrays)):
+            return None
+        try:
+            registered = RegisteredExperts(arrays)
+        except RuntimeError as e:  # fills still work, through pinned staging
+            warnings.warn(f"{self.gguf.path}: {e}; expert copies go through staging buffers", stacklevel=3)
+            return None
+        views = iter(registered.views)
+        self._host_views = {il: [next(views) for _ in PARTS] for il in layers}
+        return registered
+
+    def _expert_parts(self, layer: int, expert: int) -> list[np.ndarray] | list[torch.Tensor]:
+        """The expert's GGUF bytes (gate, up, down): page-locked torch views when the layer is
+        registered (direct DMA), else views of the memory map."""
+        views = self._host_views.get(layer)
+        if views is None:
+            return [expert_bytes_view(t, expert) for t in self._tensors[layer]]
+        return [v[expert * (v.shape[0] // t.shape[2]):(expert + 1) * (v.shape[0] // t.shape[2])]
+                for v, t in zip(views, self._tensors[layer])]
+
     def _fill(self, slot: int, layer: int, expert: int) -> None:
         """Copy the expert's GGUF bytes into `slot` (on the side stream on CUDA)."""
         assert self.store is not None
-        self.store.fill(slot, [expert_bytes_view(t, expert) for t in self._tensors[layer]])
+        self.store.fill(slot, self._expert_parts(layer, expert))
         self._unwaited.add(slot)
 
     def _preload_all(self) -> None:
@@ -257,8 +294,7 @@ class GpuExperts(HitCompute):
             return self._ring[base:base + len(groups[g])]
 
         def issue(g: int) -> None:
-            self.store.fill_many([(slot, [expert_bytes_view(t, int(e)) for t in self._tensors[layer]])
-                                  for slot, e in zip(ring_slots(g), groups[g])])
+            self.store.fill_many([(slot, self._expert_parts(layer, int(e))) for slot, e in zip(ring_slots(g), groups[g])])
 
         if double:
             issue(0)
@@ -368,3 +404,6 @@ class GpuExperts(HitCompute):
         if self.store is not None:
             self.store.close()  # waits for the fills in flight, stops the copy threads
         self.store = None
+        if getattr(self, "_registered", None) is not None:  # after the fills that read its pages
+            self._registered.close()
+            self._registered = None

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import os
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -164,18 +164,28 @@ class SlotStore:
         """`fill` of several slots as one job: the staging copies of up to `n_staging` small
         experts at a time run on the copy threads side by side (one thread copies ~6 GB/s,
         several ~23 GB/s: a prefill streaming Qwen3's 2.65 MB experts one by one was bound by
-        it), each expert's DMA enqueued as soon as its copy is done. Large experts (over
-        `chunk_bytes`) and pinned sources go one by one, as `fill` does them."""
+        it), each expert's DMA enqueued as soon as its copy is done. Pinned sources (page-locked
+        GGUF bytes: edge_moe/host_register.py) need no staging: one job enqueues all their DMAs.
+        Large experts (over `chunk_bytes`) go one by one, as `fill` does them."""
         for slot, parts in fills:  # all of them before any is issued
             self._check_fill(slot, parts)
-        small = [sum(_nbytes(p) for p in parts) <= self.chunk_bytes and not all(
-            isinstance(p, torch.Tensor) and p.is_pinned() for p in parts) for _, parts in fills]
+        pinned = [all(isinstance(p, torch.Tensor) and p.is_pinned() for p in parts) for _, parts in fills]
+        if self.is_cuda and len(fills) >= 2 and all(pinned):  # DMAs only: one job enqueues them all
+            reads = [self._last_read[slot] for slot, _ in fills]
+            self._submit(fills, lambda: [self._fill_from_pinned(slot, parts, read)  # type: ignore[arg-type]
+                                         for (slot, parts), read in zip(fills, reads)])
+            return
+        small = [sum(_nbytes(p) for p in parts) <= self.chunk_bytes and not pin
+                 for (_, parts), pin in zip(fills, pinned)]
         if not self.is_cuda or len(fills) < 2 or not all(small):
             for slot, parts in fills:
                 self.fill(slot, parts)
             return
         reads = [self._last_read[slot] for slot, _ in fills]
-        job = lambda: self._fill_small_through_staging(fills, reads)  # noqa: E731
+        self._submit(fills, lambda: self._fill_small_through_staging(fills, reads))
+
+    def _submit(self, fills: Sequence[tuple[int, Sequence[HostBytes]]], job: Callable[[], object]) -> None:
+        """Run `job`, the fills of several slots, on the fill worker (or here, without one)."""
         if self._worker is None:
             job()
             return

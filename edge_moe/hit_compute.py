@@ -40,13 +40,24 @@ if TYPE_CHECKING:
 DEQUANT_MIN_TOKENS = 8
 DEQUANT_HOST_S, MATVEC_BYTES_PER_S = 150e-6, 0.6e12
 # From this many tokens in a call, layers whose experts are Q4_0 / Q8_0 take the grouped
-# kernels (edge_moe/grouped_kernels.py) for all their hits: one tile of 16 pairs reads an
-# expert once. Below it (decode, short prompts) the matvec / dequantize paths above.
+# kernels (edge_moe/grouped_kernels.py) for all their hits: one tile of up to 64 pairs reads
+# an expert once. Below it (decode, short prompts) the matvec / dequantize paths above.
 GROUPED_MIN_TOKENS = 16
-# ...except experts with this many tokens or more: a tile re-reads its expert once per 16 of
+# ...except experts with this many tokens or more: a tile re-reads its expert once per 64 of
 # them, while dequantizing once + cuBLAS reads it once (Mixtral 32 GiB prefill, ~128 tokens an
 # expert: grouped-only 0.18-0.24x of llama.cpp, dequantize-only 0.30x in session 3).
 DEQUANT_OVER_GROUPED_TOKENS = 64
+
+
+def _to_device(host: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host index table on the device without a host wait: on CUDA it goes through pinned
+    memory (torch's caching host allocator keeps the block until the copy is done), so the
+    host goes on enqueueing instead of waiting for the queue to drain (a pageable copy waits:
+    ~8 such waits a streamed layer of a Qwen3 prefill, session 11)."""
+    t = torch.from_numpy(host)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def dequant_min_tokens(expert_bytes: int) -> int:
@@ -147,32 +158,33 @@ class HitCompute:
             t, jj, s = tok[~big], j[~big], slot[~big]
             # one host->device copy: byte offsets of gate/up/down [3, P], token [P], weight index [P]
             host = np.concatenate([s[None] * self._stride + self._part_offsets, t[None], (t * k + jj)[None]])
-            dev = torch.from_numpy(host.astype(np.int64)).to(h.device, non_blocking=False)
+            dev = _to_device(host.astype(np.int64), h.device)
             self.pairs_ffn(layer, h, weights.reshape(-1), dev, y)
         for s in np.unique(slot[big]):  # slots used by many tokens: dequantize once, matmul
             rows_np, jj = np.nonzero(slots == s)
-            rows = torch.as_tensor(rows_np, device=h.device)
+            rows, jj_dev = _to_device(np.stack([rows_np, jj]), h.device)
             hs = h[rows]  # [n, E]
             base = int(s) * self._stride
             a = F.linear(hs, self._dequantized(gate, base + int(self._part_offsets[0, 0])))
             b = F.linear(hs, self._dequantized(up, base + int(self._part_offsets[1, 0])))
             out = F.linear(F.silu(a) * b, self._dequantized(down, base + int(self._part_offsets[2, 0])))  # [n, E]
-            w = weights[rows, torch.as_tensor(jj, device=h.device)].float()[:, None]
+            w = weights[rows, jj_dev].float()[:, None]
             y.index_add_(0, rows, out.float() * w)
 
     def _compute_grouped(self, layer: int, h: torch.Tensor, weights: torch.Tensor, slot: np.ndarray,
                          tok: np.ndarray, widx: np.ndarray, y: torch.Tensor) -> None:
         """y += every pair (slot, token row, weight index) [P] through the grouped kernels: one
         launch for gate/up, one for down, over tiles of pairs sharing an expert."""
-        from edge_moe.grouped_kernels import grouped_ffn, tile_table
+        from edge_moe.grouped_kernels import grouped_ffn, tile_config, tile_table
 
         gate, _, down = self._layouts[layer]
-        tile_slot, start, count, ptok, pwidx = tile_table(slot, tok, widx)
+        bt, bn, nb, warps = tile_config(int(np.bincount(slot).max()), self.cfg.n_embd, self.cfg.n_ff_expert)
+        tile_slot, start, count, ptok, pwidx = tile_table(slot, tok, widx, bt)
         n_tiles = tile_slot.shape[0]
         # one host->device copy: [gate, up, down byte offsets, start, count] x tiles, then token, weight index x pairs
         host = np.concatenate([(tile_slot[None] * self._stride + self._part_offsets).reshape(-1), start, count,
                                ptok, pwidx]).astype(np.int64)
-        dev = torch.from_numpy(host).to(h.device)
+        dev = _to_device(host, h.device)
         n3 = 3 * n_tiles
         tile_off = dev[:n3]
         tile_start = dev[n3:n3 + n_tiles].to(torch.int32)
@@ -181,7 +193,7 @@ class HitCompute:
         pair_widx = dev[n3 + 2 * n_tiles + ptok.shape[0]:]
         grouped_ffn(self._buf.bytes, self._buf.words, gate.ggml_type, down.ggml_type, self.cfg.n_embd,
                     self.cfg.n_ff_expert, gate.row_bytes, down.row_bytes, tile_off, tile_start, tile_count,
-                    pair_tok, pair_widx, weights.reshape(-1), h.contiguous(), y)
+                    pair_tok, pair_widx, weights.reshape(-1), h.contiguous(), y, bt, bn, nb, warps)
 
     def _dequantized(self, m: "object", byte_offset: int) -> torch.Tensor:
         """The matrix at `byte_offset` dequantized into the scratch buffer (valid until the next call)."""

@@ -82,18 +82,22 @@ def test_stream_plan_picks_misses_used_by_enough_tokens(tiny_gguf: Callable[[str
     model.close()
 
 
+@pytest.mark.parametrize("register", [None, False], ids=["register-auto", "staging"])
 @pytest.mark.parametrize("kernels", ["reference", "triton"])
 @pytest.mark.parametrize("ring", [1, 2, 3, 4, None])  # 4: groups of 2; None: one group of all 8
-def test_streamed_experts_equal_hits_and_the_cpu_path(ring: int, kernels: str,
+def test_streamed_experts_equal_hits_and_the_cpu_path(ring: int, kernels: str, register: bool | None,
                                                       tiny_gguf: Callable[[str, str], Path]) -> None:
     """Every expert of a layer streamed through a ring smaller than the expert count gives what
-    the same experts give as cache hits (same kernels), and the CPU path's result."""
+    the same experts give as cache hits (same kernels), and the CPU path's result. On CUDA,
+    register-auto streams by DMA from the page-locked file map, staging through pinned copies."""
     if kernels == "triton":
         pytest.importorskip("triton")
     path = tiny_gguf("mixtral", "q4_0")
     # Triton reads CUDA tensors, or CPU ones under its interpreter (conftest sets it without a GPU)
     device = "cuda" if kernels == "triton" and torch.cuda.is_available() else "cpu"
-    model = _model(path, GpuExpertsConfig(None, kernels=kernels, stream_slots=ring, stream_min_tokens=1), device)
+    model = _model(path, GpuExpertsConfig(None, kernels=kernels, stream_slots=ring, stream_min_tokens=1,
+                                          register_host=register), device)
+    assert (model.gpu._registered is not None) == (device == "cuda" and register is None)
     cached = _model(path, GpuExpertsConfig(CacheConfig(2, 8), preload="all", kernels=kernels, stream_slots=0), device)
     cfg, gpu = model.cfg, model.gpu
     rng = np.random.default_rng(0)

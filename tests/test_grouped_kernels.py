@@ -10,7 +10,8 @@ from gguf.constants import GGMLQuantizationType as T
 
 pytest.importorskip("triton")
 
-from edge_moe.grouped_kernels import BT, grouped_ffn, grouped_supported, tile_table  # noqa: E402
+from edge_moe.grouped_kernels import (BT, LARGE_TILES, SMALL_TILES, grouped_ffn, grouped_supported,  # noqa: E402
+                                      tile_config, tile_table)
 from tests.test_quant_kernels import DEVICE, _buffer, _quantized  # noqa: E402
 
 E, F, N_EXPERT = 64, 128, 3
@@ -29,6 +30,14 @@ def test_tiles_cover_every_pair_once_grouped_by_slot() -> None:
     assert sorted(set(tile_slot.tolist())) == [2, 5, 9] and np.array_equal(np.sort(start), start)
 
 
+def test_tile_config_by_busiest_expert_and_dims() -> None:
+    assert tile_config(SMALL_TILES[0], 2048, 768) == SMALL_TILES
+    assert tile_config(SMALL_TILES[0] + 1, 2048, 768) == LARGE_TILES
+    # a K step must divide both dims (no masking in K): fewer blocks a step where it would not
+    assert all(d % (tile_config(n, 2048, 832)[2] * 32) == 0 for n in (1, 100) for d in (2048, 832))
+    assert tile_config(1, 2048, 64 * 3)[2] == 2
+
+
 def test_supported_layouts() -> None:
     assert grouped_supported(int(T.Q4_0), int(T.Q4_0), int(T.Q8_0), 2048, 768)
     assert not grouped_supported(int(T.Q4_K), int(T.Q4_K), int(T.Q4_0), 2048, 768)
@@ -36,10 +45,11 @@ def test_supported_layouts() -> None:
     assert not grouped_supported(int(T.Q4_0), int(T.Q4_0), int(T.Q4_0), 2048, 96)  # F not a multiple of 64
 
 
+@pytest.mark.parametrize("busiest", [1, 64], ids=["small-tiles", "large-tiles"])  # tile_config's choice
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize("types", [(T.Q4_0, T.Q4_0), (T.Q8_0, T.Q4_0), (T.Q4_0, T.Q8_0)],
                          ids=lambda t: f"{t[0].name}-{t[1].name}")
-def test_grouped_ffn_matches_reference(types: tuple[T, T], dtype: torch.dtype) -> None:
+def test_grouped_ffn_matches_reference(types: tuple[T, T], dtype: torch.dtype, busiest: int) -> None:
     qin, qdown = types
     rng = np.random.default_rng(int(qin) * 10 + int(qdown))
     mats = []  # per expert: gate, up, down (raw, dequantized)
@@ -55,7 +65,9 @@ def test_grouped_ffn_matches_reference(types: tuple[T, T], dtype: torch.dtype) -
     xr = xt.float().cpu().numpy()
     tok, j = np.nonzero(np.ones_like(ids, bool))
     slot = ids[tok, j]
-    tile_slot, start, count, ptok, pwidx = tile_table(slot, tok, tok * k + j)
+    bt, bn, nb, warps = tile_config(busiest, E, F)
+    tile_slot, start, count, ptok, pwidx = tile_table(slot, tok, tok * k + j, bt)
+    assert (count.max() > 16) == (bt > 16)  # expert 0's 23 pairs: two tiles, or one
     tile_off = np.stack([[offs[3 * s + part] for s in tile_slot] for part in range(3)])  # [3, n_tiles]
     y = torch.zeros((n_tok, E), dtype=torch.float32, device=DEVICE)
     row_in = mats[0][0][0].shape[1]
@@ -64,7 +76,7 @@ def test_grouped_ffn_matches_reference(types: tuple[T, T], dtype: torch.dtype) -
                 torch.from_numpy(tile_off.astype(np.int64)).to(DEVICE),
                 torch.from_numpy(start.astype(np.int32)).to(DEVICE), torch.from_numpy(count.astype(np.int32)).to(DEVICE),
                 torch.from_numpy(ptok.astype(np.int32)).to(DEVICE), torch.from_numpy(pwidx.astype(np.int64)).to(DEVICE),
-                torch.from_numpy(w.reshape(-1)).to(DEVICE), xt, y)
+                torch.from_numpy(w.reshape(-1)).to(DEVICE), xt, y, bt, bn, nb, warps)
     want = np.zeros((n_tok, E), np.float32)
     for t in range(n_tok):
         for jj in range(k):
