@@ -326,6 +326,12 @@ class HybridModel:
         t0 = time.perf_counter()
         forced_dev = None if forced is None else torch.as_tensor(forced, device=h.device, dtype=torch.int64)
         logits, weights, ids = self.route(il, h, forced_dev)  # [T, n_expert], [T, k], [T, k]
+        if not self.on_route and self.gpu.resident_on_device(il, h.shape[0]):  # no host sync: no lookup
+            y = self.gpu.compute_resident(il, h, weights, ids)
+            tm.gpu_experts_enqueue += time.perf_counter() - t0
+            if prof is not None:
+                prof.lap(il, "gpu_enqueue", sync=False)
+            return y if lw.shexp_gate is None else y + self.shared_expert(lw, h)
         ids_host = ids.to(torch.int32).cpu().numpy()  # the one sync per layer
         w_host = weights.float().cpu().numpy()  # [T, k]; the queue is already drained
         t1 = time.perf_counter()

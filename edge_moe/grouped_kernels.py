@@ -100,6 +100,8 @@ def _grouped_glu_kernel(wb, ww, tile_off, tile_start, tile_count, pair_tok, x_pt
     t = tl.program_id(0)
     start = tl.load(tile_start + t)
     cnt = tl.load(tile_count + t)
+    if cnt == 0:  # a row past the real tiles of a device-built table (device_tile_table)
+        return
     g_off = tl.load(tile_off + t)  # row 0 of the tile table: gate, row 1: up
     u_off = tl.load(tile_off + n_tiles + t)
     pi = tl.arange(0, BT)
@@ -130,6 +132,8 @@ def _grouped_down_kernel(wb, ww, tile_off, tile_start, tile_count, pair_tok, pai
     t = tl.program_id(0)
     start = tl.load(tile_start + t)
     cnt = tl.load(tile_count + t)
+    if cnt == 0:
+        return
     d_off = tl.load(tile_off + 2 * n_tiles + t)  # row 2 of the tile table: down
     pi = tl.arange(0, BT)
     pmask = pi < cnt
@@ -167,6 +171,32 @@ def tile_table(slot: np.ndarray, tok: np.ndarray, widx: np.ndarray, bt: int = BT
     tile_start = np.repeat(first, per) + within * bt
     tile_count = np.minimum(bt, np.repeat(first + counts, per) - tile_start)
     return tile_slot, tile_start, tile_count, t, w
+
+
+def device_tile_table(ids: torch.Tensor, n_expert: int, bt: int, bases: torch.Tensor, part_offsets: torch.Tensor,
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`tile_table` on the device, from routed ids [T, k] (device int64) of a resident layer
+    whose expert e sits at byte offset bases[e] (part_offsets [3, 1]): no host round trip, so
+    the host never waits for the router. The number of tiles is not known on the host, so the
+    table has a fixed P // bt + n_expert rows (an upper bound); rows past the real tiles have
+    count 0 and their programs return at once. Returns grouped_ffn's (tile_off [3, n],
+    tile_start [n] int32, tile_count [n] int32, pair_tok [P] int32, pair_widx [P] int64)."""
+    flat = ids.reshape(-1)  # [P]
+    k = ids.shape[1]
+    order = torch.argsort(flat, stable=True)  # [P] pair indices sorted by expert
+    counts = torch.bincount(flat, minlength=n_expert)  # [n_expert]
+    tiles = (counts + bt - 1) // bt
+    tile_end = torch.cumsum(tiles, 0)  # [n_expert]
+    first_pair = torch.cumsum(counts, 0) - counts
+    t = torch.arange(flat.shape[0] // bt + n_expert, device=flat.device)  # [n]
+    expert = torch.searchsorted(tile_end, t, right=True)  # [n]; n_expert past the last tile
+    real = expert < n_expert
+    e = expert.clamp(max=n_expert - 1)
+    within = t - (tile_end - tiles)[e]  # tile index inside its expert
+    start = first_pair[e] + within * bt
+    count = torch.where(real, (counts[e] - within * bt).clamp(0, bt), 0)
+    tile_off = bases[e][None, :] + part_offsets  # [3, n]
+    return (tile_off, start.to(torch.int32), count.to(torch.int32), (order // k).to(torch.int32), order)
 
 
 def grouped_ffn(bytes_: torch.Tensor, words: torch.Tensor, gate_type: int, down_type: int, n_embd: int, n_ff: int,

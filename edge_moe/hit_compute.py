@@ -17,6 +17,7 @@ tests, and any type the kernels do not read).
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from typing import TYPE_CHECKING
 
@@ -107,6 +108,7 @@ class HitCompute:
         from edge_moe.grouped_kernels import grouped_supported
 
         self._grouped = [grouped_supported(g.ggml_type, u.ggml_type, d.ggml_type, e, f) for g, u, d in self._layouts]
+        self._device_resident = os.environ.get("EDGE_MOE_DEVICE_RESIDENT") != "0"
         from edge_moe.fused_ffn import fused_for
 
         self._fused = [fused_for(g, u, d) for g, u, d in self._layouts]
@@ -170,6 +172,34 @@ class HitCompute:
             out = F.linear(F.silu(a) * b, self._dequantized(down, base + int(self._part_offsets[2, 0])))  # [n, E]
             w = weights[rows, jj_dev].float()[:, None]
             y.index_add_(0, rows, out.float() * w)
+
+    def resident_on_device(self, layer: int, n_tokens: int) -> bool:
+        """Whether `compute_resident` takes this call: a resident layer (every expert cached for
+        good) of grouped-kernel types, with enough tokens for the grouped kernels, and experts
+        that would not each take the dequantize + matmul path. EDGE_MOE_DEVICE_RESIDENT=0: never."""
+        return (n_tokens >= GROUPED_MIN_TOKENS and self.layer_resident(layer)  # type: ignore[attr-defined]
+                and self._device_resident and self._grouped[layer]  # (set where layer_resident can be true)
+                and n_tokens * self.cfg.n_expert_used < DEQUANT_OVER_GROUPED_TOKENS * self.cfg.n_expert)
+
+    def compute_resident(self, layer: int, h: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor,
+                         ) -> torch.Tensor:
+        """sum over (t, j) of weights[t, j] * FFN_{ids[t, j]}(h[t]) -> [T, E] (h's dtype) for a
+        resident layer, from device ids and weights [T, k]: tiles built on the device, so the
+        host never waits for the router (a 512-token all-GPU prefill waited once a layer)."""
+        from edge_moe.grouped_kernels import device_tile_table, grouped_ffn, tile_config
+
+        e, f = self.cfg.n_embd, self.cfg.n_ff_expert
+        bases, part_offsets = self.resident_bases(layer)  # type: ignore[attr-defined]
+        n_pairs = ids.numel()
+        bt, bn, nb, warps = tile_config(-(-n_pairs // self.cfg.n_expert), e, f)  # by the mean: max unknown
+        tables = device_tile_table(ids, self.cfg.n_expert, bt, bases, part_offsets)
+        gate, _, down = self._layouts[layer]
+        y = torch.zeros((h.shape[0], e), dtype=torch.float32, device=h.device)  # [T, E]
+        grouped_ffn(self._buf.bytes, self._buf.words, gate.ggml_type, down.ggml_type, e, f, gate.row_bytes,
+                    down.row_bytes, *tables, weights.reshape(-1), h.contiguous(), y, bt, bn, nb, warps)
+        if self.cache is not None:  # type: ignore[attr-defined]
+            self.cache.stats.hits_by_layer[layer] += n_pairs  # type: ignore[attr-defined]
+        return y.to(h.dtype)
 
     def _compute_grouped(self, layer: int, h: torch.Tensor, weights: torch.Tensor, slot: np.ndarray,
                          tok: np.ndarray, widx: np.ndarray, y: torch.Tensor) -> None:

@@ -208,6 +208,37 @@ def test_triton_kernels_match_llama_cpp(arch: str, outtype: str, hit_path: str, 
     _compare(ours, _LLAMA[(arch, outtype)], margins, tau, bound, f"{arch} {outtype} triton-{hit_path} {device}")
 
 
+@pytest.mark.parametrize("outtype", ["q8_0", "q4_0"])
+@pytest.mark.parametrize("arch", ["mixtral", "qwen2moe", "qwen3moe"])
+def test_resident_prefill_on_the_device_matches_llama_cpp(arch: str, outtype: str, monkeypatch: pytest.MonkeyPatch,
+                                                         tiny_gguf: Callable[[str, str], Path]) -> None:
+    """Every expert cached and nobody watching the routing: a prompt's layers run the grouped
+    kernels from tiles built on the device (hit_compute.compute_resident), the host never
+    reading the routing; then decode as usual."""
+    pytest.importorskip("triton")
+    import edge_moe.hit_compute as hc
+
+    monkeypatch.setattr(hc, "GROUPED_MIN_TOKENS", 2)  # the tiny prompt is long enough
+    on_device = []
+    compute_resident = hc.HitCompute.compute_resident
+    monkeypatch.setattr(hc.HitCompute, "compute_resident",
+                        lambda self, layer, *a: on_device.append(layer) or compute_resident(self, layer, *a))
+    path, tokens = _case(arch, outtype, tiny_gguf)
+    _, margins, probe = run_edge_moe(path, tokens, None)  # routing margins (same routing as below)
+    probe.close()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = HybridModel(path, ExecutorConfig(device=device, dtype="float32", n_ctx=64, n_threads=2,
+                                             cache=GpuExpertsConfig(CacheConfig(2, 8), preload="all", kernels="triton")))
+    out = [model.forward(tokens[:T_PREFILL])] + [model.forward([t]) for t in tokens[T_PREFILL:]]
+    assert on_device == list(range(model.cfg.n_layer)), "each layer of the prompt, once"
+    stats = model.gpu.cache.stats
+    assert stats.misses == 0 and stats.lookups == len(tokens) * model.cfg.n_layer * model.cfg.n_expert_used
+    model.close()
+    tau, bound = BOUNDS[outtype]
+    _compare(torch.cat(out).cpu().numpy(), _LLAMA[(arch, outtype)], margins, tau, bound,
+             f"{arch} {outtype} resident prefill on the device")
+
+
 GRAPH_CACHES = ["no-cache", "partial-LRU", "all-cached"]
 
 

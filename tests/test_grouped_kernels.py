@@ -10,8 +10,8 @@ from gguf.constants import GGMLQuantizationType as T
 
 pytest.importorskip("triton")
 
-from edge_moe.grouped_kernels import (BT, LARGE_TILES, SMALL_TILES, grouped_ffn, grouped_supported,  # noqa: E402
-                                      tile_config, tile_table)
+from edge_moe.grouped_kernels import (BT, LARGE_TILES, SMALL_TILES, device_tile_table, grouped_ffn,  # noqa: E402
+                                      grouped_supported, tile_config, tile_table)
 from tests.test_quant_kernels import DEVICE, _buffer, _quantized  # noqa: E402
 
 E, F, N_EXPERT = 64, 128, 3
@@ -28,6 +28,28 @@ def test_tiles_cover_every_pair_once_grouped_by_slot() -> None:
         assert (slot[pwidx[a:a + c]] == s).all()  # a tile's pairs share its slot
     assert np.array_equal(ptok, tok[pwidx])
     assert sorted(set(tile_slot.tolist())) == [2, 5, 9] and np.array_equal(np.sort(start), start)
+
+
+@pytest.mark.parametrize("bt", [4, 16])
+def test_device_tiles_are_the_host_tiles_plus_empty_rows(bt: int) -> None:
+    """device_tile_table (torch ops, here on the CPU) gives the host's tiles in the same order,
+    then count-0 rows up to its fixed size; expert e's offsets are bases[e] + part offsets."""
+    rng = np.random.default_rng(bt)
+    n_expert, n_tok, k = 6, 19, 3
+    ids = np.stack([rng.choice(n_expert, k, replace=False, p=[0.5, 0.2, 0.1, 0.1, 0.1, 0.0]) for _ in range(n_tok)])
+    tok, j = np.nonzero(np.ones_like(ids, bool))
+    slot, widx = ids[tok, j], tok * k + j
+    want = tile_table(slot, tok, widx, bt)
+    bases = torch.arange(n_expert, dtype=torch.int64) * 1000 + 7
+    part_offsets = torch.tensor([[0], [100], [200]], dtype=torch.int64)
+    off, start, count, ptok, pwidx = device_tile_table(torch.from_numpy(ids), n_expert, bt, bases, part_offsets)
+    n_real = want[0].shape[0]
+    assert off.shape == (3, ids.size // bt + n_expert) and count.shape == start.shape == (off.shape[1],)
+    assert (count[n_real:] == 0).all() and (count[:n_real] > 0).all()
+    assert np.array_equal(count[:n_real].numpy(), want[2]) and np.array_equal(start[:n_real].numpy(), want[1])
+    assert np.array_equal(off[:, :n_real].numpy(), (want[0][None] * 1000 + 7) + np.array([[0], [100], [200]]))
+    assert np.array_equal(ptok.numpy(), want[3]) and np.array_equal(pwidx.numpy(), want[4])
+    assert ptok.dtype == start.dtype == count.dtype == torch.int32 and pwidx.dtype == torch.int64
 
 
 def test_tile_config_by_busiest_expert_and_dims() -> None:
