@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("chat", help="interactive chat (Textual app); no -m: the built-in demo model")
     c.add_argument("-m", "--model", default=None, help="path to a .gguf (default: the demo model)")
     c.add_argument("-t", "--threads", type=int, default=None, help="CPU expert threads")
-    c.add_argument("-c", "--ctx-size", type=int, default=4096, help="context length")
+    c.add_argument("-c", "--ctx-size", type=int, default=None,
+                   help="context length (default: the plan's on a GPU, else 4096)")
     c.add_argument("--gpu-budget", type=float, default=None, metavar="GiB", help="memory for cached experts")
     c.add_argument("--no-record-figures", action="store_true",
                    help="do not keep the replies' CPU DRAM figure for later plans on this machine")

@@ -34,8 +34,8 @@ def model_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
-def _load(path: Path, n_threads: int | None) -> Loaded:
-    return default_loader(LoadOptions(str(path), n_threads=n_threads, device="cpu"))(lambda label, f: None)
+def _load(path: Path, n_threads: int | None, ctx: int | None = None) -> Loaded:
+    return default_loader(LoadOptions(str(path), n_threads=n_threads, ctx=ctx, device="cpu"))(lambda label, f: None)
 
 
 @pytest.mark.parametrize("flag", [None, 5])
@@ -45,7 +45,7 @@ def test_chat_takes_the_plans_threads_unless_told(model_file: Path, monkeypatch:
 
     def plan_for_machine(path: Any, overrides: Any) -> SimpleNamespace:
         asked.append(overrides)
-        return SimpleNamespace(cache=None, device="cuda", threads=3)
+        return SimpleNamespace(cache=None, device="cuda", threads=3, n_ctx=8192, prefill_chunk=256)
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the branch that plans the cache
     monkeypatch.setattr(planner, "plan_for_machine", plan_for_machine)
@@ -64,3 +64,26 @@ def test_chat_without_a_plan_takes_the_profiles_threads(model_file: Path, monkey
     loaded = _load(model_file, flag)
     want = flag or 4  # what the planner gives without -t: the profile's "auto", P-cores only
     assert loaded.model.config.n_threads == want and loaded.n_threads == want
+
+
+@pytest.mark.parametrize("flag", [None, 1000])
+def test_chat_takes_the_plans_context_and_prefill_step_unless_told(model_file: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   flag: int | None) -> None:
+    asked: list[Any] = []
+
+    def plan_for_machine(path: Any, overrides: Any) -> SimpleNamespace:
+        asked.append(overrides)
+        return SimpleNamespace(cache=None, device="cuda", threads=3, n_ctx=8192, prefill_chunk=256)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(planner, "plan_for_machine", plan_for_machine)
+    config = _load(model_file, None, flag).model.config
+    assert config.n_ctx == (flag or 8192) and config.prefill_chunk == 256
+    assert [o.n_ctx for o in asked] == [flag]  # -c reaches the planner, which sizes VRAM for it
+
+
+def test_chat_without_a_plan_has_a_default_context(model_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge_moe.tui.loader import CHAT_DEFAULT_CTX
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _load(model_file, 2).model.config.n_ctx == CHAT_DEFAULT_CTX

@@ -389,7 +389,7 @@ class ChatApp(App[int]):
         self.exit(1 if self.load_error else 0)
 
 
-def run_chat(model_path: str | None, n_threads: int | None, ctx: int, gpu_budget_gib: float | None,
+def run_chat(model_path: str | None, n_threads: int | None, ctx: int | None, gpu_budget_gib: float | None,
              record_figures: bool = True) -> int:
     """Entry point of `edge-moe chat` (None model: the built-in demo)."""
     opts = LoadOptions(model_path, n_threads, ctx, gpu_budget_gib)

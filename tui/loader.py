@@ -14,13 +14,14 @@ from edge_moe.tui.session import Loaded
 # progress(label, fraction 0..1)
 Progress = Callable[[str, float], None]
 Loader = Callable[[Progress], Loaded]
+CHAT_DEFAULT_CTX = 4096  # context without a plan (no CUDA, the demo, or an explicit --gpu-budget)
 
 
 @dataclass(frozen=True)
 class LoadOptions:
     model_path: str | None  # None: the built-in demo
     n_threads: int | None = None
-    ctx: int = 2048
+    ctx: int | None = None  # None: the plan's context length (CHAT_DEFAULT_CTX where no plan ran)
     gpu_budget_gib: float | None = None
     device: str = "auto"  # auto | cpu | cuda[:N] (tests pin cpu so snapshots match on any machine)
     demo_workdir: Path | None = None  # where the demo model is built (default: the user cache dir)
@@ -36,8 +37,8 @@ def _planned_threads() -> int:
     return resolve_threads(select_profile(hw).profile, hw)
 
 
-def _cache_config(path: Path, opts: LoadOptions, demo: bool) -> tuple[Any, int | None]:
-    """(GpuExpertsConfig | None, the plan's CPU expert threads where the planner ran, else None)."""
+def _cache_config(path: Path, opts: LoadOptions, demo: bool) -> tuple[Any, Any]:
+    """(GpuExpertsConfig | None, the planner's Plan where it ran, else None)."""
     from edge_moe.expert_cache import CacheConfig
     from edge_moe.gpu_experts import GpuExpertsConfig
 
@@ -53,7 +54,7 @@ def _cache_config(path: Path, opts: LoadOptions, demo: bool) -> tuple[Any, int |
 
         plan = plan_for_machine(path, PlanOverrides(threads=opts.n_threads, n_ctx=opts.ctx))
         cache = GpuExpertsConfig(plan.cache) if plan.cache is not None and plan.device == "cuda" else None
-        return cache, plan.threads
+        return cache, plan
 
     from edge_moe.gguf_file import GGUFFile
     from edge_moe.gpu_experts import slot_nbytes
@@ -101,10 +102,12 @@ def default_loader(opts: LoadOptions) -> Loader:
         tokenizer = Tokenizer(path)
         progress("loading the weights", 0.4)
         try:
-            cache, plan_threads = _cache_config(path, opts, demo)
-            # as `edge-moe run`: -t wins over the plan's threads, which DRAM figures are kept with
-            n_threads = opts.n_threads or plan_threads or _planned_threads()
-            config = ExecutorConfig(device=opts.device, n_ctx=opts.ctx, n_threads=n_threads, cache=cache)
+            cache, plan = _cache_config(path, opts, demo)
+            # as `edge-moe run`: flags win over the plan (its threads, context and prefill step)
+            n_threads = opts.n_threads or (plan.threads if plan is not None else None) or _planned_threads()
+            n_ctx = opts.ctx or (plan.n_ctx if plan is not None else CHAT_DEFAULT_CTX)
+            steps = {} if plan is None else {"prefill_chunk": plan.prefill_chunk}
+            config = ExecutorConfig(device=opts.device, n_ctx=n_ctx, n_threads=n_threads, cache=cache, **steps)
         except ValueError as e:
             raise EdgeMoeError(f"invalid option: {e}") from None
         model = HybridModel(path, config)
