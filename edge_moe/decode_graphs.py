@@ -38,6 +38,7 @@ layer has at most log2(n_ctx / 256) + 2 front graphs, each captured on first use
 positions past the token cost reads, not correctness. All graphs share one memory pool:
 their temporaries die inside the graph and segments never run concurrently.
 
+The segments' bodies (prologue, front, experts, head) are edge_moe/decode_segments.py.
 `capture=False` runs the same segments eagerly on the same buffers: on the CPU device the
 tests exercise this exact loop (everything but the capture) against llama.cpp.
 """
@@ -53,6 +54,7 @@ import numpy as np
 import torch
 
 from edge_moe.archs.common import RopeTables, rms_norm, rope_tables
+from edge_moe.decode_segments import DecodeSegments
 
 if TYPE_CHECKING:
     from edge_moe.executor import HybridModel
@@ -65,7 +67,7 @@ def kv_bucket(n: int, n_ctx: int) -> int:
     return min(n_ctx, max(MIN_BUCKET, 1 << (n - 1).bit_length()))
 
 
-class DecodeGraphs:
+class DecodeGraphs(DecodeSegments):
     def __init__(self, model: "HybridModel", capture: bool) -> None:
         if capture and model.device.type != "cuda":
             raise ValueError("CUDA graphs need a CUDA device")
@@ -210,12 +212,6 @@ class DecodeGraphs:
         if m.profiler is not None:  # the run is billed to its first layer's wait_gpu (device synced)
             m.profiler.lap(start, "wait_gpu")
 
-    def _resident_layers(self, start: int, end: int, length: int, forced: bool, adds: tuple[bool, bool]) -> None:
-        for il in range(start, end):
-            # the first layer adds what the host layer before it left; the others their predecessor's hits
-            self._front(il, length, forced, adds if il == start else (True, False), resident=True)
-            self._experts(il)
-
     def _host_layer(self, il: int, length: int, forced: bool) -> None:
         """One layer with the host in the loop: lookups, CPU misses, fills. Lean on purpose: this
         Python runs between the front's sync and the CPU call, ~36 times a Qwen3 token."""
@@ -310,95 +306,6 @@ class DecodeGraphs:
         m.gpu.count_resident_hits(range(m.cfg.n_layer))
         if m.profiler is not None:  # the whole token is billed to layer 0's wait_gpu (see layer_profile)
             m.profiler.seconds[0, m.profiler.phase_index("wait_gpu")] += seconds
-
-    def _all_layers(self, length: int, forced: bool) -> None:
-        for il in range(self.m.cfg.n_layer):
-            self._front(il, length, forced, (True, False), resident=True)
-            self._experts(il)
-
-    # ---- segments (captured) -------------------------------------------------------------
-
-    def _prologue(self, length: int) -> None:
-        """The token's rope tables, attention mask (KV bucket `length`) and embedding, from
-        step_in (position, token) on the device."""
-        m = self.m
-        tables = rope_tables(m.cfg, m.ops.rope, self.positions, m.dtype)
-        self.rope.cos.copy_(tables.cos)
-        self.rope.sin.copy_(tables.sin)
-        self._masks[length].copy_(m.attention_mask(self.positions, length))
-        self.x_in.copy_(m.embed(self.token))
-
-    def _front(self, il: int, length: int, forced: bool, adds: tuple[bool, bool], resident: bool = False) -> None:
-        """adds: (y_gpu, y_cpu) the previous layer left (`_residual`). resident: a layer whose
-        experts are all cached, inside a graph of such layers: the routing stays on the device
-        instead of going to the host."""
-        m = self.m
-        if self._fused_norm:  # x_mid = x + adds, h_attn = norm(x_mid); x' = x_mid + attention, h = norm(x')
-            from edge_moe.norm_kernels import add_rms_norm
-
-            lw, eps = m.dense.layers[il], m.cfg.norm_eps
-            gpu_in, cpu_in = adds if il > 0 else (False, False)
-            add_rms_norm(self.x_in if il == 0 else self.x[il % 2], self.y_gpu if gpu_in else None,
-                         self._y_cpu_in() if cpu_in else None, lw.attn_norm, eps, self.x_mid, self.h_attn)
-            out = m.attention(il, self.h_attn, self.rope, self.positions, self._masks[length])  # [1, E]
-            add_rms_norm(self.x_mid, out, None, lw.ffn_norm, eps, self.x[(il + 1) % 2], self.h)
-        else:
-            x = self.x_in if il == 0 else self._residual(self.x[il % 2], *adds)
-            x, h = m.front(il, x, self.rope, self.positions, self._masks[length])
-            self.x[(il + 1) % 2].copy_(x)
-            self.h.copy_(h)
-        if not forced and self._fused_route:  # one launch: routing, weights, and the pair table or the host's row
-            from edge_moe.route_kernels import route_pack, route_pairs
-
-            cfg = m.cfg
-            logits = torch.nn.functional.linear(self.h, m.dense.layers[il].router)  # [1, n_expert], as m.route
-            if resident:
-                bases, parts = m.gpu.resident_bases(il)
-                route_pairs(logits, cfg.n_expert_used, cfg.normalize_topk, cfg.expert_weights_scale, bases,
-                            parts.view(-1), self.weights, self.ids, self.pairs)
-            else:
-                route_pack(logits, self.h, cfg.n_expert_used, cfg.normalize_topk, cfg.expert_weights_scale,
-                           self.weights, self.routed)
-                self.routed_host.copy_(self.routed, non_blocking=True)
-            return
-        logits, weights, ids = m.route(il, self.h, self.forced[il] if forced else None)
-        self.weights.copy_(weights)
-        if not resident:
-            routed = torch.cat([ids.float(), weights.float(), logits.float(), self.h.float()], dim=1)  # [1, cols]
-            self.routed_host.copy_(routed, non_blocking=True)
-        else:
-            self.ids.copy_(ids)
-            self.pairs.copy_(m.gpu.resident_pair_table(il, self.ids))  # [5, k]
-
-    def _experts(self, il: int, host_pairs: bool = False) -> None:
-        """y_gpu = the hits (+ the shared expert); host_pairs: the host wrote the pair table (pinned)."""
-        m = self.m
-        if host_pairs:
-            self.pairs.copy_(self.pairs_host, non_blocking=True)
-        y = torch.zeros((1, m.cfg.n_embd), dtype=torch.float32, device=m.device)  # [1, E]
-        if m.gpu.cache is not None:
-            m.gpu.pairs_ffn(il, self.h, self.weights.view(-1), self.pairs, y)
-        lw = m.dense.layers[il]
-        if lw.shexp_gate is not None:
-            self.y_gpu.copy_(y.to(m.dtype) + m.shared_expert(lw, self.h))
-        else:
-            self.y_gpu.copy_(y)  # copy_ casts float32 -> the model dtype (no separate cast kernel)
-
-    def _head(self, gpu_in: bool, cpu_in: bool) -> None:
-        self.logits.copy_(self.m.head(self._residual(self.x[self.m.cfg.n_layer % 2], gpu_in, cpu_in)))
-
-    def _residual(self, x: torch.Tensor, gpu_in: bool, cpu_in: bool) -> torch.Tensor:
-        """x [1, E] plus what the previous layer's experts left: y_gpu and / or y_cpu (`_y_cpu_in`)."""
-        if not cpu_in:
-            return x + self.y_gpu if gpu_in else x
-        y_cpu = self._y_cpu_in().to(x.dtype)
-        return x + ((self.y_gpu + y_cpu) if gpu_in else y_cpu)
-
-    def _y_cpu_in(self) -> torch.Tensor:
-        """y_cpu [1, E] float32 on the device: the last host layer's CPU share, copied from pinned
-        memory inside the segment being captured (no eager copy on the host's path)."""
-        self.y_cpu.copy_(self.y_cpu_host, non_blocking=True)
-        return self.y_cpu
 
     # ---- graphs --------------------------------------------------------------------------
 
