@@ -162,6 +162,8 @@ class HybridModel:
         # q/k norm + rope + KV store in one Triton launch on CUDA (EDGE_MOE_FUSED_QK=0: torch ops)
         self._fused_qk = (self.device.type == "cuda" and self.ops.fused_qk != ""
                           and os.environ.get("EDGE_MOE_FUSED_QK", "1") != "0")
+        self._decode_attn = ((self.device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")  # T = 1
+                             and os.environ.get("EDGE_MOE_DECODE_ATTN", "1") != "0")  # decode_attn.py; 0: SDPA
 
     def _decode_graphs(self, mode: str) -> DecodeGraphs | None:
         if mode == "auto":
@@ -311,6 +313,10 @@ class HybridModel:
             q, k, v = qkv.split([cfg.n_head * d, kv * d, kv * d], dim=-1)
             q, k = self.ops.prepare_qk(q.view(n, cfg.n_head, d), k.view(n, kv, d), lw, cfg, rope)  # [T, H|KV, D]
             keys, values = self.kv.store(il, positions, k, v.view(n, kv, d), mask.shape[1])  # [S, KV, D]
+        if n == 1 and self._decode_attn:  # every caller's T = 1 mask is attention_mask's: keys 0..positions[0]
+            from edge_moe.decode_attn import decode_attention
+
+            return linear(decode_attention(q, keys, values, positions), lw.wo, lw.bo)  # [1, H * D] -> [1, E]
         # The query heads of one KV head become rows of one attention problem (no repeated K/V):
         # q [T, H, D] -> [KV, group * T, D], row g * T + t
         qg = q.reshape(n, kv, group, d).permute(1, 2, 0, 3).reshape(1, kv, group * n, d)
