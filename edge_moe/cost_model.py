@@ -58,7 +58,10 @@ LAYER_SECONDS = LAYER_FRONT_S + LAYER_HOST_S  # 0.34 ms per layer whatever the r
 # launches off that path, cut its Python and fused the front's norms: 0.113-0.123 ms outside the
 # CPU entry (ABAB, call E) plus ~0.025 ms inside it beyond ggml's compute (forward_token's checks
 # and copies): the whole of such a layer beside its ggml call (front, sync and host).
-UNCACHED_LAYER_S = 0.145e-3
+# Session 11's decode attention kernel (decode_attn.py, reading keys up to the position only)
+# took ~24 us a layer off every layer's front at a 512 + 128-token context (Qwen3 12 GiB decode
+# 80 -> 88 tok/s, ABAB, call D): 0.145 -> 0.121 ms.
+UNCACHED_LAYER_S = 0.121e-3
 # ---- the CPU miss path: one ggml call per layer with misses, T = 1 ---------------------------
 # Per call, m distinct 2.65 MB experts, 16 threads spinning between calls (not OMP passive):
 # m=1 0.08 ms, m=3 0.17-0.18 ms, m=8 0.46 ms. With the ~47 GB/s slope that path reaches
@@ -87,9 +90,11 @@ FILL_ISSUE_SYNC_S = 0.85e-3
 # and sort, the weights' sum, the pair table's index_select, aranges, division and cat, two
 # copies) by one: 36. Whole tokens measured 4.9 ms (205 tok/s) with it, 6.1 ms without. Session
 # 10's fused residual adds + norms (norm_kernels.py) took ~6 more: 30 fits its all-GPU rows (Qwen3
-# 4.06 ms a token, Mixtral 4.80; session 10 call F / H).
+# 4.06 ms a token, Mixtral 4.80; session 10 call F / H). Session 11's decode attention kernel
+# (two launches instead of cuDNN's SDPA over the whole KV bucket and a strided copy) took ~24 us a
+# layer more: 20 fits its all-GPU rows (Qwen3 2.87 ms a token: 17; Mixtral 4.07 ms: 23; call E/F).
 PER_KERNEL_S = 2.0e-6
-KERNELS_PER_LAYER = 30
+KERNELS_PER_LAYER = 20
 # Q4_0 expert matvecs (benchmarks/quant_kernels_bench.py, one decode layer, CUDA-graph GPU time,
 # H100, 2026-11-24, the int8/dp4a kernels; README "Quantized experts on the GPU"): Mixtral
 # 4096x14336 top-2 (198 MB) in 80.7 us, Qwen3 2048x768 top-8 (21.2 MB) in 26.0 us, the fp16 GEMV
@@ -212,7 +217,7 @@ def quant_gbps(gpu_gemv_gbps: float) -> float:
 def resident_seconds(n_layer: int, k: int, slot_bytes: int, gpu_gemv_gbps: float,
                      base_token_seconds: float) -> float:
     """Every expert cached: one graph of ~KERNELS_PER_LAYER kernels per layer plus the k hits'
-    matvecs per layer (Qwen3 shape: 48 x (30 x 2.0 + 19 + 8 x 0.8) us = 4.1 ms; 4.06 measured, session 10)."""
+    matvecs per layer (Qwen3 shape: 48 x (20 x 2.0 + 19 + 8 x 0.8) us = 3.1 ms; 2.87 measured, session 11)."""
     expert_s = slot_bytes / (quant_gbps(gpu_gemv_gbps) * 1e9)
     return base_token_seconds + n_layer * resident_layer_seconds(k, expert_s)
 
