@@ -114,6 +114,7 @@ class GpuExperts(HitCompute):
         self._retired_bases: list[torch.Tensor] = []
         self._part_offsets_dev: torch.Tensor | None = None
         self.stream_min_tokens: int | None = None  # None: streaming off
+        self._registered: "RegisteredExperts | None" = None  # page-locked expert bytes (_register_host)
         self.n_streamed = 0  # experts streamed so far (each one copy of expert_bytes over PCIe)
         if config is not None:
             from edge_moe.expert_cache import ExpertCache
@@ -145,6 +146,7 @@ class GpuExperts(HitCompute):
                     self._fill(d.slot, d.layer, d.expert)
             if config.preload == "all":
                 self._preload_all()
+            self._unlock_if_resident()
 
     def _stream_rule(self, config: GpuExpertsConfig) -> int | None:
         """Tokens per call from which a missed expert is streamed; None: never."""
@@ -177,6 +179,15 @@ class GpuExperts(HitCompute):
         views = iter(registered.views)
         self._host_views = {il: [next(views) for _ in PARTS] for il in layers}
         return registered
+
+    def _unlock_if_resident(self) -> None:
+        """Once every expert is cached nothing is filled again: unlock the registered pages (after
+        the DMAs in flight that read them)."""
+        if self._registered is not None and self.all_resident():
+            assert self.store is not None
+            self.store.synchronize()
+            self._registered.close()
+            self._registered, self._host_views = None, {}
 
     def _expert_parts(self, layer: int, expert: int) -> list[np.ndarray] | list[torch.Tensor]:
         """The expert's GGUF bytes (gate, up, down): page-locked torch views when the layer is
@@ -216,6 +227,7 @@ class GpuExperts(HitCompute):
     def end_step(self) -> None:
         if self.cache is not None:
             self.cache.end_token()
+            self._unlock_if_resident()
 
     def lookup(self, layer: int, ids: np.ndarray) -> np.ndarray:
         """Slots [T, k] of the routed experts, -1 where not cached; hit slots stay pinned
@@ -404,6 +416,6 @@ class GpuExperts(HitCompute):
         if self.store is not None:
             self.store.close()  # waits for the fills in flight, stops the copy threads
         self.store = None
-        if getattr(self, "_registered", None) is not None:  # after the fills that read its pages
+        if self._registered is not None:  # after the fills that read its pages
             self._registered.close()
             self._registered = None

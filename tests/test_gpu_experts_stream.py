@@ -179,3 +179,30 @@ def test_small_experts_stay_on_the_matvec_path_longer() -> None:
     qwen3, mixtral = dequant_min_tokens(2_654_208), dequant_min_tokens(99_090_432)
     assert mixtral == DEQUANT_MIN_TOKENS and 30 <= qwen3 <= 40
     assert dequant_min_tokens(1_000) > 10_000  # tiny test experts: matvec unless forced
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
+def test_registration_covers_the_layers_filled_later(tiny_gguf: Callable[[str, str], Path]) -> None:
+    """The non-pinned layers' expert bytes are page-locked (fills and streams DMA from them); a
+    cache that holds every expert after its preload unlocks them (nothing is filled again)."""
+    path = tiny_gguf("qwen3moe", "q8_0")
+    partial = _model(path, GpuExpertsConfig(CacheConfig(1, 3, "LRU", pinned_layers=1), kernels="triton"), "cuda")
+    gpu = partial.gpu
+    assert gpu._registered is not None and sorted(gpu._host_views) == list(range(gpu.cache.first_pinned))
+    assert all(v.is_pinned() for views in gpu._host_views.values() for v in views)
+    partial.close()
+    assert gpu._registered is None
+    full = _model(path, GpuExpertsConfig(CacheConfig(2, 8), preload="all", kernels="triton"), "cuda")
+    assert full.gpu.all_resident() and full.gpu._registered is None and not full.gpu._host_views
+    full.close()
+    # a cache that holds every expert but starts empty unlocks once its fills made it whole
+    grows = _model(path, GpuExpertsConfig(CacheConfig(2, 8), kernels="triton"), "cuda")
+    assert grows.gpu._registered is not None
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        grows.forward(rng.integers(3, 200, 8).tolist())
+        if grows.gpu.all_resident():
+            break
+    assert grows.gpu.all_resident() and grows.gpu._registered is None
+    grows.close()
