@@ -223,20 +223,28 @@ def test_resident_prefill_on_the_device_matches_llama_cpp(arch: str, outtype: st
     compute_resident = hc.HitCompute.compute_resident
     monkeypatch.setattr(hc.HitCompute, "compute_resident",
                         lambda self, layer, *a: on_device.append(layer) or compute_resident(self, layer, *a))
+    ours, margins, model = _all_cached_run(arch, outtype, tiny_gguf, "auto")
+    assert on_device == list(range(model.cfg.n_layer)), "each layer of the prompt, once"
+    model.close()
+    tau, bound = BOUNDS[outtype]
+    _compare(ours, _LLAMA[(arch, outtype)], margins, tau, bound, f"{arch} {outtype} resident prefill on the device")
+
+
+def _all_cached_run(arch: str, outtype: str, tiny_gguf: Callable[[str, str], Path], decode_graphs: str,
+                    ) -> tuple[np.ndarray, np.ndarray, HybridModel]:
+    """Logits of a prefill then decode with every expert cached and nobody watching the routing
+    (no lookup may miss), our router margins (a probe run with the same routing) and the model."""
     path, tokens = _case(arch, outtype, tiny_gguf)
-    _, margins, probe = run_edge_moe(path, tokens, None)  # routing margins (same routing as below)
+    _, margins, probe = run_edge_moe(path, tokens, None)
     probe.close()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = HybridModel(path, ExecutorConfig(device=device, dtype="float32", n_ctx=64, n_threads=2,
-                                             cache=GpuExpertsConfig(CacheConfig(2, 8), preload="all", kernels="triton")))
+                                             cache=GpuExpertsConfig(CacheConfig(2, 8), preload="all", kernels="triton"),
+                                             decode_graphs=decode_graphs))
     out = [model.forward(tokens[:T_PREFILL])] + [model.forward([t]) for t in tokens[T_PREFILL:]]
-    assert on_device == list(range(model.cfg.n_layer)), "each layer of the prompt, once"
     stats = model.gpu.cache.stats
     assert stats.misses == 0 and stats.lookups == len(tokens) * model.cfg.n_layer * model.cfg.n_expert_used
-    model.close()
-    tau, bound = BOUNDS[outtype]
-    _compare(torch.cat(out).cpu().numpy(), _LLAMA[(arch, outtype)], margins, tau, bound,
-             f"{arch} {outtype} resident prefill on the device")
+    return torch.cat(out).cpu().numpy(), margins, model
 
 
 GRAPH_CACHES = ["no-cache", "partial-LRU", "all-cached"]
@@ -281,22 +289,12 @@ def test_resident_decode_graph_matches_llama_cpp(arch: str, tiny_gguf: Callable[
     pair tables built on the device from the routed ids (no host round trip per layer)."""
     pytest.importorskip("triton")
     outtype = "q8_0"
-    path, tokens = _case(arch, outtype, tiny_gguf)
-    _, margins, probe = run_edge_moe(path, tokens, None)  # routing margins (same routing as below)
-    probe.close()
-    cuda = torch.cuda.is_available()
-    model = HybridModel(path, ExecutorConfig(device="cuda" if cuda else "cpu", dtype="float32", n_ctx=64, n_threads=2,
-                                             cache=GpuExpertsConfig(CacheConfig(2, 8), preload="all", kernels="triton"),
-                                             decode_graphs="on" if cuda else "uncaptured"))
-    out = [model.forward(tokens[:T_PREFILL])] + [model.forward([t]) for t in tokens[T_PREFILL:]]
+    ours, margins, model = _all_cached_run(arch, outtype, tiny_gguf, "on" if torch.cuda.is_available() else "uncaptured")
     graphs = model.decode_graphs
     assert graphs is not None and graphs.resident  # the resident mode ran
-    stats = model.gpu.cache.stats
-    assert stats.misses == 0 and stats.lookups == len(tokens) * model.cfg.n_layer * model.cfg.n_expert_used
     model.close()
     tau, bound = BOUNDS[outtype]
-    _compare(torch.cat(out).cpu().numpy(), _LLAMA[(arch, outtype)], margins, tau, bound,
-             f"{arch} {outtype} resident decode graph")
+    _compare(ours, _LLAMA[(arch, outtype)], margins, tau, bound, f"{arch} {outtype} resident decode graph")
 
 
 @pytest.mark.parametrize("hit_path", ["matvec", "dequant"])
