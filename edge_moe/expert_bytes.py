@@ -34,7 +34,12 @@ def slot_nbytes(gguf: GGUFFile, cfg: MoEConfig) -> int:
     return sum(-(-n // SLOT_ALIGNMENT) * SLOT_ALIGNMENT for n in slot_part_nbytes(gguf, cfg))
 
 
+def expert_byte_range(t: GGUFTensor, expert: int) -> slice:
+    """Where one expert's raw block bytes sit in a stacked [n_expert, rows, cols] GGUF tensor's bytes."""
+    per = t.nbytes // t.shape[2]
+    return slice(expert * per, (expert + 1) * per)
+
+
 def expert_bytes_view(t: GGUFTensor, expert: int) -> np.ndarray:
     """One expert's raw block bytes of a stacked [n_expert, rows, cols] GGUF tensor (mmap view)."""
-    per = t.nbytes // t.shape[2]
-    return t.data[expert * per:(expert + 1) * per]
+    return t.data[expert_byte_range(t, expert)]

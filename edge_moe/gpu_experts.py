@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from edge_moe.expert_bytes import (PARTS, SLOT_ALIGNMENT, expert_bytes_view, quantized_expert_bytes, slot_nbytes,
+from edge_moe.expert_bytes import (PARTS, SLOT_ALIGNMENT, expert_byte_range, expert_bytes_view, quantized_expert_bytes, slot_nbytes,
                                    slot_part_nbytes)
 from edge_moe.gguf_file import GGUFFile
 from edge_moe.hit_compute import HitCompute, _use_triton, dequant_min_tokens
@@ -195,8 +195,7 @@ class GpuExperts(HitCompute):
         views = self._host_views.get(layer)
         if views is None:
             return [expert_bytes_view(t, expert) for t in self._tensors[layer]]
-        return [v[expert * (v.shape[0] // t.shape[2]):(expert + 1) * (v.shape[0] // t.shape[2])]
-                for v, t in zip(views, self._tensors[layer])]
+        return [v[expert_byte_range(t, expert)] for v, t in zip(views, self._tensors[layer])]
 
     def _fill(self, slot: int, layer: int, expert: int) -> None:
         """Copy the expert's GGUF bytes into `slot` (on the side stream on CUDA)."""
@@ -243,7 +242,7 @@ class GpuExperts(HitCompute):
             # cost ~1.9 ms a layer of a 512-token prefill (H100 box, Qwen3 24 GiB, session 10)
             if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= self.cfg.n_expert):
                 raise ValueError(f"expert ids of layer {layer} out of range 0..{self.cfg.n_expert - 1}")
-            self.cache.stats.hits_by_layer[layer] += ids.size
+            self.count_resident_hits(range(layer, layer + 1), ids.size)
             return self._resident_slots()[layer][ids]  # [T, k]
         return np.array(self.cache.lookup_and_pin(layer, ids.reshape(-1).tolist()), dtype=np.int64).reshape(ids.shape)
 
@@ -395,11 +394,12 @@ class GpuExperts(HitCompute):
         assert self._part_offsets_dev is not None
         return self._resident_bases[layer], self._part_offsets_dev
 
-    def count_resident_hits(self, layers: range) -> None:
-        """Statistics of resident layers run without lookups (every routed expert hit)."""
+    def count_resident_hits(self, layers: range, pairs: int | None = None) -> None:
+        """Statistics of resident layers (every routed expert a hit): `pairs` routed (token,
+        expert) pairs in each layer (None: one token's, n_expert_used)."""
         assert self.cache is not None
         for layer in layers:
-            self.cache.stats.hits_by_layer[layer] += self.cfg.n_expert_used
+            self.cache.stats.hits_by_layer[layer] += self.cfg.n_expert_used if pairs is None else pairs
 
     def after_layer(self, layer: int, ids: np.ndarray, slots: np.ndarray) -> None:
         """Offer this layer's misses to the admission policy and fill what it admits, then

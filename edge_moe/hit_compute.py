@@ -202,28 +202,24 @@ class HitCompute:
         """sum over (t, j) of weights[t, j] * FFN_{ids[t, j]}(h[t]) -> [T, E] (h's dtype) for a
         resident layer, from device ids and weights [T, k]: tiles built on the device, so the
         host never waits for the router (a 512-token all-GPU prefill waited once a layer)."""
-        from edge_moe.grouped_kernels import device_tile_table, grouped_ffn, tile_config
+        from edge_moe.grouped_kernels import device_tile_table, tile_config
 
         e, f = self.cfg.n_embd, self.cfg.n_ff_expert
         bases, part_offsets = self.resident_bases(layer)  # type: ignore[attr-defined]
         n_pairs = ids.numel()
         bt, bn, nb, warps = tile_config(-(-n_pairs // self.cfg.n_expert), e, f)  # by the mean: max unknown
         tables = device_tile_table(ids, self.cfg.n_expert, bt, bases, part_offsets)
-        gate, _, down = self._layouts[layer]
         y = torch.zeros((h.shape[0], e), dtype=torch.float32, device=h.device)  # [T, E]
-        grouped_ffn(self._buf.bytes, self._buf.words, gate.ggml_type, down.ggml_type, e, f, gate.row_bytes,
-                    down.row_bytes, *tables, weights.reshape(-1), h.contiguous(), y, bt, bn, nb, warps)
-        if self.cache is not None:  # type: ignore[attr-defined]
-            self.cache.stats.hits_by_layer[layer] += n_pairs  # type: ignore[attr-defined]
+        self._grouped_launch(layer, tables, weights, h, y, (bt, bn, nb, warps))
+        self.count_resident_hits(range(layer, layer + 1), n_pairs)  # type: ignore[attr-defined]
         return y.to(h.dtype)
 
     def _compute_grouped(self, layer: int, h: torch.Tensor, weights: torch.Tensor, slot: np.ndarray,
                          tok: np.ndarray, widx: np.ndarray, y: torch.Tensor) -> None:
         """y += every pair (slot, token row, weight index) [P] through the grouped kernels: one
         launch for gate/up, one for down, over tiles of pairs sharing an expert."""
-        from edge_moe.grouped_kernels import grouped_ffn, tile_config, tile_table
+        from edge_moe.grouped_kernels import tile_config, tile_table
 
-        gate, _, down = self._layouts[layer]
         bt, bn, nb, warps = tile_config(int(np.bincount(slot).max()), self.cfg.n_embd, self.cfg.n_ff_expert)
         tile_slot, start, count, ptok, pwidx = tile_table(slot, tok, widx, bt)
         n_tiles = tile_slot.shape[0]
@@ -237,9 +233,19 @@ class HitCompute:
         tile_count = dev[n3 + n_tiles:n3 + 2 * n_tiles].to(torch.int32)
         pair_tok = dev[n3 + 2 * n_tiles:n3 + 2 * n_tiles + ptok.shape[0]].to(torch.int32)
         pair_widx = dev[n3 + 2 * n_tiles + ptok.shape[0]:]
+        self._grouped_launch(layer, (tile_off, tile_start, tile_count, pair_tok, pair_widx), weights, h, y,
+                             (bt, bn, nb, warps))
+
+    def _grouped_launch(self, layer: int, tables: tuple[torch.Tensor, ...], weights: torch.Tensor, h: torch.Tensor,
+                        y: torch.Tensor, config: tuple[int, int, int, int]) -> None:
+        """grouped_ffn on the layer's slots: tables (tile_off, tile_start, tile_count, pair_tok,
+        pair_widx) from tile_table or device_tile_table, config tile_config's (BT, BN, NB, warps)."""
+        from edge_moe.grouped_kernels import grouped_ffn
+
+        gate, _, down = self._layouts[layer]
         grouped_ffn(self._buf.bytes, self._buf.words, gate.ggml_type, down.ggml_type, self.cfg.n_embd,
-                    self.cfg.n_ff_expert, gate.row_bytes, down.row_bytes, tile_off, tile_start, tile_count,
-                    pair_tok, pair_widx, weights.reshape(-1), h.contiguous(), y, bt, bn, nb, warps)
+                    self.cfg.n_ff_expert, gate.row_bytes, down.row_bytes, *tables, weights.reshape(-1),
+                    h.contiguous(), y, *config)
 
     def _dequantized(self, m: "object", byte_offset: int) -> torch.Tensor:
         """The matrix at `byte_offset` dequantized into the scratch buffer (valid until the next call)."""
