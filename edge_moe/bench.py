@@ -21,7 +21,7 @@ One bench = one model, one routing mode, one VRAM budget:
 Routing: "natural" (the model's router; random weights route almost uniformly) or "replay"
 (expert ids forced from a trace, `edge_moe.trace.ReplayRouting`; wraps around if shorter).
 Per-token bytes follow the cache's counters (DESIGN.md's cost model): DRAM bytes = (CPU
-misses + fills) x expert bytes, PCIe bytes = fills x expert bytes, counted over decode steps.
+misses + fills) x expert bytes, PCIe bytes = (fills + decode-streamed misses) x expert bytes, counted over decode steps.
 """
 
 from __future__ import annotations
@@ -109,6 +109,7 @@ class RunResult:
     decode_cpu_seconds: float = 0.0  # the executor's cpu_experts phase over the decode steps
     decode_cpu_calls: int = 0  # layer steps that ran the CPU expert path
     decode_cpu_misses: tuple[int, ...] = ()  # experts computed on the CPU, per layer, over the decode steps
+    decode_streamed: int = 0  # misses copied to the GPU's stream ring and computed there, over the decode steps
 
     @property
     def prefill_tps(self) -> float:
@@ -202,7 +203,7 @@ def _cache(cfg: BenchConfig, plan: Any, device: torch.device) -> Any:
     from edge_moe.gpu_experts import GpuExpertsConfig
 
     if plan.cache is not None:
-        return GpuExpertsConfig(plan.cache)
+        return plan.gpu_experts_config()
     if cfg.gpu_budget_gib is None or device.type == "cuda":
         return None
     from edge_moe.cache_admission import AdmissionConfig, CostModel
@@ -247,6 +248,7 @@ def _one_run(model: Any, prompt: list[int], feed: list[int], replay: Any, deadli
     t2 = time.perf_counter()
     mid = _counts(model)
     cpu0 = model.decode_cpu.copy()
+    streamed0 = model.gpu.n_streamed_decode
     n, decode_s = 0, 0.0
     for fed in feed:
         if deadline is not None and time.perf_counter() > deadline:
@@ -258,7 +260,7 @@ def _one_run(model: Any, prompt: list[int], feed: list[int], replay: Any, deadli
     after = _counts(model)
     cpu = model.decode_cpu.since(cpu0)
     return RunResult(len(prompt), t1 - t0, t2 - t0, n, decode_s, _diff(before, mid), _diff(mid, after),
-                     cpu.seconds, cpu.calls, tuple(cpu.misses))
+                     cpu.seconds, cpu.calls, tuple(cpu.misses), model.gpu.n_streamed_decode - streamed0)
 
 
 def _diff(a: tuple[int, int, int], b: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -378,7 +380,7 @@ def _result(cfg: BenchConfig, plan: Any, on_trace: Any, model: Any, runs: list[R
             hits, misses, fills = 0, r.decode_tokens * mcfg.n_layer * mcfg.n_expert_used, 0
         n = max(r.decode_tokens, 1)
         per_token["hit_rate"].append(hits / (hits + misses) if hits + misses else 0.0)
-        per_token["pcie_bytes_per_token"].append(fills * expert_bytes / n)
+        per_token["pcie_bytes_per_token"].append((fills + r.decode_streamed) * expert_bytes / n)
         per_token["dram_bytes_per_token"].append((misses + fills) * expert_bytes / n)
         per_token["fills_per_token"].append(fills / n)
     complete = len(runs) == cfg.repeats and all(r.decode_tokens == cfg.gen_tokens for r in runs)
@@ -406,7 +408,8 @@ def _result(cfg: BenchConfig, plan: Any, on_trace: Any, model: Any, runs: list[R
         "runs": [{"prefill_seconds": r.prefill_seconds, "ttft_seconds": r.ttft_seconds,
                   "prefill_tps": r.prefill_tps, "decode_tokens": r.decode_tokens, "decode_seconds": r.decode_seconds,
                   "decode_tps": r.decode_tps, "prefill_hits_misses_fills": list(r.prefill_counts),
-                  "decode_hits_misses_fills": list(r.decode_counts), "decode_cpu_seconds": r.decode_cpu_seconds,
+                  "decode_hits_misses_fills": list(r.decode_counts), "decode_streamed": r.decode_streamed,
+                  "decode_cpu_seconds": r.decode_cpu_seconds,
                   "decode_cpu_calls": r.decode_cpu_calls} for r in runs],
         "cpu_in_situ": cpu_in_situ(runs, plan, predicted, served),
         "summary": {"decode_tps": mean_std([r.decode_tps for r in runs]),

@@ -15,6 +15,16 @@ so, for a token whose layer l has h_l hits, m_l misses and f_l fills (F fills, M
                    F x expert_bytes / pcie_bandwidth,            a fill's copy overlaps the loop
                    (M + F) x expert_bytes / dram_bandwidth)      ... but shares PCIe and DRAM
 
+Decode streaming (`decode_stream_max` > 0): of a layer's m misses, s are copied to the GPU's
+stream ring and computed there while the CPU computes the other m - s; the copies read DRAM
+through the copy engine while the CPU's cores read it too (session 12 probe: 4 experts' copies
+beside a 4-expert ggml call on the H100 box slowed neither much):
+
+    t_experts(s) = s x stream_issue_seconds + (STREAM_LAYER_S if h = 0 < s)
+                   + max(cpu(m - s), s x expert_bytes / pcie_bandwidth + gpu(h + s))
+
+and the layer takes the s that minimizes it (`stream_split`); s = 0 is the serial model above.
+
 A pinned layer (every expert of it cached for good) runs inside a graph of such layers with no
 host in the loop: resident_layer_seconds each instead of t_layer, and one graph launch per token
 for the run. When every expert of the model is cached a token is one CUDA graph:
@@ -34,7 +44,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from edge_moe.cache_admission import CostModel
 
@@ -81,6 +91,13 @@ REPACK_DRAM_GAIN = 1.12
 # judging results measured before it (benchmarks/planner_accuracy.py).
 FILL_ISSUE_S = 0.05e-3
 FILL_ISSUE_SYNC_S = 0.85e-3
+# Host time a decode step's streaming costs (H100 box, session 12, Qwen3 6 GiB, 4 of 8 misses
+# streamed in 36 layers: +6.4 ms of host time a token besides the layers' experts graphs, +1.9 ms
+# for those): ~44 us an expert (its three copies, batched into one cudaMemcpyBatchAsync or
+# not: the same within noise, so the runtime's call is not where it goes) and ~50 us a layer that
+# streams and has no hit (its experts graph, launched for the streamed experts alone).
+STREAM_ISSUE_S = 44e-6
+STREAM_LAYER_S = 50e-6
 # ---- the GPU ----------------------------------------------------------------------------------
 # Every expert cached (resident): one CUDA graph per token. Qwen3 shape, torch.profiler on one
 # decode token (scratch-run of session 6, 2026-11-24; int8 expert kernels, fused q/k): 47 kernels
@@ -136,12 +153,17 @@ class MachineFigures:
     resident_token_seconds: float | None = None  # every expert cached: one graph; None = no such mode
     # a pinned layer inside a graph of such layers (no host); None: priced as a host layer of k hits
     resident_layer_seconds: float | None = None
+    decode_stream_max: int = 0  # the most misses of a decode layer streamed (half the ring); 0: none
+    stream_issue_seconds: float = 0.0  # decode-thread time to start one streamed expert's copy
+    stream_layer_seconds: float = 0.0  # ... and to launch the experts graph of a layer with no hit for them
 
     def __post_init__(self) -> None:
+        if not isinstance(self.decode_stream_max, int) or self.decode_stream_max < 0:
+            raise ValueError(f"MachineFigures.decode_stream_max must be an int >= 0, got {self.decode_stream_max!r}")
         for name in ("dram_gbps", "pcie_gbps", "gpu_expert_seconds"):
             _check(name, getattr(self, name), positive=True)
         for name in ("base_token_seconds", "layer_seconds", "cpu_call_seconds", "gpu_layer_seconds",
-                     "fill_issue_seconds"):
+                     "fill_issue_seconds", "stream_issue_seconds", "stream_layer_seconds"):
             _check(name, getattr(self, name), positive=False)
         for name in ("resident_token_seconds", "resident_layer_seconds", "uncached_layer_seconds",
                      "uncached_dram_gbps"):
@@ -174,11 +196,33 @@ class MachineFigures:
     def gpu_seconds(self, hits: int) -> float:
         return self.gpu_layer_seconds + hits * self.gpu_expert_seconds if hits > 0 else 0.0
 
+    def experts_seconds(self, hits: int, misses: int, streamed: int, expert_bytes: int, served: bool = True,
+                        ) -> float:
+        """A layer's expert phase with `streamed` of its misses copied to the GPU (module docstring)."""
+        if streamed == 0:
+            return max(self.cpu_seconds(misses, expert_bytes, served), self.gpu_seconds(hits))
+        gpu = self.gpu_seconds(hits + streamed) + streamed * expert_bytes / self.pcie_bandwidth
+        host = streamed * self.stream_issue_seconds + (self.stream_layer_seconds if hits == 0 else 0.0)
+        return host + max(self.cpu_seconds(misses - streamed, expert_bytes, served), gpu)
+
+    def stream_split(self, hits: int, misses: int, expert_bytes: int, served: bool = True) -> int:
+        """How many of a decode layer's misses to stream: the s in 0..min(misses, decode_stream_max)
+        with the shortest expert phase (the smallest such s on ties)."""
+        most = min(misses, self.decode_stream_max)
+        return min(range(most + 1), key=lambda s: (self.experts_seconds(hits, misses, s, expert_bytes, served), s))
+
+    def decode_stream_rule(self, k: int, expert_bytes: int, served: bool = False) -> tuple[int, ...] | None:
+        """GpuExpertsConfig.decode_stream: `stream_split` for 0..k misses of a layer with no hits
+        (None when nothing would be streamed)."""
+        rule = tuple(self.stream_split(0, m, expert_bytes, served) for m in range(k + 1))
+        return rule if any(rule) else None
+
     def layer_time(self, hits: int, misses: int, fills: int, expert_bytes: int, served: bool = True) -> float:
         """One layer of the serial loop (module docstring), fills' copies not included; `served`:
         the cache has slots for this layer (else no lookup, no experts graph)."""
         fixed = self.layer_seconds if served or self.uncached_layer_seconds is None else self.uncached_layer_seconds
-        return (fixed + max(self.cpu_seconds(misses, expert_bytes, served), self.gpu_seconds(hits))
+        streamed = self.stream_split(hits, misses, expert_bytes, served)
+        return (fixed + self.experts_seconds(hits, misses, streamed, expert_bytes, served)
                 + fills * self.fill_issue_seconds)
 
     def pinned_seconds(self, pinned: int, k: int) -> float:
@@ -196,17 +240,19 @@ class MachineFigures:
         `served`: the host layers have cache slots (sets), else they are priced as uncached."""
         if resident and self.resident_token_seconds is not None:
             return self.resident_token_seconds
-        serial, misses, fills = self.base_token_seconds + self.pinned_seconds(pinned, k), 0, 0
+        serial, misses, fills, streamed = self.base_token_seconds + self.pinned_seconds(pinned, k), 0, 0, 0
         for h, m, f in layers:
             serial += self.layer_time(h, m, f, expert_bytes, served)
             misses += m
             fills += f
-        return max(serial, fills * expert_bytes / self.pcie_bandwidth,
-                   (misses + fills) * expert_bytes / self._dram(served))
+            streamed += self.stream_split(h, m, expert_bytes, served)
+        return max(serial, (fills + streamed) * expert_bytes / self.pcie_bandwidth,
+                   (misses - streamed + fills) * expert_bytes / self._dram(served))
 
     def no_cache_seconds(self, n_layers: int, k: int, expert_bytes: int) -> float:
-        """Every lookup a CPU miss, no fills."""
-        return self.token_seconds([(0, k, 0)] * n_layers, expert_bytes, served=False)
+        """Every lookup a CPU miss, no fills, nothing streamed (the stream ring serves a cache's layers)."""
+        serial = replace(self, decode_stream_max=0)
+        return serial.token_seconds([(0, k, 0)] * n_layers, expert_bytes, served=False)
 
 
 def quant_gbps(gpu_gemv_gbps: float) -> float:
@@ -231,11 +277,12 @@ def resident_layer_seconds(k: int, gpu_expert_seconds: float) -> float:
 def decode_figures(*, n_layer: int, k: int, slot_bytes: int, layer_dense_bytes: float, outside_dense_bytes: float,
                    dram_gbps: float, pcie_gbps: float, gpu_gemv_gbps: float,
                    cpu_call_seconds: float = CPU_CALL_FIXED_S, fill_issue_seconds: float = FILL_ISSUE_S,
-                   all_cached: bool = False) -> MachineFigures:
+                   all_cached: bool = False, decode_stream_max: int = 0) -> MachineFigures:
     """The figures of a CUDA decode for one model on one machine. `layer_dense_bytes`: one layer's
     non-expert weights as the GPU holds them (a lower bound of the front's time at the kernels'
     rate); `outside_dense_bytes`: what a token reads outside the layers (the LM head);
-    `all_cached`: the cache holds every expert, so a token in steady state is one graph."""
+    `all_cached`: the cache holds every expert, so a token in steady state is one graph;
+    `decode_stream_max`: the most misses a decode layer may stream (half the stream ring; 0: none)."""
     qbw = quant_gbps(gpu_gemv_gbps) * 1e9
     base = outside_dense_bytes / qbw
     front = max(LAYER_FRONT_S, layer_dense_bytes / qbw)
@@ -246,7 +293,9 @@ def decode_figures(*, n_layer: int, k: int, slot_bytes: int, layer_dense_bytes: 
                           uncached_dram_gbps=dram_gbps * REPACK_DRAM_GAIN,
                           cpu_call_seconds=cpu_call_seconds, gpu_layer_seconds=EXPERT_KERNELS_FIXED_S,
                           fill_issue_seconds=fill_issue_seconds, resident_token_seconds=resident,
-                          resident_layer_seconds=resident_layer_seconds(k, slot_bytes / qbw))
+                          resident_layer_seconds=resident_layer_seconds(k, slot_bytes / qbw),
+                          decode_stream_max=decode_stream_max, stream_issue_seconds=STREAM_ISSUE_S,
+                          stream_layer_seconds=STREAM_LAYER_S)
 
 
 def prefill_tps(chunk: int, *, n_layer: int, n_expert: int, k: int, expert_bytes: int, n_embd: int, n_ff: int,

@@ -243,13 +243,21 @@ class DecodeGraphs(DecodeSegments):
         for cb in m.on_route:
             cb(il, routed[:, c[2]:c[3]].copy(), ids.copy(), np.array([hit_row]))
         used = None
-        # the experts graph runs for hits and the shared expert; a layer with neither skips it
-        run_experts = n_hit > 0 or m.dense.layers[il].shexp_gate is not None
+        # some misses streamed to the ring now: their copies overlap the CPU's share of the misses
+        misses = [j for j, h in enumerate(hit_row) if not h]
+        n_stream = gpu.decode_stream_count(il, len(misses)) if misses else 0
+        table = slots
+        if n_stream:
+            streamed, misses = misses[:n_stream], misses[n_stream:]
+            table = np.full((1, len(id_list)), -1, dtype=np.int64) if slots is None else slots.copy()
+            table[0, streamed] = gpu.stream_decode(il, [id_list[j] for j in streamed])
+        # the experts graph runs for hits, streamed misses and the shared expert; a layer with none skips it
+        run_experts = n_hit > 0 or n_stream > 0 or m.dense.layers[il].shexp_gate is not None
         if run_experts and gpu.cache is not None:
-            if slots is None:  # a shared expert beside an unserved layer: a table of misses only
-                slots = np.full((1, len(id_list)), -1, dtype=np.int64)
-            gpu.pair_table(slots, self._pairs_np)  # the experts graph copies it to the device
-            used = gpu.wait_hits(slots)
+            if table is None:  # a shared expert beside an unserved layer: a table of misses only
+                table = np.full((1, len(id_list)), -1, dtype=np.int64)
+            gpu.pair_table(table, self._pairs_np)  # the experts graph copies it to the device
+            used = gpu.wait_hits(table)
         t2 = time.perf_counter()
         tm.router_sync += t2 - t1
         if prof is not None:
@@ -263,12 +271,11 @@ class DecodeGraphs(DecodeSegments):
         if prof is not None:
             prof.lap(il, "gpu_enqueue", sync=False)
 
-        n_miss = len(id_list) - n_hit
+        n_miss = len(misses)  # the CPU's share
         if n_miss:
             w_list = routed[0, c[1]:c[2]].tolist()  # [k]
-            if n_hit:
-                miss = [j for j, h in enumerate(hit_row) if not h]
-                id_list, w_list = [id_list[j] for j in miss], [w_list[j] for j in miss]
+            if n_miss < len(id_list):
+                id_list, w_list = [id_list[j] for j in misses], [w_list[j] for j in misses]
             # y_cpu_host: the graph after this layer copies it in (every earlier reader of it is
             # done: the front above, which follows any of them on the stream, was synced)
             m.cpu.forward_token(m.cpu_layers[il], routed[0, c[3]:c[4]], id_list, w_list, self._y_cpu_row)

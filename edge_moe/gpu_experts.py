@@ -28,6 +28,7 @@ never evicted; `layer_resident` tells the decode graphs which layers need no hos
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -65,8 +66,14 @@ class GpuExpertsConfig:
     # (not the pinned ones), so those copies are direct DMAs (edge_moe/host_register.py).
     # None: on CUDA when `register_bytes_allowed`; False: through pinned staging copies.
     register_host: bool | None = None
+    # Decode steps: of a host layer's m missed experts, decode_stream[min(m, len - 1)] are copied
+    # to the ring and computed on the GPU while the CPU computes the others (the copy and the
+    # CPU's reads overlap). None: none (the planner sets it: cost_model.MachineFigures.stream_split).
+    decode_stream: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.decode_stream is not None and not all(0 <= s <= m for m, s in enumerate(self.decode_stream)):
+            raise ValueError(f"decode_stream[m] must be in 0..m, got {self.decode_stream}")
         if self.preload not in ("none", "all"):
             raise ValueError(f"preload must be 'none' or 'all', got {self.preload!r}")
         if self.kernels not in ("auto", "triton", "reference"):
@@ -116,6 +123,9 @@ class GpuExperts(HitCompute):
         self.stream_min_tokens: int | None = None  # None: streaming off
         self._registered: "RegisteredExperts | None" = None  # page-locked expert bytes (_register_host)
         self.n_streamed = 0  # experts streamed so far (each one copy of expert_bytes over PCIe)
+        self.n_streamed_decode = 0  # of them, in decode steps (`stream_decode`)
+        self._next_half = 0  # the ring half the next decode step's streamed experts take
+        self._decode_stream_on = os.environ.get("EDGE_MOE_DECODE_STREAM", "1") != "0"  # 0: off (A/B runs)
         if config is not None:
             from edge_moe.expert_cache import ExpertCache
             from edge_moe.gpu_slots import SlotStore
@@ -165,6 +175,7 @@ class GpuExperts(HitCompute):
 
         layers = range(self.cfg.n_layer if self.cache is None else self.cache.first_pinned)
         self._host_views: dict[int, list[torch.Tensor]] = {}
+        self._host_ptrs: dict[int, list[tuple[int, int]]] = {}
         if (config.register_host is False or self.device.type != "cuda" or not layers
                 or (self.cache is None or self.cache.n_slots == 0) and self.stream_min_tokens is None):
             return None
@@ -178,6 +189,9 @@ class GpuExperts(HitCompute):
             return None
         views = iter(registered.views)
         self._host_views = {il: [next(views) for _ in PARTS] for il in layers}
+        # (address of expert 0, bytes per expert) of each part: decode streaming's raw copies
+        self._host_ptrs = {il: [(v.data_ptr(), t.nbytes // t.shape[2]) for v, t in zip(vs, self._tensors[il])]
+                           for il, vs in self._host_views.items()}
         return registered
 
     def _unlock_if_resident(self) -> None:
@@ -187,7 +201,7 @@ class GpuExperts(HitCompute):
             assert self.store is not None
             self.store.synchronize()
             self._registered.close()
-            self._registered, self._host_views = None, {}
+            self._registered, self._host_views, self._host_ptrs = None, {}, {}
 
     def _expert_parts(self, layer: int, expert: int) -> list[np.ndarray] | list[torch.Tensor]:
         """The expert's GGUF bytes (gate, up, down): page-locked torch views when the layer is
@@ -322,6 +336,38 @@ class GpuExperts(HitCompute):
             accumulate(layer, h, weights, table, y)
             self.store.mark_read_many(slots)
         self.n_streamed += len(experts)
+
+    def decode_stream_count(self, layer: int, misses: int) -> int:
+        """How many of a decode step's `misses` in `layer` to stream (`GpuExpertsConfig.decode_stream`):
+        0 without a cache or ring, or where the layer's bytes are not page-locked on CUDA (a
+        staging copy would cost the CPU the time the stream saves)."""
+        rule = self.config.decode_stream if self.config is not None else None
+        if rule is None or misses == 0 or self.cache is None or not self._ring or not self._decode_stream_on:
+            return 0
+        if self.device.type == "cuda" and layer not in self._host_views:
+            return 0
+        return min(rule[min(misses, len(rule) - 1)], max(1, len(self._ring) // 2))
+
+    def stream_decode(self, layer: int, experts: list[int]) -> list[int]:
+        """Copy `experts` of `layer` into one half of the ring now (`SlotStore.fill_now`; the
+        halves alternate, so the previous step's reads and these writes do not meet) and return
+        their ring slots; the next `wait_hits` on them makes the compute stream wait for the copies."""
+        assert self.store is not None
+        half = max(1, len(self._ring) // 2)
+        base = self._next_half * half if len(self._ring) >= 2 * half else 0
+        self._next_half ^= 1
+        slots = self._ring[base:base + len(experts)]
+        ptrs = self._host_ptrs.get(layer)
+        if ptrs is not None and self.store.can_copy_now:  # raw addresses: ~6 us a copy
+            self.store.copy_now(slots, [[(p + e * per, per) for p, per in ptrs] for e in experts],
+                                torch.cuda.current_stream(self.device))
+        else:  # the CPU device (tests), or no runtime copy function: tensor copies, waited per slot
+            for slot, expert in zip(slots, experts):
+                self.store.fill_now(slot, self._expert_parts(layer, expert))
+                self._unwaited.add(slot)
+        self.n_streamed += len(experts)
+        self.n_streamed_decode += len(experts)
+        return slots
 
     def wait_hits(self, slots: np.ndarray) -> np.ndarray:
         """Make the compute stream wait for the fills of the hit slots; returns them (unique).

@@ -8,6 +8,7 @@ kernel may view it as a wider dtype.
 Ordering on CUDA (one compute stream reads the slots, one side stream writes them):
 
     fill(slot, parts)          side stream: wait for `last_read[slot]`, copy, record `filled[slot]`
+    fill_now(slot, parts)      the same on a stream of its own, enqueued by the caller at once
     wait_filled(slot, stream)  compute stream waits for `filled[slot]` before reading the slot
     mark_read(slot, stream)    record `last_read[slot]` after the kernels that read the slot
                                (mark_read_many: one event for all slots a layer read)
@@ -127,6 +128,17 @@ class SlotStore:
             if self._worker is not None:
                 weakref.finalize(self, self._worker.close)
             self._ticket = [0] * n_slots  # the worker's ticket of each slot's latest fill
+            # fill_now's stream and copy function (edge_moe/cuda_memcpy.py: ~6 us a copy, torch's ~20)
+            self._now_stream = torch.cuda.Stream(self.device)
+            self._now_stream.wait_stream(torch.cuda.current_stream(self.device))
+            self.storage.record_stream(self._now_stream)
+            from edge_moe.cuda_memcpy import load as load_runtime_copy
+
+            self._runtime_copy = load_runtime_copy()
+            self._now_done = torch.cuda.Event()
+            self._now_done.record(self._now_stream)
+            base = self.storage.data_ptr()
+            self._part_ptrs = [[base + s * self.slot_stride + o for o in self.part_offsets] for s in range(n_slots)]
         else:
             self._worker = None
             self._host_parts = [[p.numpy() for p in parts] for parts in self._parts]
@@ -159,6 +171,65 @@ class SlotStore:
             job()
         else:
             self._ticket[slot] = self._worker.submit(job)
+
+    def fill_now(self, slot: int, host_parts: Sequence[HostBytes]) -> None:
+        """`fill` enqueued on this thread, on the store's own copy stream (not the side stream,
+        where an admission's fill may be queued): a decode step streaming a missed expert needs
+        its copy started at once, behind nothing. CUDA: the parts must be page-locked torch
+        tensors (`can_fill_now`). Readers `wait_filled` as after `fill`."""
+        self._check_fill(slot, host_parts)
+        if not self.is_cuda:
+            self._copy_to_host(self._host_parts[slot], host_parts)
+            return
+        if self._worker is not None and not self._worker.done(self._ticket[slot]):
+            self._worker.wait(self._ticket[slot])  # an earlier fill of this slot is still queued
+        now = self._now_stream
+        now.wait_event(self._last_read[slot])
+        copy = self._runtime_copy
+        for dst, src in zip(self._parts[slot], host_parts):
+            src = _flat_bytes(src)  # type: ignore[arg-type]
+            if copy is not None:
+                copy.h2d(dst.data_ptr(), src.data_ptr(), src.numel(), now.cuda_stream)
+            else:
+                with torch.cuda.stream(now):
+                    dst[:src.numel()].copy_(src, non_blocking=True)
+        self._filled[slot].record(now)
+
+    def copy_now(self, slots: Sequence[int], sources: Sequence[Sequence[tuple[int, int]]],
+                 reader: torch.cuda.Stream) -> None:
+        """`fill_now` of several slots from raw page-locked host addresses, and `reader` made to
+        wait for all of them (no per-slot `wait_filled` needed): sources[i] holds one (address,
+        nbytes) per part of slots[i]. The decode step's lean path: ~6 us of host time a copy,
+        where tensor views, checks and per-slot events cost ~50 us an expert (H100 box, session 12).
+        CUDA with the runtime's copy function only (`can_copy_now`)."""
+        assert self._runtime_copy is not None
+        now, copy = self._now_stream, self._runtime_copy
+        handle = now.cuda_stream
+        waited = set()
+        for slot in slots:
+            if self._worker is not None and not self._worker.done(self._ticket[slot]):
+                self._worker.wait(self._ticket[slot])
+            read = self._last_read[slot]
+            if id(read) not in waited:  # (one layer's reads share one event: usually one wait)
+                now.wait_event(read)
+                waited.add(id(read))
+        dsts, srcs, sizes = [], [], []
+        for slot, parts in zip(slots, sources):
+            for dst, (src, nbytes) in zip(self._part_ptrs[slot], parts):
+                dsts.append(dst)
+                srcs.append(src)
+                sizes.append(nbytes)
+        copy.h2d_many(dsts, srcs, sizes, handle)
+        self._now_done.record(now)
+        reader.wait_event(self._now_done)
+
+    @property
+    def can_copy_now(self) -> bool:
+        return self.is_cuda and self._runtime_copy is not None
+
+    def can_fill_now(self, host_parts: Sequence[HostBytes]) -> bool:
+        """Whether `fill_now` takes these parts: any on a CPU device, page-locked tensors on CUDA."""
+        return not self.is_cuda or all(isinstance(p, torch.Tensor) and p.is_pinned() for p in host_parts)
 
     def fill_many(self, fills: Sequence[tuple[int, Sequence[HostBytes]]]) -> None:
         """`fill` of several slots as one job: the staging copies of up to `n_staging` small

@@ -105,6 +105,7 @@ class Plan:
     dense_format: str = "fp16"  # how the executor's dense_format "auto" keeps them on `device` (dense_weights.py)
     prefill_chunk: int = 512  # tokens per prefill step (ExecutorConfig.prefill_chunk): sizes the workspace
     cpu_call_seconds: float = 0.0  # the fixed cost of one ggml call the prediction assumed
+    decode_stream: tuple[int, ...] | None = None  # GpuExpertsConfig.decode_stream (cost_model.stream_split)
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda"):
@@ -117,6 +118,15 @@ class Plan:
                 raise ValueError(f"{name} must be positive and finite, got {v}")
         if self.cache is not None and self.device != "cuda":
             raise ValueError("an expert cache needs device cuda")
+
+    def gpu_experts_config(self) -> Any:
+        """The executor's GpuExpertsConfig for this plan: its cache and decode streaming; None
+        without a cache (then there is nothing on the GPU to configure)."""
+        if self.cache is None or self.device != "cuda":
+            return None
+        from edge_moe.gpu_experts import GpuExpertsConfig  # (torch: not at import time)
+
+        return GpuExpertsConfig(self.cache, decode_stream=self.decode_stream)
 
     @property
     def admission(self) -> str | None:

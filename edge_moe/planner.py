@@ -107,7 +107,7 @@ def make_plan(model_path: str | Path, hw: HardwareInfo, profile: HardwareProfile
               measurements: MachineMeasurements | None = None, routing: np.ndarray | None = None,
               overrides: PlanOverrides = PlanOverrides()) -> Plan:
     """Plan a run of `model_path` on `hw` (see the module docstring). Loads no weights."""
-    from edge_moe.stream_rule import stream_threshold, stream_vram_bytes
+    from edge_moe.stream_rule import stream_slots_for, stream_threshold, stream_vram_bytes
     o, d = overrides, profile.defaults
     m = _model_sizes(model_path)
     notes: list[str] = []
@@ -211,12 +211,14 @@ def make_plan(model_path: str | Path, hw: HardwareInfo, profile: HardwareProfile
     hit_rate: float | None = None
     decode_tps = no_cache_tps
     routing_source = "none"
+    figures: MachineFigures | None = None
     if device == "cuda":
         placements = candidate_placements(budget, slot, m.n_layer, m.n_expert, notes, pinned_layers=o.pinned_layers,
                                           n_sets=o.n_sets, n_ways=o.n_ways)
         # every expert cached (one set per layer holding all, or every layer pinned)
         full = len(placements) == 1 and placements[0] in ((0, m.n_layer, m.n_expert), (m.n_layer, 0, 0))
-        figures = _figures(m, dense, dram, pcie or FALLBACK_PCIE_GBPS, gpu_bw or FALLBACK_GPU_GBPS, call_s, full)
+        figures = _figures(m, dense, dram, pcie or FALLBACK_PCIE_GBPS, gpu_bw or FALLBACK_GPU_GBPS, call_s, full,
+                           stream_slots_for(slot) // 2)
         if placements:
             trace, routing_source = _routing(routing, m)
             rules = [o.admission] if o.admission else ["all", "reuse"]
@@ -247,6 +249,12 @@ def make_plan(model_path: str | Path, hw: HardwareInfo, profile: HardwareProfile
     if o.policy:
         notes.append(f"replacement {replace.value}: your flag")
 
+    decode_stream = None
+    if cache is not None and figures is not None:
+        decode_stream = figures.decode_stream_rule(m.k, m.expert_bytes, served=cache.n_sets > 0)
+        if decode_stream is not None:
+            notes.append(f"decode streaming: of m misses of a host layer, {list(decode_stream)}[m] go to the GPU's "
+                         f"stream ring while the CPU computes the others")
     cached_per_layer = 0 if cache is None else cache.total_slots(m.n_expert) // m.n_layer
     prefill = prefill_tps(d.prefill_chunk, n_layer=m.n_layer, n_expert=m.n_expert, k=m.k,
                           expert_bytes=m.expert_bytes, n_embd=m.n_embd, n_ff=m.n_ff,
@@ -267,11 +275,12 @@ def make_plan(model_path: str | Path, hw: HardwareInfo, profile: HardwareProfile
                 predicted_decode_tps=decode_tps, predicted_prefill_tps=prefill,
                 no_cache_decode_tps=no_cache_tps, notes=notes, cpu_call_seconds=call_s,
                 vram_budget_bytes=None if o.vram_budget_gib is None else int(o.vram_budget_gib * GIB),
-                dense_format=m.dense_cuda_format if device == "cuda" else "fp16", prefill_chunk=d.prefill_chunk)
+                dense_format=m.dense_cuda_format if device == "cuda" else "fp16", prefill_chunk=d.prefill_chunk,
+                decode_stream=decode_stream)
 
 
 def _figures(m: _ModelSizes, dense: int, dram: float, pcie: float, gpu_bw: float, call_s: float,
-             full: bool) -> MachineFigures:
+             full: bool, stream_max: int = 0) -> MachineFigures:
     """cost_model's figures for this model on CUDA. The LM head (n_vocab x n_embd at the dense
     weights' mean bytes per weight) is read outside the layers; the other dense bytes, less the
     embedding, spread over the layers (a lower bound of each layer's front graph)."""
@@ -279,7 +288,7 @@ def _figures(m: _ModelSizes, dense: int, dram: float, pcie: float, gpu_bw: float
     per_layer = max(dense - 2 * head, 0.0) / m.n_layer
     return decode_figures(n_layer=m.n_layer, k=m.k, slot_bytes=m.slot_bytes, layer_dense_bytes=per_layer,
                           outside_dense_bytes=head, dram_gbps=dram, pcie_gbps=pcie, gpu_gemv_gbps=gpu_bw,
-                          cpu_call_seconds=call_s, all_cached=full)
+                          cpu_call_seconds=call_s, all_cached=full, decode_stream_max=stream_max)
 
 
 def _routing(routing: np.ndarray | None, m: _ModelSizes) -> tuple[np.ndarray, str]:

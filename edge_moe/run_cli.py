@@ -141,10 +141,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(json.dumps(plan.to_dict()) if args.json else format_plan(plan))
             return 0
         cache = _cache_config(args, model_path)  # explicit cache flags win over the plan
-        if cache is None and plan.cache is not None and plan.device == "cuda":
-            from edge_moe.gpu_experts import GpuExpertsConfig
-
-            cache = GpuExpertsConfig(plan.cache)
+        if cache is None:
+            cache = plan.gpu_experts_config()
         # with a VRAM budget the plan decides where the dense part goes (cpu when it does not fit)
         exec_device = plan.device if args.vram_budget is not None and args.device == "auto" else args.device
         config = ExecutorConfig(device=exec_device, n_ctx=args.ctx_size or plan.n_ctx,

@@ -45,6 +45,14 @@ CACHES: dict[str, GpuExpertsConfig | None] = {
 }
 STREAMING = ("stream-no-cache", "stream-partial-LRU")
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# only in the decode-graph test (CACHES above go through every path)
+DECODE_STREAM_CACHES: dict[str, GpuExpertsConfig] = {
+    # decode streaming (decode graphs only): of a layer's m misses, decode_stream[m] are copied to
+    # the ring and computed there beside the CPU's share; with sets, and with pinned layers only
+    # (the other layers unserved: every expert a miss, as the planner's low-budget plans)
+    "decode-stream-LRU": GpuExpertsConfig(CacheConfig(2, 3, "LRU"), decode_stream=(0, 1, 1)),
+    "decode-stream-pinned": GpuExpertsConfig(CacheConfig(0, 0, "LRU", pinned_layers=1), decode_stream=(0, 1, 1)),
+}
 
 _LLAMA: dict[tuple[str, str], np.ndarray] = {}
 _INPUTS: dict[tuple[str, str], list[int]] = {}
@@ -247,7 +255,7 @@ def _all_cached_run(arch: str, outtype: str, tiny_gguf: Callable[[str, str], Pat
     return torch.cat(out).cpu().numpy(), margins, model
 
 
-GRAPH_CACHES = ["no-cache", "partial-LRU", "all-cached"]
+GRAPH_CACHES = ["no-cache", "partial-LRU", "all-cached", "decode-stream-LRU", "decode-stream-pinned"]
 
 
 @pytest.mark.parametrize("cache", GRAPH_CACHES)
@@ -260,9 +268,10 @@ def test_decode_graphs_match_llama_cpp(arch: str, cache: str, tiny_gguf: Callabl
     outtype = "q8_0"
     path, tokens = _case(arch, outtype, tiny_gguf)
     cuda = torch.cuda.is_available()
-    config = CACHES[cache]
+    config = CACHES[cache] if cache in CACHES else DECODE_STREAM_CACHES[cache]
     if config is not None:
-        config = GpuExpertsConfig(config.cache, preload=config.preload, kernels="triton")
+        config = GpuExpertsConfig(config.cache, preload=config.preload, kernels="triton",
+                                  decode_stream=config.decode_stream)
     ours, margins, model = run_edge_moe(path, tokens, config, "cuda" if cuda else "cpu",
                                         decode_graphs="on" if cuda else "uncaptured")
     graphs = model.decode_graphs
@@ -275,9 +284,11 @@ def test_decode_graphs_match_llama_cpp(arch: str, cache: str, tiny_gguf: Callabl
         shared = model.dense.layers[0].shexp_gate is not None
         exact = {"no-cache": 2 * n + 2 if shared else n + 2, "all-cached": 2 * n + 2}.get(cache)
         assert n + 2 <= graphs.n_graphs <= 4 * n + 2 and exact in (None, graphs.n_graphs), graphs.n_graphs
-    if model.gpu.cache is not None and cache != "all-cached":
+    if model.gpu.cache is not None and cache not in ("all-cached", "decode-stream-pinned"):
         stats = model.gpu.cache.stats
         assert stats.hits > 0 and stats.misses > 0 and stats.fills > 0
+    if cache.startswith("decode-stream"):  # some misses went through the ring, the CPU took the rest
+        assert model.gpu.n_streamed_decode > 0 and model.decode_cpu.calls > 0
     model.close()
     tau, bound = BOUNDS[outtype]
     _compare(ours, _LLAMA[(arch, outtype)], margins, tau, bound, f"{arch} {outtype} {cache} decode-graphs")

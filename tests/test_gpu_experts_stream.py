@@ -206,3 +206,13 @@ def test_registration_covers_the_layers_filled_later(tiny_gguf: Callable[[str, s
             break
     assert grows.gpu.all_resident() and grows.gpu._registered is None
     grows.close()
+
+
+def test_decode_stream_rule_is_validated() -> None:
+    from edge_moe.expert_cache import CacheConfig
+    from edge_moe.gpu_experts import GpuExpertsConfig
+
+    GpuExpertsConfig(CacheConfig(2, 3), decode_stream=(0, 1, 1))
+    for bad in ((1,), (0, 2), (0, 1, -1)):  # decode_stream[m] must be in 0..m
+        with pytest.raises(ValueError, match="decode_stream"):
+            GpuExpertsConfig(CacheConfig(2, 3), decode_stream=bad)

@@ -321,3 +321,31 @@ def test_layers_no_slot_serves_by_hand() -> None:
                  dataclasses.replace(fig, resident_layer_seconds=4e-4))
     from edge_moe.cost_model import GRAPH_LAUNCH_S
     assert r.seconds_per_token == pytest.approx(1e-3 + 1.1e-3 + GRAPH_LAUNCH_S + 4e-4)
+
+
+def test_decode_streaming_by_hand() -> None:
+    # LAYERED with up to 2 misses a layer streamed at 0.05 ms of host time each: CPU 0.5 + 1 ms a
+    # miss, a streamed one 1 ms over PCIe + the hit kernels (0.03 + 0.1 ms an expert) meanwhile.
+    # 4 misses: s=0 4.5 ms; s=1 0.05 + max(3.5, 1.13) = 3.55; s=2 0.1 + max(2.5, 2.23) = 2.6
+    fig = dataclasses.replace(LAYERED, decode_stream_max=2, stream_issue_seconds=5e-5)
+    assert fig.stream_split(0, 4, MB) == 2
+    assert fig.experts_seconds(0, 4, 2, MB) == pytest.approx(2.6e-3)
+    assert fig.layer_time(0, 4, 0, MB) == pytest.approx(2e-4 + 2.6e-3)
+    # without the cap s=3 (0.15 + max(1.5, 3.33)) and s=4 (0.2 + 4.43) are slower than s=2
+    assert dataclasses.replace(fig, decode_stream_max=4).stream_split(0, 4, MB) == 2
+    # launching a layer's experts graph for streamed experts alone (no hit) costs its own time
+    launch = dataclasses.replace(fig, stream_layer_seconds=3e-4)
+    assert launch.experts_seconds(0, 4, 2, MB) == pytest.approx(2.9e-3)
+    assert launch.experts_seconds(1, 4, 2, MB) == pytest.approx(0.1e-3 + max(2.5e-3, 2e-3 + 0.03e-3 + 0.3e-3))
+    # 1 miss: 1.5 ms on the CPU, 0.05 + 1.13 streamed; 2: 2.5, 1.55, 0.1 + 2.23 -> 1; 3: -> 2
+    assert fig.decode_stream_rule(4, MB, served=True) == (0, 1, 1, 2, 2)
+    # the token: 1 + 2.8 ms serial, above PCIe (2 streamed) 2 ms and the CPU's DRAM (2 misses) 2 ms
+    assert fig.token_seconds([(0, 4, 0)], MB) == pytest.approx(3.8e-3)
+    # no cache, no ring: nothing streamed (1 + 0.2 + 4.5 ms)
+    assert fig.no_cache_seconds(1, 4, MB) == pytest.approx(5.7e-3)
+    # a link 10x slower than the CPU path: streaming never pays, the serial model is unchanged
+    slow = dataclasses.replace(fig, pcie_gbps=0.1)
+    assert slow.decode_stream_rule(8, MB) is None
+    assert slow.layer_time(0, 4, 0, MB) == LAYERED.layer_time(0, 4, 0, MB)
+    with pytest.raises(ValueError, match="decode_stream_max"):
+        dataclasses.replace(fig, decode_stream_max=-1)

@@ -53,8 +53,7 @@ def _cache_config(path: Path, opts: LoadOptions, demo: bool) -> tuple[Any, Any]:
         from edge_moe.planner import PlanOverrides, plan_for_machine
 
         plan = plan_for_machine(path, PlanOverrides(threads=opts.n_threads, n_ctx=opts.ctx))
-        cache = GpuExpertsConfig(plan.cache) if plan.cache is not None and plan.device == "cuda" else None
-        return cache, plan
+        return plan.gpu_experts_config(), plan
 
     from edge_moe.gguf_file import GGUFFile
     from edge_moe.gpu_experts import slot_nbytes
