@@ -317,3 +317,23 @@ def test_plan_prices_misses_at_the_models_expert_shape(model: Path, tmp_path: Pa
     assert p_ran.dram_gbps == 36.0
     assert any("earlier run's decode steps" in n and "micro-benchmark: 45 GB/s" in n for n in p_ran.notes)
     assert p_plain.no_cache_decode_tps < p_ran.no_cache_decode_tps < p_shaped.no_cache_decode_tps
+
+
+def test_decode_streaming_follows_the_cost_model(model: Path, tmp_path: Path) -> None:
+    """The tiny model's experts cost the CPU less than a streamed copy costs the host: nothing is
+    streamed. With a CPU path a thousand times slower the same plan streams misses, and the
+    executor's config carries the rule."""
+    hw, profile = machine("laptop_4060", tmp_path)
+
+    def measured(dram_gbps: float) -> MachineMeasurements:
+        return MachineMeasurements(dram_gbps, 10.0, 200.0, threads=4, measured_at="2026-11-23T00:00:00+00:00",
+                                   machine_key="k")
+
+    p = make_plan(model, hw, profile, measured(30.0), overrides=PlanOverrides(n_ways=2))
+    assert p.cache is not None and p.decode_stream is None
+    assert p.gpu_experts_config().decode_stream is None
+    slow = make_plan(model, hw, profile, measured(0.03), overrides=PlanOverrides(n_ways=2))
+    assert slow.decode_stream is not None and slow.decode_stream[0] == 0 and slow.decode_stream[1] == 1
+    assert any(n.startswith("decode streaming") for n in slow.notes)
+    assert slow.gpu_experts_config().decode_stream == slow.decode_stream
+    assert json.loads(json.dumps(slow.to_dict()))["decode_stream"] == list(slow.decode_stream)
