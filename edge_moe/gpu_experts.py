@@ -126,6 +126,9 @@ class GpuExperts(HitCompute):
         self.n_streamed_decode = 0  # of them, in decode steps (`stream_decode`)
         self._next_half = 0  # the ring half the next decode step's streamed experts take
         self._decode_stream_on = os.environ.get("EDGE_MOE_DECODE_STREAM", "1") != "0"  # 0: off (A/B runs)
+        # the stream the executor computes on, looked up once: torch.cuda.current_stream costs ~10 us
+        # of host time a call, and the decode step asked for it ~3 times a layer (H100 box, session 12)
+        self._compute = torch.cuda.current_stream(device) if device.type == "cuda" else None
         if config is not None:
             from edge_moe.expert_cache import ExpertCache
             from edge_moe.gpu_slots import SlotStore
@@ -359,8 +362,7 @@ class GpuExperts(HitCompute):
         slots = self._ring[base:base + len(experts)]
         ptrs = self._host_ptrs.get(layer)
         if ptrs is not None and self.store.can_copy_now:  # raw addresses: ~6 us a copy
-            self.store.copy_now(slots, [[(p + e * per, per) for p, per in ptrs] for e in experts],
-                                torch.cuda.current_stream(self.device))
+            self.store.copy_now(slots, [[(p + e * per, per) for p, per in ptrs] for e in experts], self._compute)
         else:  # the CPU device (tests), or no runtime copy function: tensor copies, waited per slot
             for slot, expert in zip(slots, experts):
                 self.store.fill_now(slot, self._expert_parts(layer, expert))
@@ -377,14 +379,14 @@ class GpuExperts(HitCompute):
         if self._unwaited:
             for slot in used.tolist():
                 if slot in self._unwaited:
-                    self.store.wait_filled(slot)
+                    self.store.wait_filled(slot, self._compute)
                     self._unwaited.discard(slot)
         return used
 
     def mark_hits_read(self, used: np.ndarray) -> None:
         """After the kernels reading `used` were enqueued: a later refill of them waits for these."""
         assert self.store is not None
-        self.store.mark_read_many(used)
+        self.store.mark_read_many(used, self._compute)
 
     def all_resident(self) -> bool:
         """Every expert of every layer is cached (then no lookup can miss, nothing is evicted)."""
