@@ -7,12 +7,32 @@ each weight byte is read once per tile instead of once per token (the matvec ker
 fp16 copy of the expert is written (the dequantize + matmul path: ~12 launches and ~0.15 ms
 of host time per expert, which made a 512-token Qwen3 prefill spend ~3 s in its experts).
 
-    _grouped_glu_kernel:  act[p] = silu(G_e x[tok_p]) * (U_e x[tok_p])        [P, F]  (x's dtype)
+    _grouped_glu_kernel:  act[p] = silu(G_e x[tok_p]) * (U_e x[tok_p])        [P, F]
     _grouped_down_kernel: y[tok_p] += w[widx_p] * (D_e act[p])                 [T, E]  fp32, atomic
 
-Weights come as [BN, BK] tiles in the order their bytes hold them (Q4_0: a byte's low nibble
-is column j, its high nibble column j + 16 of the block), and the input tile is gathered in
-that same column order, so no shuffling of weights is needed. NB * 32 columns per K step.
+fp16 / bf16 x: weights dequantized to fp16, fp16 tensor-core dots, fp32 accumulators, act in
+fp16. fp32 x (tests, fp32 models): the same in float32 with exact ("ieee") dots.
+
+Column order. Weights are read as int16 words (the blocks' bytes start 2 bytes after their fp16
+scale: a Q4_0 block is 9 words, a Q8_0 block 17), and a tile keeps them in the order the words
+hold them. Q4_0 byte i of a block holds columns i (low nibble) and i + 16 (high), so word j
+gives columns 2j, 2j + 16, 2j + 1, 2j + 17: position i of a block <- column i // 2 + 16 (i % 2)
+(`byte_order`). Q8_0 words hold their columns in natural order. A dot product does not care
+in which order its columns come, so the activations are put in the weights' order once
+instead of being gathered in it in every K step: x is permuted by one index_select per call
+(Q4_0 gate / up), and the GLU kernel writes act already in the down weights' order; both
+kernels then read their activations as contiguous row segments. NB * 32 columns per K step.
+
+Measured on the H100 box (session 12, 512-token prefill, Q4_0, fp16 x, the config
+bt 64 bn 128 nb 2 warps 4 stages 2): Qwen3's 128 experts 2048 x 768 (~32 pairs an expert)
+0.448 ms a layer (the previous kernels, which gathered x in byte order from natural-order rows
+and read weights byte by byte: 0.995 ms; 3 stages: 0.501 ms; weights read as int32 words:
+0.645 ms); Mixtral's 8 experts 4096 x 14336 (~128 pairs an expert) 2.63 ms (previous kernels
+7.99 ms; dequantize + cuBLAS, hit_compute's _compute_dequantized: 3.46 ms). Max |dy| against
+the previous kernels ~1e-7 of max |y| (each dot sums the same columns in the same order; under
+Triton's interpreter the results are bit-identical, fp32 x included). Quantizing x and act to
+int8 for int8 tensor-core dots (llama.cpp's MMQ style) was slower at both shapes
+(benchmarks/results/2026-11-25_session12/callB_grouped_v2_sweep.txt).
 """
 
 from __future__ import annotations
@@ -25,63 +45,77 @@ import triton.language as tl
 from edge_moe.quant_kernels import Q4_0, Q8_0
 
 GROUPED_TYPES = frozenset({Q4_0, Q8_0})
-BT, BN, NB = 16, 64, 2  # pairs per tile, rows per program, 32-column blocks per K step (defaults)
 BK = 64  # every config's K step divides it: the dims a layer needs (`grouped_supported`)
-# (BT, BN, NB, warps) by the most pairs any expert has in the call, from a sweep on the H100
-# box (session 11, 512-token prefill, Q4_0): Qwen3's 128 experts x ~32 tokens took 1.43 ms in
-# the defaults, 1.10 ms in the small-tile config, 1.02 ms in the large one (one tile an expert:
-# each weight is dequantized once per call). Mixtral's ~128 tokens an expert took 7.9 ms at best
-# here against 5.4 ms dequantized + cuBLAS, so those stay on that path (hit_compute.py).
-SMALL_TILES, LARGE_TILES = (16, 128, 4, 4), (64, 128, 2, 4)
+# (BT, BN, NB, warps, stages) by the most pairs any expert has in the call. LARGE_TILES is
+# session 12's best for both Qwen3 (~32 pairs an expert: one tile each, so each weight is
+# dequantized once per call) and Mixtral (~128: 2-3 tiles). SMALL_TILES, for calls whose
+# experts have at most 16 pairs (short prompts: a 64-pair tile would be mostly masked), is
+# session 11's choice for the previous kernels (their stages: these kernels' 2), not re-timed.
+SMALL_TILES, LARGE_TILES = (16, 128, 4, 4, 2), (64, 128, 2, 4, 2)
+BT, BN, NB, WARPS, STAGES = LARGE_TILES  # grouped_ffn's defaults
 
 
-def tile_config(max_pairs: int, n_embd: int, n_ff: int) -> tuple[int, int, int, int]:
-    """(BT, BN, NB, warps) for a call whose busiest expert has `max_pairs` pairs (NB * 32
+_byte_order_cache: dict[tuple[int, str], torch.Tensor] = {}
+
+
+def byte_order(k: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """int64 [k]: the natural column at each position of Q4_0's word order, block by block:
+    position i of a block <- column i // 2 + 16 (i % 2). Cached per (k, device)."""
+    key = (k, str(device))
+    if key not in _byte_order_cache:
+        i = torch.arange(k, dtype=torch.int64)
+        _byte_order_cache[key] = ((i // 32) * 32 + (i % 32) // 2 + 16 * (i % 2)).to(device)
+    return _byte_order_cache[key]
+
+
+def tile_config(max_pairs: int, n_embd: int, n_ff: int) -> tuple[int, int, int, int, int]:
+    """(BT, BN, NB, warps, stages) for a call whose busiest expert has `max_pairs` pairs (NB * 32
     columns per K step must divide both dims: no masking in K)."""
-    bt, bn, nb, warps = SMALL_TILES if max_pairs <= SMALL_TILES[0] else LARGE_TILES
+    bt, bn, nb, warps, stages = SMALL_TILES if max_pairs <= SMALL_TILES[0] else LARGE_TILES
     while n_embd % (nb * 32) or n_ff % (nb * 32):
         nb //= 2
-    return bt, bn, nb, warps
+    return bt, bn, nb, warps, stages
 
 
 @triton.jit
-def _w_tile(wb, ww, row_off, k0, QTYPE: tl.constexpr, NB: tl.constexpr, FP16: tl.constexpr):
-    """Weights of rows at byte offsets row_off [BN] (int64), columns k0 .. k0 + NB*32, as a
-    tile [BN, NB*32] in byte order (fp16 with FP16, else float32), and the column index of
-    each of its entries. fp16 dequantization is exact to the same rounding as float32's
-    followed by a cast: q - 8 and the int8 values are exact in fp16, and one correctly
-    rounded product is the same number either way."""
-    b = tl.arange(0, NB)
-    blk = k0 // 32 + b  # [NB]
-    if QTYPE == 2:  # Q4_0: fp16 scale, 16 bytes of nibbles (low: column j, high: j + 16)
-        base = row_off[:, None] + blk[None, :] * 18  # [BN, NB]
-        j = tl.arange(0, 16)
-        q = tl.load(wb + base[:, :, None] + 2 + j[None, None, :])  # [BN, NB, 16] uint8
+def _w_tile(ww, row_off, k0, QTYPE: tl.constexpr, NB: tl.constexpr, FP16: tl.constexpr):
+    """Weights of rows at byte offsets row_off [BN] (int64, even), columns k0 .. k0 + NB*32, read
+    as int16 words: a tile [BN, NB*32] in word order (Q4_0: `byte_order`; Q8_0: natural), fp16
+    with FP16, else float32. fp16 dequantization is exact to the same rounding as float32's
+    followed by a cast: q - 8 and the int8 values are exact in fp16, and one correctly rounded
+    product is the same number either way."""
+    blk = k0 // 32 + tl.arange(0, NB)  # [NB]
+    if QTYPE == 2:  # Q4_0: 9 words a block: the fp16 scale, then 8 words of nibbles
+        wi = row_off[:, None] // 2 + blk[None, :] * 9  # [BN, NB] word index of each block's scale
+        j = tl.arange(0, 8)
+        w = tl.load(ww + wi[:, :, None] + 1 + j[None, None, :])  # [BN, NB, 8] int16: byte 2j | byte 2j+1 << 8
+        n0 = w & 15  # column 2j
+        n1 = (w >> 4) & 15  # column 2j + 16
+        n2 = (w >> 8) & 15  # column 2j + 1
+        n3 = (w >> 12) & 15  # column 2j + 17 (& 15 undoes the arithmetic shift's sign)
+        n = tl.join(tl.join(n0, n2), tl.join(n1, n3))  # [BN, NB, 8, 2, 2]: flat 4j + 2s + t <- n0 n1 n2 n3
         if FP16:
             # 0x6400 | n is the fp16 number 1024 + n: nibbles become halves without a conversion
-            q = q.to(tl.int16)
-            lo = ((q & 15) | 0x6400).to(tl.float16, bitcast=True)
-            hi = ((q >> 4) | 0x6400).to(tl.float16, bitcast=True)
-            v = tl.join(lo, hi) - 1032.0  # [BN, NB, 16, 2] fp16, q - 8 exactly
+            v = (n | 0x6400).to(tl.float16, bitcast=True) - 1032.0
         else:
-            q = q.to(tl.int32)
-            v = tl.join(q & 15, q >> 4).to(tl.float32) - 8.0  # [BN, NB, 16, 2]
-        c = blk[:, None] * 32 + j[None, :]  # [NB, 16]
-        cols = tl.reshape(tl.join(c, c + 16), [NB * 32])
-    else:  # Q8_0: fp16 scale, 32 int8
-        base = row_off[:, None] + blk[None, :] * 34
-        j = tl.arange(0, 32)
-        v = tl.load(wb + base[:, :, None] + 2 + j[None, None, :]).to(tl.int8, bitcast=True)
-        v = v.to(tl.float16) if FP16 else v.to(tl.float32)
-        cols = tl.reshape(blk[:, None] * 32 + j[None, :], [NB * 32])
-    d = tl.load(ww + base // 2).to(tl.float16, bitcast=True)  # [BN, NB]
-    if not FP16:
-        d = d.to(tl.float32)
-    if QTYPE == 2:
-        w = v * d[:, :, None, None]
-    else:
-        w = v * d[:, :, None]
-    return tl.reshape(w, [w.shape[0], NB * 32]), cols
+            v = n.to(tl.float32) - 8.0
+        d = tl.load(ww + wi).to(tl.float16, bitcast=True)  # [BN, NB]
+        if not FP16:
+            d = d.to(tl.float32)
+        v = v * d[:, :, None, None, None]
+    else:  # Q8_0: 17 words a block: the fp16 scale, then 16 words of int8 pairs
+        wi = row_off[:, None] // 2 + blk[None, :] * 17
+        j = tl.arange(0, 16)
+        w = tl.load(ww + wi[:, :, None] + 1 + j[None, None, :])  # [BN, NB, 16] int16: column 2j low byte, 2j+1 high
+        v = tl.join(w.to(tl.int8), (w >> 8).to(tl.int8))  # [BN, NB, 16, 2] (int16 -> int8 keeps the low byte)
+        d = tl.load(ww + wi).to(tl.float16, bitcast=True)
+        if FP16:
+            v = v.to(tl.float16)
+        else:
+            v = v.to(tl.float32)
+            d = d.to(tl.float32)
+        v = v * d[:, :, None, None]
+    return tl.reshape(v, [row_off.shape[0], NB * 32])
 
 
 @triton.jit
@@ -93,10 +127,13 @@ def _dot(a, w, FP16: tl.constexpr):
 
 
 @triton.jit
-def _grouped_glu_kernel(wb, ww, tile_off, tile_start, tile_count, pair_tok, x_ptr, act_ptr,
+def _grouped_glu_kernel(ww, tile_off, tile_start, tile_count, pair_tok, x_ptr, act_ptr,
                         N, K: tl.constexpr, row_bytes, x_stride, act_stride, n_tiles,
-                        QTYPE: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr, NB: tl.constexpr,
-                        FP16: tl.constexpr):
+                        QTYPE: tl.constexpr, ACT_PERM: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr,
+                        NB: tl.constexpr, FP16: tl.constexpr):
+    """act[p, n] = silu(G x)[n] * (U x)[n] for the tile's pairs p [BT], rows n [BN]; x [T, K]
+    already in the gate's column order; act [P, N] written in the down weights' column order
+    (ACT_PERM: Q4_0's `byte_order` within each 32 columns; BN a multiple of 32)."""
     t = tl.program_id(0)
     start = tl.load(tile_start + t)
     cnt = tl.load(tile_count + t)
@@ -109,26 +146,28 @@ def _grouped_glu_kernel(wb, ww, tile_off, tile_start, tile_count, pair_tok, x_pt
     tok = tl.load(pair_tok + start + pi, mask=pmask, other=0).to(tl.int64)  # [BT]
     rows = tl.program_id(1) * BN + tl.arange(0, BN)
     rows_c = tl.minimum(rows, N - 1).to(tl.int64)
+    kk = tl.arange(0, NB * 32)
     acc_g = tl.zeros((BT, BN), dtype=tl.float32)
     acc_u = tl.zeros((BT, BN), dtype=tl.float32)
     for k0 in range(0, K, NB * 32):
-        wg, cols = _w_tile(wb, ww, g_off + rows_c * row_bytes, k0, QTYPE, NB, FP16)
-        wu, _ = _w_tile(wb, ww, u_off + rows_c * row_bytes, k0, QTYPE, NB, FP16)
-        xa = tl.load(x_ptr + tok[:, None] * x_stride + cols[None, :], mask=pmask[:, None], other=0.0)
-        if not FP16:
-            xa = xa.to(tl.float32)
+        wg = _w_tile(ww, g_off + rows_c * row_bytes, k0, QTYPE, NB, FP16)  # [BN, NB*32]
+        wu = _w_tile(ww, u_off + rows_c * row_bytes, k0, QTYPE, NB, FP16)
+        xa = tl.load(x_ptr + tok[:, None] * x_stride + (k0 + kk)[None, :], mask=pmask[:, None], other=0.0)
         acc_g += _dot(xa, wg, FP16)
         acc_u += _dot(xa, wu, FP16)
-    act = acc_g / (1.0 + tl.exp(-acc_g)) * acc_u  # silu(gate) * up
+    act = acc_g / (1.0 + tl.exp(-acc_g)) * acc_u  # silu(gate) * up, [BT, BN] natural columns
+    if ACT_PERM:  # position 2j + s of each 32 columns <- column 16s + j
+        act = tl.reshape(tl.permute(tl.reshape(act, [BT, BN // 32, 2, 16]), (0, 1, 3, 2)), [BT, BN])
     ptr = act_ptr + (start + pi).to(tl.int64)[:, None] * act_stride + rows[None, :]
     tl.store(ptr, act.to(act_ptr.dtype.element_ty), mask=pmask[:, None] & (rows < N)[None, :])
 
 
 @triton.jit
-def _grouped_down_kernel(wb, ww, tile_off, tile_start, tile_count, pair_tok, pair_widx, w_ptr, act_ptr, y_ptr,
+def _grouped_down_kernel(ww, tile_off, tile_start, tile_count, pair_tok, pair_widx, w_ptr, act_ptr, y_ptr,
                          N, K: tl.constexpr, row_bytes, act_stride, y_stride, n_tiles,
                          QTYPE: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr, NB: tl.constexpr,
                          FP16: tl.constexpr):
+    """y[tok_p, n] += w_p * (D act[p])[n], atomically; act [P, K] in D's column order."""
     t = tl.program_id(0)
     start = tl.load(tile_start + t)
     cnt = tl.load(tile_count + t)
@@ -140,10 +179,11 @@ def _grouped_down_kernel(wb, ww, tile_off, tile_start, tile_count, pair_tok, pai
     p = (start + pi).to(tl.int64)
     rows = tl.program_id(1) * BN + tl.arange(0, BN)
     rows_c = tl.minimum(rows, N - 1).to(tl.int64)
+    kk = tl.arange(0, NB * 32)
     acc = tl.zeros((BT, BN), dtype=tl.float32)
     for k0 in range(0, K, NB * 32):
-        wd, cols = _w_tile(wb, ww, d_off + rows_c * row_bytes, k0, QTYPE, NB, FP16)
-        a = tl.load(act_ptr + p[:, None] * act_stride + cols[None, :], mask=pmask[:, None], other=0.0)
+        wd = _w_tile(ww, d_off + rows_c * row_bytes, k0, QTYPE, NB, FP16)
+        a = tl.load(act_ptr + p[:, None] * act_stride + (k0 + kk)[None, :], mask=pmask[:, None], other=0.0)
         acc += _dot(a, wd, FP16)
     tok = tl.load(pair_tok + p, mask=pmask, other=0).to(tl.int64)
     s = tl.load(w_ptr + tl.load(pair_widx + p, mask=pmask, other=0), mask=pmask, other=0.0).to(tl.float32)
@@ -199,25 +239,34 @@ def device_tile_table(ids: torch.Tensor, n_expert: int, bt: int, bases: torch.Te
     return (tile_off, start.to(torch.int32), count.to(torch.int32), (order // k).to(torch.int32), order)
 
 
-def grouped_ffn(bytes_: torch.Tensor, words: torch.Tensor, gate_type: int, down_type: int, n_embd: int, n_ff: int,
+def grouped_ffn(words: torch.Tensor, gate_type: int, down_type: int, n_embd: int, n_ff: int,
                 row_bytes_in: int, row_bytes_down: int, tile_off: torch.Tensor, tile_start: torch.Tensor,
                 tile_count: torch.Tensor, pair_tok: torch.Tensor, pair_widx: torch.Tensor, weights: torch.Tensor,
-                x: torch.Tensor, y: torch.Tensor, bt: int = BT, bn: int = BN, nb: int = NB, warps: int = 4) -> None:
+                x: torch.Tensor, y: torch.Tensor, bt: int = BT, bn: int = BN, nb: int = NB, warps: int = WARPS,
+                stages: int = STAGES) -> None:
     """y [T, E] fp32 += sum over pairs of weights[widx_p] * FFN_{slot_p}(x[tok_p]).
 
-    tile_off: int64 [3, n_tiles] byte offsets of each tile's gate, up and down; tile_start,
-    tile_count: int32 [n_tiles]; pair_tok: int32 [P], pair_widx: int64 [P] (into the flat
-    `weights`); x [T, E] fp16/bf16/fp32, contiguous."""
+    words: the weight buffer's int16 view (QuantBuffer.words; every matrix at an even byte
+    offset). tile_off: int64 [3, n_tiles] byte offsets of each tile's gate, up and down;
+    tile_start, tile_count: int32 [n_tiles]; pair_tok: int32 [P], pair_widx: int64 [P] (into
+    the flat `weights`); x [T, E] fp16/bf16/fp32. bt must be at least the tables' largest
+    tile_count (tile_table's bt); bn a multiple of 32; nb * 32 must divide n_embd and n_ff
+    (`tile_config`); warps, stages: Triton's num_warps, num_stages."""
     n_tiles, n_pairs = tile_start.shape[0], pair_tok.shape[0]
     if n_tiles == 0:
         return
+    assert {gate_type, down_type} <= GROUPED_TYPES, f"types {gate_type}, {down_type}: Q4_0 / Q8_0 only"
+    assert bn % 32 == 0, f"bn {bn}: a multiple of 32 (act is permuted per 32 columns)"
+    assert n_embd % (nb * 32) == 0 and n_ff % (nb * 32) == 0, f"nb {nb}: no masking in K"
     fp16 = x.dtype != torch.float32
+    xp = x.index_select(1, byte_order(n_embd, x.device)) if gate_type == Q4_0 else x.contiguous()  # [T, E]
     act = torch.empty((n_pairs, n_ff), dtype=torch.float16 if fp16 else torch.float32, device=x.device)
     _grouped_glu_kernel[(n_tiles, triton.cdiv(n_ff, bn))](
-        bytes_, words, tile_off, tile_start, tile_count, pair_tok, x, act,
-        n_ff, n_embd, row_bytes_in, x.stride(0), act.stride(0), n_tiles,
-        QTYPE=gate_type, BT=bt, BN=bn, NB=nb, FP16=fp16, num_warps=warps)
+        words, tile_off, tile_start, tile_count, pair_tok, xp, act,
+        n_ff, n_embd, row_bytes_in, xp.stride(0), act.stride(0), n_tiles,
+        QTYPE=gate_type, ACT_PERM=down_type == Q4_0, BT=bt, BN=bn, NB=nb, FP16=fp16,
+        num_warps=warps, num_stages=stages)
     _grouped_down_kernel[(n_tiles, triton.cdiv(n_embd, bn))](
-        bytes_, words, tile_off, tile_start, tile_count, pair_tok, pair_widx, weights, act, y,
+        words, tile_off, tile_start, tile_count, pair_tok, pair_widx, weights, act, y,
         n_embd, n_ff, row_bytes_down, act.stride(0), y.stride(0), n_tiles,
-        QTYPE=down_type, BT=bt, BN=bn, NB=nb, FP16=fp16, num_warps=warps)
+        QTYPE=down_type, BT=bt, BN=bn, NB=nb, FP16=fp16, num_warps=warps, num_stages=stages)

@@ -44,10 +44,14 @@ DEQUANT_HOST_S, MATVEC_BYTES_PER_S = 150e-6, 0.6e12
 # kernels (edge_moe/grouped_kernels.py) for all their hits: one tile of up to 64 pairs reads
 # an expert once. Below it (decode, short prompts) the matvec / dequantize paths above.
 GROUPED_MIN_TOKENS = 16
-# ...except experts with this many tokens or more: a tile re-reads its expert once per 64 of
-# them, while dequantizing once + cuBLAS reads it once (Mixtral 32 GiB prefill, ~128 tokens an
-# expert: grouped-only 0.18-0.24x of llama.cpp, dequantize-only 0.30x in session 3).
-DEQUANT_OVER_GROUPED_TOKENS = 64
+# ...except experts with this many tokens or more, which are dequantized once + cuBLAS: each
+# tile of 64 pairs dequantizes its expert again in registers, while that path's cost is mostly
+# fixed per expert. Measured (H100, session 12, 512-token prompt): Mixtral's ~128 tokens an
+# expert (2-3 tiles) 2.63 ms a layer grouped against 3.46 ms dequantized + cuBLAS, so ~0.13 ms
+# a tile against ~0.43 ms an expert; by that, not measured, the two meet near 4 tiles for
+# Mixtral-sized experts. Small experts have a larger margin (the dequantize path's ~0.15 ms of
+# host time each), and reach this only from ~4096-token calls at Qwen3's 128 experts top-8.
+DEQUANT_OVER_GROUPED_TOKENS = 256
 
 
 def _to_device(host: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -207,10 +211,10 @@ class HitCompute:
         e, f = self.cfg.n_embd, self.cfg.n_ff_expert
         bases, part_offsets = self.resident_bases(layer)  # type: ignore[attr-defined]
         n_pairs = ids.numel()
-        bt, bn, nb, warps = tile_config(-(-n_pairs // self.cfg.n_expert), e, f)  # by the mean: max unknown
-        tables = device_tile_table(ids, self.cfg.n_expert, bt, bases, part_offsets)
+        config = tile_config(-(-n_pairs // self.cfg.n_expert), e, f)  # by the mean: the max is unknown
+        tables = device_tile_table(ids, self.cfg.n_expert, config[0], bases, part_offsets)
         y = torch.zeros((h.shape[0], e), dtype=torch.float32, device=h.device)  # [T, E]
-        self._grouped_launch(layer, tables, weights, h, y, (bt, bn, nb, warps))
+        self._grouped_launch(layer, tables, weights, h, y, config)
         self.count_resident_hits(range(layer, layer + 1), n_pairs)  # type: ignore[attr-defined]
         return y.to(h.dtype)
 
@@ -220,8 +224,8 @@ class HitCompute:
         launch for gate/up, one for down, over tiles of pairs sharing an expert."""
         from edge_moe.grouped_kernels import tile_config, tile_table
 
-        bt, bn, nb, warps = tile_config(int(np.bincount(slot).max()), self.cfg.n_embd, self.cfg.n_ff_expert)
-        tile_slot, start, count, ptok, pwidx = tile_table(slot, tok, widx, bt)
+        config = tile_config(int(np.bincount(slot).max()), self.cfg.n_embd, self.cfg.n_ff_expert)
+        tile_slot, start, count, ptok, pwidx = tile_table(slot, tok, widx, config[0])
         n_tiles = tile_slot.shape[0]
         # one host->device copy: [gate, up, down byte offsets, start, count] x tiles, then token, weight index x pairs
         host = np.concatenate([(tile_slot[None] * self._stride + self._part_offsets).reshape(-1), start, count,
@@ -233,17 +237,17 @@ class HitCompute:
         tile_count = dev[n3 + n_tiles:n3 + 2 * n_tiles].to(torch.int32)
         pair_tok = dev[n3 + 2 * n_tiles:n3 + 2 * n_tiles + ptok.shape[0]].to(torch.int32)
         pair_widx = dev[n3 + 2 * n_tiles + ptok.shape[0]:]
-        self._grouped_launch(layer, (tile_off, tile_start, tile_count, pair_tok, pair_widx), weights, h, y,
-                             (bt, bn, nb, warps))
+        self._grouped_launch(layer, (tile_off, tile_start, tile_count, pair_tok, pair_widx), weights, h, y, config)
 
     def _grouped_launch(self, layer: int, tables: tuple[torch.Tensor, ...], weights: torch.Tensor, h: torch.Tensor,
-                        y: torch.Tensor, config: tuple[int, int, int, int]) -> None:
+                        y: torch.Tensor, config: tuple[int, ...]) -> None:
         """grouped_ffn on the layer's slots: tables (tile_off, tile_start, tile_count, pair_tok,
-        pair_widx) from tile_table or device_tile_table, config tile_config's (BT, BN, NB, warps)."""
+        pair_widx) from tile_table or device_tile_table, config tile_config's (BT, BN, NB, warps,
+        stages)."""
         from edge_moe.grouped_kernels import grouped_ffn
 
         gate, _, down = self._layouts[layer]
-        grouped_ffn(self._buf.bytes, self._buf.words, gate.ggml_type, down.ggml_type, self.cfg.n_embd,
+        grouped_ffn(self._buf.words, gate.ggml_type, down.ggml_type, self.cfg.n_embd,
                     self.cfg.n_ff_expert, gate.row_bytes, down.row_bytes, *tables, weights.reshape(-1),
                     h.contiguous(), y, *config)
 
