@@ -259,6 +259,8 @@ def grouped_ffn(words: torch.Tensor, gate_type: int, down_type: int, n_embd: int
     assert bn % 32 == 0, f"bn {bn}: a multiple of 32 (act is permuted per 32 columns)"
     assert n_embd % (nb * 32) == 0 and n_ff % (nb * 32) == 0, f"nb {nb}: no masking in K"
     fp16 = x.dtype != torch.float32
+    if x.dtype == torch.bfloat16:  # the dots are fp16 x fp16: Triton on the H100 would not mix bf16 in (normed
+        x = x.to(torch.float16)    # activations are far inside fp16's range)
     xp = x.index_select(1, byte_order(n_embd, x.device)) if gate_type == Q4_0 else x.contiguous()  # [T, E]
     act = torch.empty((n_pairs, n_ff), dtype=torch.float16 if fp16 else torch.float32, device=x.device)
     _grouped_glu_kernel[(n_tiles, triton.cdiv(n_ff, bn))](
