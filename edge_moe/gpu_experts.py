@@ -19,7 +19,9 @@ computed by the same code as hits, in one pass. The copy of the next group overl
 compute of the current one: fills run on the store's side stream, ordered by its events (a
 ring slot is refilled only after the kernels that read it). The executor gives the other
 misses to the CPU as usual. With no cache configured, a CUDA device still gets the ring
-(`GpuExperts` builds a stream-only config when VRAM has room).
+(`GpuExperts` builds a stream-only config when VRAM has room). Decode steps may stream some
+misses too (`GpuExpertsConfig.decode_stream`). Both are the `ExpertStreaming` mixin,
+edge_moe/expert_streaming.py.
 
 Pinned layers (`CacheConfig.pinned_layers`): their slots are filled at construction and
 never evicted; `layer_resident` tells the decode graphs which layers need no host, and
@@ -39,6 +41,7 @@ import torch
 from edge_moe.expert_bytes import (PARTS, SLOT_ALIGNMENT, expert_byte_range, expert_bytes_view, quantized_expert_bytes, slot_nbytes,
                                    slot_part_nbytes)
 from edge_moe.gguf_file import GGUFFile
+from edge_moe.expert_streaming import ExpertStreaming
 from edge_moe.hit_compute import HitCompute, _use_triton, dequant_min_tokens
 from edge_moe.model_config import MoEConfig
 from edge_moe.stream_rule import stream_slots_for, stream_threshold, stream_vram_bytes
@@ -102,7 +105,7 @@ def _stream_only_config(gguf: GGUFFile, cfg: MoEConfig, device: torch.device,
     return GpuExpertsConfig(cache=None)
 
 
-class GpuExperts(HitCompute):
+class GpuExperts(HitCompute, ExpertStreaming):
     """No config on a CPU device: every lookup misses, nothing is filled or streamed. No
     config on CUDA: a stream-only config (`_stream_only_config`) when VRAM allows."""
 
@@ -277,15 +280,6 @@ class GpuExperts(HitCompute):
             self._resident_slot_table, self._resident_slots_every = table, every
         return self._resident_slot_table
 
-    def stream_plan(self, ids: np.ndarray, hit: np.ndarray) -> np.ndarray:
-        """[T, k] bool: the misses computed on the GPU from streamed bytes in this call (their
-        expert is used by at least `stream_min_tokens` of its tokens); the CPU does the rest."""
-        n = self.stream_min_tokens
-        if n is None or ids.shape[0] < n:
-            return np.zeros(ids.shape, dtype=bool)
-        uses = np.bincount(ids[~hit], minlength=self.cfg.n_expert)  # [n_expert] missed uses
-        return ~hit & (uses >= n)[ids]
-
     def compute(self, layer: int, h: torch.Tensor, weights: torch.Tensor, slots: np.ndarray,
                 ids: np.ndarray | None = None, streamed: np.ndarray | None = None) -> torch.Tensor:
         """sum over cached (t, j) of weights[t, j] * FFN_slot(h[t]), plus the same over the
@@ -301,75 +295,6 @@ class GpuExperts(HitCompute):
             assert ids is not None
             self._compute_streamed(layer, h, weights, ids, streamed, y)
         return y.to(h.dtype)
-
-    def _compute_streamed(self, layer: int, h: torch.Tensor, weights: torch.Tensor, ids: np.ndarray,
-                          streamed: np.ndarray, y: torch.Tensor) -> None:
-        """The streamed experts through the ring, in groups of half the ring: fill a group (one
-        job, `SlotStore.fill_many`), compute it as hits of its ring slots (one pass of the hit
-        kernels), free it. The next group is filled into the other half while this one is
-        computed; a ring slot's refill waits on the device for the kernels that read it
-        (mark_read), never on the host."""
-        assert self.store is not None
-        accumulate = self._compute_triton if self.use_triton else self._compute_reference
-        experts = np.unique(ids[streamed])
-        half = max(1, len(self._ring) // 2)
-        groups = [experts[i:i + half] for i in range(0, len(experts), half)]
-
-        double = len(self._ring) >= 2 * half  # a one-slot ring fills each group after the last one's reads
-
-        def ring_slots(g: int) -> list[int]:  # group g's slots: one half of the ring, alternating
-            base = (g % 2) * half if double else 0
-            return self._ring[base:base + len(groups[g])]
-
-        def issue(g: int) -> None:
-            self.store.fill_many([(slot, self._expert_parts(layer, int(e))) for slot, e in zip(ring_slots(g), groups[g])])
-
-        if double:
-            issue(0)
-        for g, group in enumerate(groups):
-            if not double:
-                issue(g)
-            elif g + 1 < len(groups):
-                issue(g + 1)
-            slots = ring_slots(g)
-            table = np.full(ids.shape, -1, dtype=np.int64)  # [T, k]: this group's pairs as hits
-            for slot, expert in zip(slots, group):
-                table[streamed & (ids == expert)] = slot
-                self.store.wait_filled(slot)
-            accumulate(layer, h, weights, table, y)
-            self.store.mark_read_many(slots)
-        self.n_streamed += len(experts)
-
-    def decode_stream_count(self, layer: int, misses: int) -> int:
-        """How many of a decode step's `misses` in `layer` to stream (`GpuExpertsConfig.decode_stream`):
-        0 without a cache or ring, or where the layer's bytes are not page-locked on CUDA (a
-        staging copy would cost the CPU the time the stream saves)."""
-        rule = self.config.decode_stream if self.config is not None else None
-        if rule is None or misses == 0 or self.cache is None or not self._ring or not self._decode_stream_on:
-            return 0
-        if self.device.type == "cuda" and layer not in self._host_views:
-            return 0
-        return min(rule[min(misses, len(rule) - 1)], max(1, len(self._ring) // 2))
-
-    def stream_decode(self, layer: int, experts: list[int]) -> list[int]:
-        """Copy `experts` of `layer` into one half of the ring now (`SlotStore.fill_now`; the
-        halves alternate, so the previous step's reads and these writes do not meet) and return
-        their ring slots; the next `wait_hits` on them makes the compute stream wait for the copies."""
-        assert self.store is not None
-        half = max(1, len(self._ring) // 2)
-        base = self._next_half * half if len(self._ring) >= 2 * half else 0
-        self._next_half ^= 1
-        slots = self._ring[base:base + len(experts)]
-        ptrs = self._host_ptrs.get(layer)
-        if ptrs is not None and self.store.can_copy_now:  # raw addresses: ~6 us a copy
-            self.store.copy_now(slots, [[(p + e * per, per) for p, per in ptrs] for e in experts], self._compute)
-        else:  # the CPU device (tests), or no runtime copy function: tensor copies, waited per slot
-            for slot, expert in zip(slots, experts):
-                self.store.fill_now(slot, self._expert_parts(layer, expert))
-                self._unwaited.add(slot)
-        self.n_streamed += len(experts)
-        self.n_streamed_decode += len(experts)
-        return slots
 
     def wait_hits(self, slots: np.ndarray) -> np.ndarray:
         """Make the compute stream wait for the fills of the hit slots; returns them (unique).
