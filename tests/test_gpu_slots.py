@@ -63,6 +63,31 @@ def test_fill_copies_numpy_and_torch_sources() -> None:
     store.synchronize()
 
 
+def test_fill_now_copies_at_once_and_checks_its_input() -> None:
+    """A decode step's streaming fill (`fill_now`): on a CPU store a plain copy of each part; on
+    CUDA it takes page-locked tensors only (`can_fill_now`)."""
+    store = SlotStore(3, PARTS, "cpu")
+    src = expert_bytes(7)
+    assert store.can_fill_now(src) and not store.can_copy_now  # raw-address copies: CUDA only
+    store.fill_now(1, src)
+    assert all(np.array_equal(a, b) for a, b in zip(slot_bytes(store, 1), src))
+    assert not slot_bytes(store, 0)[0].any() and not slot_bytes(store, 2)[0].any()  # only its slot
+    with pytest.raises(ValueError):
+        store.fill_now(1, expert_bytes(8, (1000, 3000, 1501)))  # a part longer than the slot's
+
+
+def test_runtime_copy_needs_a_loaded_cuda_runtime() -> None:
+    """edge_moe/cuda_memcpy.py binds the CUDA runtime torch loaded; a CPU-only process has none."""
+    from edge_moe.cuda_memcpy import load
+
+    copy = load()
+    if torch.cuda.is_available():
+        torch.zeros(1, device="cuda")
+        assert load.__wrapped__() is not None  # type: ignore[attr-defined]
+    else:
+        assert copy is None
+
+
 def traced_fills(store: SlotStore, sources: list, n: int) -> tuple[int, int]:
     """n fills (slot i % n_slots from source i % len(sources)) under tracemalloc: (current, peak) bytes."""
     tracemalloc.start()
