@@ -45,7 +45,8 @@ def test_chat_takes_the_plans_threads_unless_told(model_file: Path, monkeypatch:
 
     def plan_for_machine(path: Any, overrides: Any) -> SimpleNamespace:
         asked.append(overrides)
-        return SimpleNamespace(cache=None, device="cuda", threads=3, n_ctx=8192, prefill_chunk=256)
+        return SimpleNamespace(cache=None, device="cuda", threads=3, n_ctx=8192, prefill_chunk=256,
+                               gpu_experts_config=lambda: None)  # a plan without a cache: no GpuExpertsConfig
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the branch that plans the cache
     monkeypatch.setattr(planner, "plan_for_machine", plan_for_machine)
@@ -73,7 +74,8 @@ def test_chat_takes_the_plans_context_and_prefill_step_unless_told(model_file: P
 
     def plan_for_machine(path: Any, overrides: Any) -> SimpleNamespace:
         asked.append(overrides)
-        return SimpleNamespace(cache=None, device="cuda", threads=3, n_ctx=8192, prefill_chunk=256)
+        return SimpleNamespace(cache=None, device="cuda", threads=3, n_ctx=8192, prefill_chunk=256,
+                               gpu_experts_config=lambda: None)  # a plan without a cache: no GpuExpertsConfig
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(planner, "plan_for_machine", plan_for_machine)
