@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,8 @@ from edge_moe.gpu_experts import GpuExperts, GpuExpertsConfig
 from edge_moe.kv_cache import KVCache
 from edge_moe.layer_profile import LayerProfiler
 from edge_moe.model_config import MoEConfig, read_config
+from edge_moe.prefill_graphs import PrefillGraphs
+from edge_moe.step_stats import DecodeCpuWork, StepTimings
 
 
 # RAM left available beside the repacked copies of the CPU layers' experts (else no repacking)
@@ -54,6 +56,9 @@ class ExecutorConfig:
     # the experts run the Triton kernels), "on", "off", or "uncaptured" (the same loop run
     # eagerly on the graphs' buffers: how tests exercise it without a GPU)
     decode_graphs: str = "auto"
+    # prompt chunks of an all-GPU model as CUDA graphs (edge_moe/prefill_graphs.py), same modes;
+    # "auto" also reads EDGE_MOE_PREFILL_GRAPHS=0 (off: A/B runs)
+    prefill_graphs: str = "auto"
     # non-expert weights (edge_moe/dense_weights.py): "fp16" (dequantized at load to the compute
     # dtype), "quantized" (big matrices in their GGUF block formats, Triton kernels), or "auto"
     # (quantized on CUDA when the kernels read every type, else fp16)
@@ -74,8 +79,9 @@ class ExecutorConfig:
             raise ValueError(f"n_ctx must be positive, got {self.n_ctx}")
         if self.n_threads is not None and self.n_threads <= 0:
             raise ValueError(f"n_threads must be positive, got {self.n_threads}")
-        if self.decode_graphs not in ("auto", "on", "off", "uncaptured"):
-            raise ValueError(f"decode_graphs must be auto, on, off or uncaptured, got {self.decode_graphs!r}")
+        for name in ("decode_graphs", "prefill_graphs"):
+            if getattr(self, name) not in ("auto", "on", "off", "uncaptured"):
+                raise ValueError(f"{name} must be auto, on, off or uncaptured, got {getattr(self, name)!r}")
         if self.dense_format not in DENSE_FORMATS:
             raise ValueError(f"dense_format must be auto, fp16 or quantized, got {self.dense_format!r}")
         if self.prefill_chunk <= 0:
@@ -92,47 +98,6 @@ class ExecutorConfig:
         if self.dtype == "auto":
             return torch.float16 if device.type == "cuda" else torch.float32
         return getattr(torch, self.dtype)
-
-
-@dataclass
-class StepTimings:
-    """Seconds spent per phase, summed over layers and calls (a slow result says why)."""
-
-    attention: float = 0.0
-    router_sync: float = 0.0
-    cpu_experts: float = 0.0
-    gpu_experts_enqueue: float = 0.0
-    cpu_calls: int = 0  # layer steps that ran the CPU expert path (a count, not seconds)
-
-    def as_dict(self) -> dict[str, float]:
-        """The seconds per phase (the call count left out)."""
-        return {k: v for k, v in self.__dict__.items() if k != "cpu_calls"}
-
-
-@dataclass
-class DecodeCpuWork:
-    """The CPU expert path in decode steps only (one-token forwards), which StepTimings mixes with
-    the prompt's: a run's DRAM figure is computed from these (bench_stats.decode_dram_figure). A
-    prompt's calls read each missed expert once for many tokens, so they cost another way."""
-
-    seconds: float = 0.0  # their cpu_experts phase (layers without a miss included, as in StepTimings)
-    calls: int = 0  # layer steps that ran the CPU expert path
-    misses: list[int] = field(default_factory=list)  # experts computed on the CPU, per layer
-
-    def add(self, layer: int, seconds: float, misses: int) -> None:
-        """One decode layer step: its cpu_experts phase and the experts the CPU computed (0: no call)."""
-        self.seconds += seconds
-        if misses:
-            self.calls += 1
-            self.misses[layer] += misses
-
-    def copy(self) -> DecodeCpuWork:
-        return DecodeCpuWork(self.seconds, self.calls, list(self.misses))
-
-    def since(self, before: DecodeCpuWork) -> DecodeCpuWork:
-        """The work done after `before` (an earlier copy)."""
-        return DecodeCpuWork(self.seconds - before.seconds, self.calls - before.calls,
-                             [a - b for a, b in zip(self.misses, before.misses)])
 
 
 class HybridModel:
@@ -159,6 +124,7 @@ class HybridModel:
         # callbacks (layer, router logits [T, n_expert] float32 host, ids [T, k], hit mask [T, k]): tracing
         self.on_route: list[Callable[[int, np.ndarray, np.ndarray, np.ndarray], None]] = []
         self.decode_graphs = self._decode_graphs(self.config.decode_graphs)
+        self.prefill_graphs = self._prefill_graphs(self.config.prefill_graphs)
         # q/k norm + rope + KV store in one Triton launch on CUDA (EDGE_MOE_FUSED_QK=0: torch ops)
         self._fused_qk = (self.device.type == "cuda" and self.ops.fused_qk != ""
                           and os.environ.get("EDGE_MOE_FUSED_QK", "1") != "0")
@@ -170,6 +136,13 @@ class HybridModel:
             usable = self.device.type == "cuda" and (self.gpu.cache is None or self.gpu.use_triton)
             mode = "on" if usable else "off"
         return None if mode == "off" else DecodeGraphs(self, capture=mode == "on")
+
+    def _prefill_graphs(self, mode: str) -> PrefillGraphs | None:
+        if mode == "auto":
+            usable = (self.device.type == "cuda" and self.gpu.cache is not None and self.gpu.use_triton
+                      and os.environ.get("EDGE_MOE_PREFILL_GRAPHS", "1") != "0")
+            mode = "on" if usable else "off"
+        return None if mode == "off" else PrefillGraphs(self, capture=mode == "on")
 
     def _prepare_cpu_layers(self) -> list[LayerTensors]:
         """ggml tensors of every layer's experts. The layers no GPU slot serves (the CPU computes
@@ -216,10 +189,15 @@ class HybridModel:
             return self.decode_graphs.step(int(host_toks[0]), force_ids)
         step = self.config.prefill_chunk
         logits = []
+        graphs = self.prefill_graphs if force_ids is None else None
         for a in range(0, n, step):
             last = a + step >= n
-            x = self._forward_tokens(host_toks[a:a + step], None if force_ids is None else force_ids[:, a:a + step],
-                                     decode=n == 1)
+            chunk = host_toks[a:a + step]
+            if graphs is not None and graphs.takes(chunk.shape[0]):  # all-GPU: the chunk as one graph
+                x = graphs.run(chunk)
+            else:
+                x = self._forward_tokens(chunk, None if force_ids is None else force_ids[:, a:a + step],
+                                         decode=n == 1)
             if last or not last_only:
                 logits.append(self.head(x[-1:] if last_only else x))
         return logits[0] if len(logits) == 1 else torch.cat(logits)
@@ -232,9 +210,7 @@ class HybridModel:
         toks = torch.as_tensor(host_toks, device=self.device)  # [T]
         pos = self.kv.pos
         positions = torch.arange(pos, pos + n, device=self.device)  # [T]
-        rope = rope_tables(self.cfg, self.ops.rope, positions, self.dtype)
-        mask = self.attention_mask(positions, pos + n)  # [group * T, S]
-        x = self.embed(toks)  # [T, E]
+        x, rope, mask = self.chunk_inputs(toks, positions, pos + n)
         self.gpu.begin_step()
         prof = self.profiler
         for il, lw in enumerate(self.dense.layers):
@@ -252,7 +228,14 @@ class HybridModel:
         self.kv.advance(n)
         return x
 
-    # ---- pieces shared with the decode graphs (edge_moe/decode_graphs.py) ------------------
+    # ---- pieces shared with the decode and prefill graphs (decode_graphs.py, prefill_graphs.py) ----
+
+    def chunk_inputs(self, toks: torch.Tensor, positions: torch.Tensor, length: int,
+                     ) -> tuple[torch.Tensor, RopeTables, torch.Tensor]:
+        """A chunk's embeddings [T, E], rope tables and attention mask [group * T, length] from
+        its token ids and positions [T] (device tensors)."""
+        rope = rope_tables(self.cfg, self.ops.rope, positions, self.dtype)
+        return self.embed(toks), rope, self.attention_mask(positions, length)
 
     def front(self, il: int, x: torch.Tensor, rope: RopeTables, positions: torch.Tensor, mask: torch.Tensor,
               ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -333,11 +316,12 @@ class HybridModel:
         forced_dev = None if forced is None else torch.as_tensor(forced, device=h.device, dtype=torch.int64)
         logits, weights, ids = self.route(il, h, forced_dev)  # [T, n_expert], [T, k], [T, k]
         if not self.on_route and self.gpu.resident_on_device(il, h.shape[0]):  # no host sync: no lookup
-            y = self.gpu.compute_resident(il, h, weights, ids)
+            y = self.resident_moe(il, lw, h, weights, ids)
+            self.gpu.count_resident_hits(range(il, il + 1), ids.numel())
             tm.gpu_experts_enqueue += time.perf_counter() - t0
             if prof is not None:
                 prof.lap(il, "gpu_enqueue", sync=False)
-            return y if lw.shexp_gate is None else y + self.shared_expert(lw, h)
+            return y
         ids_host = ids.to(torch.int32).cpu().numpy()  # the one sync per layer
         w_host = weights.float().cpu().numpy()  # [T, k]; the queue is already drained
         t1 = time.perf_counter()
@@ -384,6 +368,14 @@ class HybridModel:
             if prof is not None:
                 prof.lap(il, "shared_expert")
         return y
+
+    def resident_moe(self, il: int, lw: LayerWeights, h: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor,
+                     ) -> torch.Tensor:
+        """The MoE output [T, E] of a layer `gpu.resident_on_device` takes, from its routing
+        (weights, ids [T, k], device): tiles, expert kernels and shared expert all enqueued on
+        the device, nothing read back (hits not counted: the caller does)."""
+        y = self.gpu.compute_resident(il, h, weights, ids)
+        return y if lw.shexp_gate is None else y + self.shared_expert(lw, h)
 
     @staticmethod
     def shared_expert(lw: LayerWeights, h: torch.Tensor) -> torch.Tensor:

@@ -224,7 +224,8 @@ def device_tile_table(ids: torch.Tensor, n_expert: int, bt: int, bases: torch.Te
     flat = ids.reshape(-1)  # [P]
     k = ids.shape[1]
     order = torch.argsort(flat, stable=True)  # [P] pair indices sorted by expert
-    counts = torch.bincount(flat, minlength=n_expert)  # [n_expert]
+    # scatter_add, not bincount: CUDA's bincount reads the ids' max on the host (a sync per layer)
+    counts = torch.zeros(n_expert, dtype=flat.dtype, device=flat.device).scatter_add_(0, flat, torch.ones_like(flat))
     tiles = (counts + bt - 1) // bt
     tile_end = torch.cumsum(tiles, 0)  # [n_expert]
     first_pair = torch.cumsum(counts, 0) - counts

@@ -231,7 +231,7 @@ def test_resident_prefill_on_the_device_matches_llama_cpp(arch: str, outtype: st
     compute_resident = hc.HitCompute.compute_resident
     monkeypatch.setattr(hc.HitCompute, "compute_resident",
                         lambda self, layer, *a: on_device.append(layer) or compute_resident(self, layer, *a))
-    ours, margins, model = _all_cached_run(arch, outtype, tiny_gguf, "auto")
+    ours, margins, model = _all_cached_run(arch, outtype, tiny_gguf, "auto", prefill_graphs="off")
     assert on_device == list(range(model.cfg.n_layer)), "each layer of the prompt, once"
     model.close()
     tau, bound = BOUNDS[outtype]
@@ -239,7 +239,7 @@ def test_resident_prefill_on_the_device_matches_llama_cpp(arch: str, outtype: st
 
 
 def _all_cached_run(arch: str, outtype: str, tiny_gguf: Callable[[str, str], Path], decode_graphs: str,
-                    ) -> tuple[np.ndarray, np.ndarray, HybridModel]:
+                    prefill_graphs: str = "auto") -> tuple[np.ndarray, np.ndarray, HybridModel]:
     """Logits of a prefill then decode with every expert cached and nobody watching the routing
     (no lookup may miss), our router margins (a probe run with the same routing) and the model."""
     path, tokens = _case(arch, outtype, tiny_gguf)
@@ -248,11 +248,51 @@ def _all_cached_run(arch: str, outtype: str, tiny_gguf: Callable[[str, str], Pat
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = HybridModel(path, ExecutorConfig(device=device, dtype="float32", n_ctx=64, n_threads=2,
                                              cache=GpuExpertsConfig(CacheConfig(2, 8), preload="all", kernels="triton"),
-                                             decode_graphs=decode_graphs))
+                                             decode_graphs=decode_graphs, prefill_graphs=prefill_graphs))
     out = [model.forward(tokens[:T_PREFILL])] + [model.forward([t]) for t in tokens[T_PREFILL:]]
     stats = model.gpu.cache.stats
     assert stats.misses == 0 and stats.lookups == len(tokens) * model.cfg.n_layer * model.cfg.n_expert_used
     return torch.cat(out).cpu().numpy(), margins, model
+
+
+@pytest.mark.parametrize("outtype", ["q8_0", "q4_0"])
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_prefill_graph_matches_llama_cpp(arch: str, outtype: str, tiny_gguf: Callable[[str, str], Path]) -> None:
+    """All-GPU prompt chunks as one graph each (edge_moe/prefill_graphs.py): captured on a GPU,
+    run uncaptured on the same buffers here. The prompt comes in two chunks of 6 tokens, each
+    padded to 16 rows (the second at position 6: its padded rows' KV writes must not leak into
+    the decode after it), both of one shape: on CUDA the second replays the first's graph."""
+    pytest.importorskip("triton")
+    path, tokens = _case(arch, outtype, tiny_gguf)
+    _, margins, probe = run_edge_moe(path, tokens, None)
+    probe.close()
+    cuda = torch.cuda.is_available()
+    mode = "on" if cuda else "uncaptured"
+    model = HybridModel(path, ExecutorConfig(device="cuda" if cuda else "cpu", dtype="float32", n_ctx=64, n_threads=2,
+                                             cache=GpuExpertsConfig(CacheConfig(2, 8), preload="all", kernels="triton"),
+                                             decode_graphs=mode, prefill_graphs=mode))
+    graphs = model.prefill_graphs
+    assert graphs is not None and graphs.takes(6)
+    model.on_route.append(lambda *a: None)  # a routing watcher needs every layer on the host: eager
+    assert not graphs.takes(6)
+    model.on_route.clear()
+    half = T_PREFILL // 2
+    out = [model.forward(tokens[:half]), model.forward(tokens[half:T_PREFILL])]
+    out += [model.forward([t]) for t in tokens[T_PREFILL:]]
+    assert graphs.chunks == 2 and graphs.captures == (1 if cuda else 0) and graphs.n_graphs == graphs.captures
+    stats = model.gpu.cache.stats
+    assert stats.misses == 0 and stats.lookups == len(tokens) * model.cfg.n_layer * model.cfg.n_expert_used
+    model.close()
+    tau, bound = BOUNDS[outtype]
+    _compare(torch.cat(out).cpu().numpy(), _LLAMA[(arch, outtype)], margins, tau, bound, f"{arch} {outtype} prefill graph")
+
+
+def test_token_buckets() -> None:
+    from edge_moe.prefill_graphs import token_bucket
+
+    assert [token_bucket(n, 512) for n in (2, 16, 17, 33, 64, 65, 128, 129, 500, 512)] == \
+        [16, 16, 32, 64, 64, 128, 128, 192, 512, 512]
+    assert token_bucket(12, 8) == 8 and token_bucket(300, 384) == 320 and token_bucket(380, 384) == 384
 
 
 GRAPH_CACHES = ["no-cache", "partial-LRU", "all-cached"]
