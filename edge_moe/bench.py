@@ -12,6 +12,9 @@ One bench = one model, one routing mode, one VRAM budget:
    KV length are captured, the cache sees the workload). In session 5 this made the reuse
    admission fill ~48 experts per Qwen3 token at 12 GiB instead of ~7: its validation mean
    never forgot the prefill's verdict; it is recency-weighted since (cache_admission.py).
+   With prefill graphs (CUDA), twice: an all-GPU model's prompt runs eagerly while the cache
+   fills, and its prefill graph is captured the first time every expert is cached (the
+   capture's one-time cost, ~one eager prefill, is measured apart: README's results).
 3. `repeats` runs of: reset the context, prefill a `prompt_tokens` prompt of random token ids
    (time to first token = prefill + the first greedy pick), then exactly `gen_tokens` decode
    steps (no EOS stop), each fed a random token as llama-bench's tg test does.
@@ -306,6 +309,8 @@ def run_bench(cfg: BenchConfig, log: Any = None) -> dict[str, Any]:
         deadline = None if cfg.max_seconds is None else time.perf_counter() + cfg.max_seconds
         if cfg.warmup:
             _one_run(model, prompt, feed[:WARMUP_TOKENS], replay, deadline)
+            if model.prefill_graphs is not None:  # the first prompt filled the cache: this one captures
+                _one_run(model, prompt, feed[:WARMUP_TOKENS], replay, deadline)  # its prefill graph
             say("warmed up")
         runs: list[RunResult] = []
         for i in range(cfg.repeats):
