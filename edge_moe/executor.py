@@ -189,15 +189,15 @@ class HybridModel:
             return self.decode_graphs.step(int(host_toks[0]), force_ids)
         step = self.config.prefill_chunk
         logits = []
-        graphs = self.prefill_graphs if force_ids is None else None
+        graphs = self.prefill_graphs
         for a in range(0, n, step):
             last = a + step >= n
             chunk = host_toks[a:a + step]
+            forced = None if force_ids is None else force_ids[:, a:a + step]
             if graphs is not None and graphs.takes(chunk.shape[0]):  # all-GPU: the chunk as one graph
-                x = graphs.run(chunk)
+                x = graphs.run(chunk, forced)
             else:
-                x = self._forward_tokens(chunk, None if force_ids is None else force_ids[:, a:a + step],
-                                         decode=n == 1)
+                x = self._forward_tokens(chunk, forced, decode=n == 1)
             if last or not last_only:
                 logits.append(self.head(x[-1:] if last_only else x))
         return logits[0] if len(logits) == 1 else torch.cat(logits)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from edge_moe.decode_graphs import kv_bucket
@@ -57,10 +58,15 @@ class PrefillGraphs:
         dev, chunk = model.device, model.config.prefill_chunk
         self.chunk = chunk
         # token ids and positions of a chunk, padded: one copy from pinned memory per chunk
-        self.inputs_host = torch.zeros((2, chunk), dtype=torch.int64, pin_memory=dev.type == "cuda")
+        pin = dev.type == "cuda"
+        self.inputs_host = torch.zeros((2, chunk), dtype=torch.int64, pin_memory=pin)
         self.inputs = torch.zeros((2, chunk), dtype=torch.int64, device=dev)  # [token; position] x B
+        # expert ids forced from a trace (benchmark replay), [n_layer, B, k]; padded rows: expert 0
+        cfg = model.cfg
+        self.forced_host = torch.zeros((cfg.n_layer, chunk, cfg.n_expert_used), dtype=torch.int64, pin_memory=pin)
+        self.forced = torch.zeros((cfg.n_layer, chunk, cfg.n_expert_used), dtype=torch.int64, device=dev)
         self.out = torch.zeros((chunk, model.cfg.n_embd), dtype=model.dtype, device=dev)  # [B, E] residual
-        self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        self._graphs: dict[tuple[int, int, bool], torch.cuda.CUDAGraph] = {}
         self._pool = torch.cuda.graph_pool_handle() if capture else None
         # a stream of its own, not one of torch's pooled side streams (decode_graphs.py says why)
         self._capture_stream = torch.cuda.Stream(dev, priority=-1) if capture else None
@@ -83,10 +89,11 @@ class PrefillGraphs:
         return (m.kv.pos + b <= m.kv.max_ctx
                 and all(m.gpu.resident_on_device(il, b) for il in range(m.cfg.n_layer)))
 
-    def run(self, host_toks: "list[int] | object") -> torch.Tensor:
+    def run(self, host_toks: "list[int] | np.ndarray", forced: np.ndarray | None = None) -> torch.Tensor:
         """The residual stream [n, E] after every layer for tokens [n] after the context (the
         caller checked `takes`; a view of a buffer the next chunk rewrites); the KV cache
-        advanced by n."""
+        advanced by n. forced: [n_layer, n, k] expert ids replacing the router's (as
+        HybridModel.forward's force_ids)."""
         m = self.m
         toks = torch.as_tensor(host_toks, dtype=torch.int64)
         n, pos = toks.shape[0], m.kv.pos
@@ -102,20 +109,24 @@ class PrefillGraphs:
         self.inputs_host[0, n:b] = 0
         torch.arange(pos, pos + b, out=self.inputs_host[1, :b])
         self.inputs[:, :b].copy_(self.inputs_host[:, :b], non_blocking=True)
+        if forced is not None:
+            self.forced_host[:, :n] = torch.from_numpy(np.asarray(forced, dtype=np.int64))
+            self.forced_host[:, n:b] = 0
+            self.forced[:, :b].copy_(self.forced_host[:, :b], non_blocking=True)
         if self._copied is not None:
             self._copied.record()
         m.gpu.begin_step()
-        key = (b, length)
+        key = (b, length, forced is not None)
         graph = self._graphs.get(key)
         if graph is not None:
             graph.replay()
         else:
-            self._chunk(b, length)  # this chunk's work, eagerly: kernels compile and choose
+            self._chunk(*key)  # this chunk's work, eagerly: kernels compile and choose
             if self.capture:
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph, pool=self._pool, stream=self._capture_stream,
                                       capture_error_mode="thread_local"):
-                    self._chunk(b, length)  # recorded for the next chunks of this shape, not executed
+                    self._chunk(*key)  # recorded for the next chunks of this shape, not executed
                 self._graphs[key] = graph
                 self.captures += 1
         m.gpu.end_step()
@@ -128,13 +139,13 @@ class PrefillGraphs:
         self.chunks += 1
         return self.out[:n]
 
-    def _chunk(self, b: int, length: int) -> None:
-        """The graph's body: B rows from `inputs` through every layer into `out`."""
+    def _chunk(self, b: int, length: int, forced: bool) -> None:
+        """The graph's body: B rows from `inputs` (and `forced`) through every layer into `out`."""
         m = self.m
         toks, positions = self.inputs[0, :b], self.inputs[1, :b]  # [B], [B]
         x, rope, mask = m.chunk_inputs(toks, positions, length)
         for il, lw in enumerate(m.dense.layers):
             x, h = m.front(il, x, rope, positions, mask)
-            _, weights, ids = m.route(il, h, None)  # [T, k] each
+            _, weights, ids = m.route(il, h, self.forced[il, :b] if forced else None)  # [B, k] each
             x = x + m.resident_moe(il, lw, h, weights, ids)
         self.out[:b].copy_(x)

@@ -287,6 +287,33 @@ def test_prefill_graph_matches_llama_cpp(arch: str, outtype: str, tiny_gguf: Cal
     _compare(torch.cat(out).cpu().numpy(), _LLAMA[(arch, outtype)], margins, tau, bound, f"{arch} {outtype} prefill graph")
 
 
+def test_prefill_graph_forced_routing_matches_eager(tiny_gguf: Callable[[str, str], Path]) -> None:
+    """Expert ids forced from a trace (benchmark replay) through the prefill graph's padded rows
+    (20 tokens as 32): the same logits as the eager path given the same ids (20 tokens: the
+    eager path's grouped kernels too, so only the order of float additions differs)."""
+    pytest.importorskip("triton")
+    path = tiny_gguf("mixtral", "q8_0")
+    cuda = torch.cuda.is_available()
+    logits = []
+    for mode in ("on" if cuda else "uncaptured", "off"):
+        model = HybridModel(path, ExecutorConfig(device="cuda" if cuda else "cpu", dtype="float32", n_ctx=64,
+                                                 n_threads=2, prefill_graphs=mode,
+                                                 cache=GpuExpertsConfig(CacheConfig(2, 8), preload="all",
+                                                                        kernels="triton")))
+        cfg = model.cfg
+        rng = np.random.default_rng(5)
+        tokens = rng.integers(3, 500, size=20).tolist()
+        forced = np.argsort(rng.random((cfg.n_layer, 20, cfg.n_expert)), axis=-1)[:, :, :cfg.n_expert_used]
+        model.forward(tokens[:2])  # any prompt: every expert is cached from the start (preload)
+        model.reset(0)
+        logits.append(model.forward(tokens, force_ids=forced).cpu().numpy())
+        assert (model.prefill_graphs is not None) == (mode != "off")
+        if mode != "off":
+            assert model.prefill_graphs.chunks == 2  # both prompts went through the graph path
+        model.close()
+    np.testing.assert_allclose(logits[0], logits[1], rtol=1e-5, atol=1e-5 * np.abs(logits[1]).max())
+
+
 def test_token_buckets() -> None:
     from edge_moe.prefill_graphs import token_bucket
 
