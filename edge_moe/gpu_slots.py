@@ -128,7 +128,8 @@ class SlotStore:
             if self._worker is not None:
                 weakref.finalize(self, self._worker.close)
             self._ticket = [0] * n_slots  # the worker's ticket of each slot's latest fill
-            # fill_now's stream and copy function (edge_moe/cuda_memcpy.py: ~6 us a copy, torch's ~20)
+            # the stream of fill_now / copy_now, and copy_now's copy function (edge_moe/cuda_memcpy.py: ~6 us
+            # a copy, torch's ~20)
             self._now_stream = torch.cuda.Stream(self.device)
             self._now_stream.wait_stream(torch.cuda.current_stream(self.device))
             self.storage.record_stream(self._now_stream)
@@ -181,19 +182,8 @@ class SlotStore:
         if not self.is_cuda:
             self._copy_to_host(self._host_parts[slot], host_parts)
             return
-        if self._worker is not None and not self._worker.done(self._ticket[slot]):
-            self._worker.wait(self._ticket[slot])  # an earlier fill of this slot is still queued
-        now = self._now_stream
-        now.wait_event(self._last_read[slot])
-        copy = self._runtime_copy
-        for dst, src in zip(self._parts[slot], host_parts):
-            src = _flat_bytes(src)  # type: ignore[arg-type]
-            if copy is not None:
-                copy.h2d(dst.data_ptr(), src.data_ptr(), src.numel(), now.cuda_stream)
-            else:
-                with torch.cuda.stream(now):
-                    dst[:src.numel()].copy_(src, non_blocking=True)
-        self._filled[slot].record(now)
+        self._await_queued(slot)  # an earlier fill of this slot may still be queued
+        self._fill_from_pinned(slot, host_parts, self._last_read[slot], self._now_stream)  # type: ignore[arg-type]
 
     def copy_now(self, slots: Sequence[int], sources: Sequence[Sequence[tuple[int, int]]],
                  reader: torch.cuda.Stream) -> None:
@@ -207,8 +197,7 @@ class SlotStore:
         handle = now.cuda_stream
         waited = set()
         for slot in slots:
-            if self._worker is not None and not self._worker.done(self._ticket[slot]):
-                self._worker.wait(self._ticket[slot])
+            self._await_queued(slot)
             read = self._last_read[slot]
             if id(read) not in waited:  # (one layer's reads share one event: usually one wait)
                 now.wait_event(read)
@@ -267,8 +256,7 @@ class SlotStore:
     def wait_filled(self, slot: int, stream: torch.cuda.Stream | None = None) -> None:
         """Make `stream` (default: the current one) wait until the slot's latest fill is done."""
         if self.is_cuda:
-            if self._worker is not None and not self._worker.done(self._ticket[slot]):
-                self._worker.wait(self._ticket[slot])  # its job has not recorded filled[slot] yet
+            self._await_queued(slot)  # its job has not recorded filled[slot] yet
             (stream or torch.cuda.current_stream(self.device)).wait_event(self._filled[slot])
 
     def mark_read(self, slot: int, stream: torch.cuda.Stream | None = None) -> None:
@@ -407,15 +395,23 @@ class SlotStore:
             if got > n:
                 raise ValueError(f"part {i} has {got} bytes, the slot holds {n}")
 
+    def _await_queued(self, slot: int) -> None:
+        """Block until the fill worker has run the job of the slot's latest fill (it records
+        filled[slot] and reads last_read[slot] only then)."""
+        if self._worker is not None and not self._worker.done(self._ticket[slot]):
+            self._worker.wait(self._ticket[slot])
+
     def _fill_from_pinned(self, slot: int, host_parts: Sequence[torch.Tensor], last_read: torch.cuda.Event,
-                          ) -> None:
-        side = self._side_stream
-        side.wait_event(last_read)
-        with torch.cuda.stream(side):
+                          stream: torch.cuda.Stream | None = None) -> None:
+        """DMAs of page-locked parts into the slot on `stream` (default: the side stream),
+        after the slot's last read; filled[slot] recorded behind them."""
+        stream = stream or self._side_stream
+        stream.wait_event(last_read)
+        with torch.cuda.stream(stream):
             for dst, src in zip(self._parts[slot], host_parts):
                 src = _flat_bytes(src)
                 dst[:src.numel()].copy_(src, non_blocking=True)
-        self._filled[slot].record(side)
+        self._filled[slot].record(stream)
 
 
 def _round_up(n: int, multiple: int) -> int:
