@@ -395,6 +395,9 @@ class HybridModel:
         self.kv.truncate(keep)
 
     def close(self) -> None:
+        # the graphs now, not whenever the cyclic GC finds them (they point back at the model): a
+        # CUDA graph destroyed while another model captures one invalidates that capture
+        self.decode_graphs = self.prefill_graphs = None
         self.cpu.close()
         self.gpu.close()
 
