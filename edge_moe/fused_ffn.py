@@ -121,7 +121,7 @@ def _fused_ffn_kernel(wb, ww, pairs, n_pairs, x_ptr, x_stride, w_ptr, y_ptr, y_s
     c = tl.program_id(0)  # hidden block: gate/up rows 32c .. 32c+31, down columns the same
     p = tl.program_id(1)
     g_base = tl.load(pairs + p)
-    if g_base < 0:  # a miss in the fixed-size pair table (computed on the CPU)
+    if g_base == -1:  # a miss in the fixed-size pair table (computed on the CPU); exactly -1, as _matvec_kernel
         return
     u_base = tl.load(pairs + n_pairs + p)
     d_base = tl.load(pairs + 2 * n_pairs + p)

@@ -286,8 +286,8 @@ def _matvec_kernel(wb, ww, a_off, b_off, x_ptr, xd_ptr, xs_ptr, x_row, scale_ptr
     xd_ptr and scaled sums at xs_ptr (x_stride in words; scales have K // 32 a row)."""
     p = tl.program_id(1)  # pairs on axis 1 (<= 65535), rows on axis 0 (a vocabulary's rows exceed that)
     a_base = tl.load(a_off + p)
-    if a_base < 0:  # a padded pair (a miss in a fixed-size pair table, edge_moe/decode_graphs.py)
-        return
+    if a_base == -1:  # a padded pair (a miss in a fixed-size pair table, edge_moe/decode_graphs.py); exactly -1:
+        return  # real offsets are even, and may be negative (host memory below the buffer, read in place)
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     rmask = rows < N
     rows_c = tl.minimum(rows, N - 1).to(tl.int64)  # rows past N read row N-1; never stored

@@ -4,10 +4,19 @@ over PCIe) instead of copying them to a ring slot first? GPU time of one token's
 device memory, or in pinned host memory (offsets relative to the device buffer), against a
 cudaMemcpyAsync of the same bytes. Qwen3-30B-A3B and Mixtral Q4_0 shapes.
 
-    PYTHONPATH=. python3 zero_copy_probe.py
+    PYTHONPATH=. python3 zero_copy_probe.py pinned|registered [contended]
+
+pinned: torch pinned memory (cudaHostAlloc); registered: an anonymous numpy buffer registered as the
+GGUF map is (edge_moe/host_register.py flags). contended: 8 threads sum a 4 GiB array meanwhile (DRAM
+traffic as the CPU experts make). Needs _matvec_kernel's skip test on exactly -1 (session 13).
 """
+import sys
+import threading
+
 import numpy as np
 import torch
+
+from edge_moe.host_register import RegisteredExperts
 
 from edge_moe.quant_kernels import Q4_0
 from edge_moe.quant_ops import QuantBuffer, QuantMatrix, glu_pairs, scatter_pairs
@@ -34,12 +43,27 @@ def timed(fn, reps=30):
     return float(np.median([a.elapsed_time(b) for a, b in ev])) * 1e3  # us
 
 
+stop = threading.Event()
+if "contended" in sys.argv:
+    big = np.ones(1 << 29, dtype=np.float64)  # 4 GiB
+
+    def churn(part):
+        while not stop.is_set():
+            part.sum()
+    for i in range(8):
+        threading.Thread(target=churn, args=(big[i << 26:(i + 1) << 26],),
+                         daemon=True).start()
 for name, (e, f) in SHAPES.items():
     mat = f * e // 32 * 18
     n_exp = 16
     stride = 3 * mat
     dev_buf = torch.empty(n_exp * stride, dtype=torch.uint8, device=DEV)
-    host = torch.empty(n_exp * stride, dtype=torch.uint8, pin_memory=True)
+    if sys.argv[1] == "pinned":
+        host = torch.empty(n_exp * stride, dtype=torch.uint8, pin_memory=True)
+    else:
+        arr = np.zeros(n_exp * stride, dtype=np.uint8)
+        reg = RegisteredExperts([arr])  # noqa: F841 (kept alive)
+        host = torch.from_numpy(arr)
     fill_q4_0(host, n_exp * 3, 1)
     dev_buf.copy_(host)
     buf = QuantBuffer(dev_buf)
@@ -72,8 +96,9 @@ for name, (e, f) in SHAPES.items():
             res[where] = timed(g.replay) / 10
         dst = torch.empty(s * stride, dtype=torch.uint8, device=DEV)
         src = host[:s * stride]
-        cp = timed(lambda: dst.copy_(src, non_blocking=True))
+        cp = timed(lambda: dst.copy_(src, non_blocking=True)) if sys.argv[1] == "pinned" else float("nan")
         mb = s * stride / 1e6
-        print(f"{name} {s} experts ({mb:.1f} MB): device {res['device']:8.1f} us  zero-copy host {res['host']:8.1f} us "
+        print(f"{sys.argv[1:]} {name} {s} experts ({mb:.1f} MB): device {res['device']:8.1f} us  zero-copy host {res['host']:8.1f} us "
               f"({mb / res['host'] * 1e3:.1f} GB/s)  memcpy H2D {cp:8.1f} us ({mb / cp * 1e3:.1f} GB/s)  same result: {same}",
               flush=True)
+stop.set()
