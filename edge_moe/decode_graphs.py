@@ -247,16 +247,22 @@ class DecodeGraphs(DecodeSegments):
         misses = [j for j, h in enumerate(hit_row) if not h]
         n_stream = gpu.decode_stream_count(il, len(misses)) if misses else 0
         table = slots
+        in_place = None  # [3, s] byte offsets of streamed experts read in place (zero copy)
         if n_stream:
             streamed, misses = misses[:n_stream], misses[n_stream:]
+            experts = [id_list[j] for j in streamed]
+            in_place = gpu.zero_copy_offsets(il, experts)
             table = np.full((1, len(id_list)), -1, dtype=np.int64) if slots is None else slots.copy()
-            table[0, streamed] = gpu.stream_decode(il, [id_list[j] for j in streamed])
+            if in_place is None:  # copied to ring slots, computed as hits of those
+                table[0, streamed] = gpu.stream_decode(il, experts)
         # the experts graph runs for hits, streamed misses and the shared expert; a layer with none skips it
         run_experts = n_hit > 0 or n_stream > 0 or m.dense.layers[il].shexp_gate is not None
         if run_experts and gpu.cache is not None:
             if table is None:  # a shared expert beside an unserved layer: a table of misses only
                 table = np.full((1, len(id_list)), -1, dtype=np.int64)
             gpu.pair_table(table, self._pairs_np)  # the experts graph copies it to the device
+            if in_place is not None:  # their columns are misses of the table: no slot to wait for
+                self._pairs_np[:3, streamed] = in_place
             used = gpu.wait_hits(table)
         t2 = time.perf_counter()
         tm.router_sync += t2 - t1

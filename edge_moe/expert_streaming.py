@@ -7,12 +7,17 @@ use is copied through the stream ring in groups of half the ring (the next group
 overlapping this group's compute) and computed as hits of its ring slots (module docstring of
 gpu_experts.py).
 
-Decode (`decode_stream_count`, `stream_decode`): of a host layer's m misses, the planner's
-rule (`GpuExpertsConfig.decode_stream`, from cost_model.MachineFigures.stream_split) sends some
-to one half of the ring at once, from raw page-locked addresses in one batched copy
-(`SlotStore.copy_now`), to be computed by the layer's experts graph while ggml computes the
-rest on the CPU: the copy's PCIe time and the CPU's DRAM time overlap. The halves alternate
-between steps, so one step's writes never meet the previous step's reads.
+Decode (`decode_stream_count`, `zero_copy_offsets`, `stream_decode`): of a host layer's m
+misses, the planner's rule (`GpuExpertsConfig.decode_stream`, from
+cost_model.MachineFigures.stream_split) sends some to the layer's experts graph while ggml
+computes the rest on the CPU: the GPU's PCIe reads and the CPU's DRAM reads overlap. On CUDA the
+kernels read those experts in place from the page-locked GGUF map (`zero_copy_offsets`: byte
+offsets of the mapped pages relative to the slot storage, negative where the map lies below it):
+no copy, no ring slot, no event, ~46 GB/s over PCIe against the copy engine's ~53 (H100 box,
+session 13 call I, results identical to reading the same bytes from device memory).
+EDGE_MOE_ZERO_COPY=0 (and the CPU device, in tests) copies them instead to one half of the ring,
+from raw page-locked addresses in one batched copy (`stream_decode`, `SlotStore.copy_now`); the
+halves alternate between steps, so one step's writes never meet the previous step's reads.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ class ExpertStreaming:
     _ring: list[int]
     _next_half: int
     _decode_stream_on: bool
+    _zero_copy: bool
     _host_views: dict[int, list[torch.Tensor]]
     _host_ptrs: dict[int, list[tuple[int, int]]]
     _unwaited: set[int]
@@ -105,6 +111,21 @@ class ExpertStreaming:
         if self.device.type == "cuda" and layer not in self._host_views:
             return 0
         return min(rule[min(misses, len(rule) - 1)], max(1, len(self._ring) // 2))
+
+    def zero_copy_offsets(self, layer: int, experts: list[int]) -> np.ndarray | None:
+        """int64 [3, s]: byte offsets of `experts`' gate, up and down in the page-locked GGUF map,
+        relative to the slot storage, for the decode kernels' pair table (they read the bytes in
+        place over PCIe); None where they cannot (not CUDA, the layer not page-locked, or
+        EDGE_MOE_ZERO_COPY=0): then `stream_decode` copies them."""
+        ptrs = self._host_ptrs.get(layer)
+        if ptrs is None or not self._zero_copy or self.store is None or self.device.type != "cuda":
+            return None
+        base = self.store.storage.data_ptr()
+        e = np.asarray(experts, dtype=np.int64)
+        self.n_streamed += len(experts)
+        self.n_streamed_decode += len(experts)
+        # even (32-byte aligned GGUF data, even bytes an expert): never the -1 of a miss
+        return np.stack([p - base + e * per for p, per in ptrs])
 
     def stream_decode(self, layer: int, experts: list[int]) -> list[int]:
         """Copy `experts` of `layer` into one half of the ring now (`SlotStore.fill_now`; the

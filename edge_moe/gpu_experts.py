@@ -129,6 +129,7 @@ class GpuExperts(HitCompute, ExpertStreaming):
         self.n_streamed_decode = 0  # of them, in decode steps (`stream_decode`)
         self._next_half = 0  # the ring half the next decode step's streamed experts take
         self._decode_stream_on = os.environ.get("EDGE_MOE_DECODE_STREAM", "1") != "0"  # 0: off (A/B runs)
+        self._zero_copy = os.environ.get("EDGE_MOE_ZERO_COPY", "1") != "0"  # 0: streamed misses copied (A/B)
         # the stream the executor computes on, looked up once: torch.cuda.current_stream costs ~10 us
         # of host time a call, and the decode step asked for it ~3 times a layer (H100 box, session 12)
         self._compute = torch.cuda.current_stream(device) if device.type == "cuda" else None
