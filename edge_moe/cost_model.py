@@ -15,13 +15,14 @@ so, for a token whose layer l has h_l hits, m_l misses and f_l fills (F fills, M
                    F x expert_bytes / pcie_bandwidth,            a fill's copy overlaps the loop
                    (M + F) x expert_bytes / dram_bandwidth)      ... but shares PCIe and DRAM
 
-Decode streaming (`decode_stream_max` > 0): of a layer's m misses, s are copied to the GPU's
-stream ring and computed there while the CPU computes the other m - s; the copies read DRAM
-through the copy engine while the CPU's cores read it too (session 12 probe: 4 experts' copies
-beside a 4-expert ggml call on the H100 box slowed neither much):
+Decode streaming (`decode_stream_max` > 0): of a layer's m misses, s are computed on the GPU
+while the CPU computes the other m - s; the GPU reads them over PCIe from the page-locked GGUF
+map, in place (zero copy, the default on CUDA: stream_pcie_fraction of the copy engine's rate) or
+copied to its stream ring first, while the CPU's cores read DRAM too (session 12 probe: 4
+experts' copies beside a 4-expert ggml call on the H100 box slowed neither much):
 
     t_experts(s) = s x stream_issue_seconds + (STREAM_LAYER_S if h = 0 < s)
-                   + max(cpu(m - s), s x expert_bytes / pcie_bandwidth + gpu(h + s))
+                   + max(cpu(m - s), s x expert_bytes / (pcie_bandwidth x stream_pcie_fraction) + gpu(h + s))
 
 and the layer takes the s that minimizes it (`stream_split`); s = 0 is the serial model above.
 
@@ -98,6 +99,13 @@ FILL_ISSUE_SYNC_S = 0.85e-3
 # streams and has no hit (its experts graph, launched for the streamed experts alone).
 STREAM_ISSUE_S = 44e-6
 STREAM_LAYER_S = 50e-6
+# Read in place (zero copy, session 13): the host only writes three offsets an expert into the
+# pair table (ISSUE: an estimate, not measured apart), and the kernels read the map over PCIe at
+# 0.87 of cudaMemcpyAsync's rate (call I: 46.8 against 53.9 GB/s for 8 Qwen3 experts, 48.8 against
+# 52.8 for Mixtral's). In an A/B with forced rules (call J, Qwen3 6 GiB: 50.7 tok/s with none,
+# 56.9 / 58.9 / 58.3 streaming 3 / 4 / 5 of 8 misses; 12 GiB: 86.2 -> 98.5 at 4) this model picks 4.
+ZERO_COPY_ISSUE_S = 3e-6
+ZERO_COPY_PCIE_FRACTION = 0.87
 # ---- the GPU ----------------------------------------------------------------------------------
 # Every expert cached (resident): one CUDA graph per token. Qwen3 shape, torch.profiler on one
 # decode token (scratch-run of session 6, 2026-11-24; int8 expert kernels, fused q/k): 47 kernels
@@ -156,12 +164,15 @@ class MachineFigures:
     decode_stream_max: int = 0  # the most misses of a decode layer streamed (half the ring); 0: none
     stream_issue_seconds: float = 0.0  # decode-thread time to start one streamed expert's copy
     stream_layer_seconds: float = 0.0  # ... and to launch the experts graph of a layer with no hit for them
+    stream_pcie_fraction: float = 1.0  # a streamed expert's PCIe rate over pcie_gbps (zero copy: < 1)
 
     def __post_init__(self) -> None:
         if not isinstance(self.decode_stream_max, int) or self.decode_stream_max < 0:
             raise ValueError(f"MachineFigures.decode_stream_max must be an int >= 0, got {self.decode_stream_max!r}")
         for name in ("dram_gbps", "pcie_gbps", "gpu_expert_seconds"):
             _check(name, getattr(self, name), positive=True)
+        if not 0.0 < self.stream_pcie_fraction <= 1.0:
+            raise ValueError(f"MachineFigures.stream_pcie_fraction must be in (0, 1], got {self.stream_pcie_fraction!r}")
         for name in ("base_token_seconds", "layer_seconds", "cpu_call_seconds", "gpu_layer_seconds",
                      "fill_issue_seconds", "stream_issue_seconds", "stream_layer_seconds"):
             _check(name, getattr(self, name), positive=False)
@@ -201,7 +212,8 @@ class MachineFigures:
         """A layer's expert phase with `streamed` of its misses copied to the GPU (module docstring)."""
         if streamed == 0:
             return max(self.cpu_seconds(misses, expert_bytes, served), self.gpu_seconds(hits))
-        gpu = self.gpu_seconds(hits + streamed) + streamed * expert_bytes / self.pcie_bandwidth
+        gpu = self.gpu_seconds(hits + streamed) + streamed * expert_bytes / (self.pcie_bandwidth
+                                                                              * self.stream_pcie_fraction)
         host = streamed * self.stream_issue_seconds + (self.stream_layer_seconds if hits == 0 else 0.0)
         return host + max(self.cpu_seconds(misses - streamed, expert_bytes, served), gpu)
 
@@ -277,12 +289,13 @@ def resident_layer_seconds(k: int, gpu_expert_seconds: float) -> float:
 def decode_figures(*, n_layer: int, k: int, slot_bytes: int, layer_dense_bytes: float, outside_dense_bytes: float,
                    dram_gbps: float, pcie_gbps: float, gpu_gemv_gbps: float,
                    cpu_call_seconds: float = CPU_CALL_FIXED_S, fill_issue_seconds: float = FILL_ISSUE_S,
-                   all_cached: bool = False, decode_stream_max: int = 0) -> MachineFigures:
+                   all_cached: bool = False, decode_stream_max: int = 0, zero_copy: bool = True) -> MachineFigures:
     """The figures of a CUDA decode for one model on one machine. `layer_dense_bytes`: one layer's
     non-expert weights as the GPU holds them (a lower bound of the front's time at the kernels'
     rate); `outside_dense_bytes`: what a token reads outside the layers (the LM head);
     `all_cached`: the cache holds every expert, so a token in steady state is one graph;
-    `decode_stream_max`: the most misses a decode layer may stream (half the stream ring; 0: none)."""
+    `decode_stream_max`: the most misses a decode layer may stream (half the stream ring; 0: none);
+    `zero_copy`: streamed experts are read in place (else copied to the ring: EDGE_MOE_ZERO_COPY=0)."""
     qbw = quant_gbps(gpu_gemv_gbps) * 1e9
     base = outside_dense_bytes / qbw
     front = max(LAYER_FRONT_S, layer_dense_bytes / qbw)
@@ -294,8 +307,10 @@ def decode_figures(*, n_layer: int, k: int, slot_bytes: int, layer_dense_bytes: 
                           cpu_call_seconds=cpu_call_seconds, gpu_layer_seconds=EXPERT_KERNELS_FIXED_S,
                           fill_issue_seconds=fill_issue_seconds, resident_token_seconds=resident,
                           resident_layer_seconds=resident_layer_seconds(k, slot_bytes / qbw),
-                          decode_stream_max=decode_stream_max, stream_issue_seconds=STREAM_ISSUE_S,
-                          stream_layer_seconds=STREAM_LAYER_S)
+                          decode_stream_max=decode_stream_max,
+                          stream_issue_seconds=ZERO_COPY_ISSUE_S if zero_copy else STREAM_ISSUE_S,
+                          stream_layer_seconds=STREAM_LAYER_S,
+                          stream_pcie_fraction=ZERO_COPY_PCIE_FRACTION if zero_copy else 1.0)
 
 
 def prefill_tps(chunk: int, *, n_layer: int, n_expert: int, k: int, expert_bytes: int, n_embd: int, n_ff: int,

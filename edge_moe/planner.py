@@ -288,7 +288,8 @@ def _figures(m: _ModelSizes, dense: int, dram: float, pcie: float, gpu_bw: float
     per_layer = max(dense - 2 * head, 0.0) / m.n_layer
     return decode_figures(n_layer=m.n_layer, k=m.k, slot_bytes=m.slot_bytes, layer_dense_bytes=per_layer,
                           outside_dense_bytes=head, dram_gbps=dram, pcie_gbps=pcie, gpu_gemv_gbps=gpu_bw,
-                          cpu_call_seconds=call_s, all_cached=full, decode_stream_max=stream_max)
+                          cpu_call_seconds=call_s, all_cached=full, decode_stream_max=stream_max,
+                          zero_copy=os.environ.get("EDGE_MOE_ZERO_COPY", "1") != "0")
 
 
 def _routing(routing: np.ndarray | None, m: _ModelSizes) -> tuple[np.ndarray, str]:

@@ -349,3 +349,28 @@ def test_decode_streaming_by_hand() -> None:
     assert slow.layer_time(0, 4, 0, MB) == LAYERED.layer_time(0, 4, 0, MB)
     with pytest.raises(ValueError, match="decode_stream_max"):
         dataclasses.replace(fig, decode_stream_max=-1)
+    # read in place at half the copy engine's rate: a streamed expert's 1 ms over PCIe becomes 2
+    half = dataclasses.replace(fig, stream_pcie_fraction=0.5)
+    assert half.experts_seconds(0, 4, 2, MB) == pytest.approx(0.1e-3 + max(2.5e-3, 4e-3 + 0.23e-3))
+    assert half.stream_split(0, 4, MB) == 1  # s=1: 0.05 + max(3.5, 2.13) = 3.55; s=2: 4.33; s=0: 4.5
+    with pytest.raises(ValueError, match="stream_pcie_fraction"):
+        dataclasses.replace(fig, stream_pcie_fraction=0.0)
+
+
+def test_zero_copy_figures_stream_qwen3_experts() -> None:
+    """decode_figures with the session-13 constants: Qwen3-30B-A3B's 2.65 MB experts at 48 GB/s of
+    DRAM and 54 of PCIe, in layers no cache serves: copied (44 us of host time each) streaming never
+    pays; read in place (3 us, 0.87 of the PCIe rate) about half of a layer's misses go to the GPU,
+    the 4 of 8 an A/B on the GPU machine found fastest. Mixtral's 99 MB experts: 1 of 2 either way."""
+    from edge_moe.cost_model import decode_figures
+
+    def rule(slot: int, k: int, stream_max: int, zero_copy: bool) -> tuple[int, ...] | None:
+        f = decode_figures(n_layer=48, k=k, slot_bytes=slot, layer_dense_bytes=20e6, outside_dense_bytes=3e8,
+                           dram_gbps=48, pcie_gbps=54, gpu_gemv_gbps=2700, decode_stream_max=stream_max,
+                           zero_copy=zero_copy)
+        return f.decode_stream_rule(k, slot, served=False)
+
+    qwen3, mixtral = 3 * 884736, 3 * 33030144
+    assert rule(qwen3, 8, 16, zero_copy=False) is None
+    assert rule(qwen3, 8, 16, zero_copy=True)[8] == 4
+    assert rule(mixtral, 2, 1, zero_copy=False) == rule(mixtral, 2, 1, zero_copy=True) == (0, 0, 1)
