@@ -136,11 +136,12 @@ def main(argv: list[str] | None = None) -> int:
             if path == "fused" and qname not in ("Q4_0", "Q8_0"):
                 continue
             r = bench_layer(shape, qname, rng, fused=path == "fused")
-            rows.append({"shape": shape, "type": qname, "path": path, "k": SHAPES[shape][3], "rows": qo.MATVEC_ROWS,
+            rows.append({"shape": shape, "type": qname, "path": path, "k": SHAPES[shape][3],
+                         "rows": qo.matvec_rows(qo.QuantMatrix(TYPES[qname], SHAPES[shape][0], SHAPES[shape][1])),
                          "warps": qo.MATVEC_WARPS, "blocks": qo.matvec_blocks(TYPES[qname]), "ffn_warps": ff.FFN_WARPS,
                          "ffn_nblk": ff.FFN_NBLK, "ffn_drows": ff.FFN_DROWS,
                          "fp16_gemv_gbps": ref, **r, "fraction_of_fp16": r["gbps"] / ref})
-            print(f"{shape:8s} {qname:5s} {path:5s} rows {qo.MATVEC_ROWS:3d} warps {qo.MATVEC_WARPS} "
+            print(f"{shape:8s} {qname:5s} {path:5s} rows {rows[-1]['rows']:3d} warps {qo.MATVEC_WARPS} "
                   f"blocks {qo.matvec_blocks(TYPES[qname]):2d} "
                   f"ffn {ff.FFN_WARPS}/{ff.FFN_NBLK}/{ff.FFN_DROWS}: layer GPU {r['ms'] * 1e3:7.1f} us "
                   f"(eager {r['eager_ms'] * 1e3:7.1f} us) {r['gbps']:6.0f} GB/s  fp16 GEMV {ref:6.0f} GB/s "

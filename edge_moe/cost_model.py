@@ -118,17 +118,24 @@ ZERO_COPY_PCIE_FRACTION = 0.87
 # 4.06 ms a token, Mixtral 4.80; session 10 call F / H). Session 11's decode attention kernel
 # (two launches instead of cuDNN's SDPA over the whole KV bucket and a strided copy) took ~24 us a
 # layer more: 20 fits its all-GPU rows (Qwen3 2.87 ms a token: 17; Mixtral 4.07 ms: 23; call E/F).
+# Session 14 folded the router's GEMV into the routing launch, which also zeroes the experts'
+# float32 accumulator (no fill, no cast copy): 14 kernels a Qwen3 layer, 49 us of kernel time
+# (torch.profiler). With the expert figures below, 18 fits its all-GPU rows (Qwen3 2.645 ms a
+# token: 17.7; Mixtral 3.87 ms: 19.8; session 14 calls F / H).
 PER_KERNEL_S = 2.0e-6
-KERNELS_PER_LAYER = 20
+KERNELS_PER_LAYER = 18
 # Q4_0 expert matvecs (benchmarks/quant_kernels_bench.py, one decode layer, CUDA-graph GPU time,
 # H100, 2026-11-24, the int8/dp4a kernels; README "Quantized experts on the GPU"): Mixtral
 # 4096x14336 top-2 (198 MB) in 80.7 us, Qwen3 2048x768 top-8 (21.2 MB) in 26.0 us, the fp16 GEMV
 # at 2,730 GB/s in the same runs. Fixed part + bytes / rate fits both: the bytes stream at
 # 1.18 x the fp16 GEMV's rate (3.2 TB/s, near the HBM's peak; cuBLAS's fp16 GEMV does not reach
 # it) after ~19 us per layer for the four launches (quantize x, gate+up, quantize act, down).
-# The float kernels before them: 0.32 and a 21 us fixed part.
-Q4_0_GEMV_FRACTION = 1.18
-EXPERT_KERNELS_FIXED_S = 19e-6
+# The float kernels before them: 0.32 and a 21 us fixed part. Session 14 gave short rows (Qwen3's
+# down) several rows a program (quant_ops.matvec_rows); its sweep (call C, graph-timed): Qwen3
+# gate+up 8.4 us + down 7.5 + two quantize launches 2.7 = 18.5 us, Mixtral 48.6 + 29.2 + 2.7 =
+# 80.5 us: the bytes at 1.05 x the fp16 GEMV's rate after an 11 us fixed part.
+Q4_0_GEMV_FRACTION = 1.05
+EXPERT_KERNELS_FIXED_S = 11e-6
 # Without a CUDA-graph decode path (the CPU device): per layer, a first estimate, not measured.
 CPU_DEVICE_LAYER_S = 40e-6
 
@@ -275,7 +282,7 @@ def quant_gbps(gpu_gemv_gbps: float) -> float:
 def resident_seconds(n_layer: int, k: int, slot_bytes: int, gpu_gemv_gbps: float,
                      base_token_seconds: float) -> float:
     """Every expert cached: one graph of ~KERNELS_PER_LAYER kernels per layer plus the k hits'
-    matvecs per layer (Qwen3 shape: 48 x (20 x 2.0 + 19 + 8 x 0.8) us = 3.1 ms; 2.87 measured, session 11)."""
+    matvecs per layer (Qwen3 shape: 48 x (18 x 2.0 + 11 + 8 x 0.93) us = 2.62 ms; 2.645 measured, session 14)."""
     expert_s = slot_bytes / (quant_gbps(gpu_gemv_gbps) * 1e9)
     return base_token_seconds + n_layer * resident_layer_seconds(k, expert_s)
 

@@ -55,6 +55,7 @@ import torch
 
 from edge_moe.archs.common import RopeTables, rms_norm, rope_tables
 from edge_moe.decode_segments import DecodeSegments
+from edge_moe.graph_cache import GraphCache
 
 if TYPE_CHECKING:
     from edge_moe.executor import HybridModel
@@ -69,8 +70,6 @@ def kv_bucket(n: int, n_ctx: int) -> int:
 
 class DecodeGraphs(DecodeSegments):
     def __init__(self, model: "HybridModel", capture: bool) -> None:
-        if capture and model.device.type != "cuda":
-            raise ValueError("CUDA graphs need a CUDA device")
         gpu = model.gpu
         if gpu.cache is not None and not gpu.use_triton:
             raise ValueError("decode graphs need the Triton expert kernels (the reference path works on the host)")
@@ -87,7 +86,8 @@ class DecodeGraphs(DecodeSegments):
         self.x_in = torch.zeros((1, e), dtype=dt, device=dev)  # [1, E]
         self.x = [torch.zeros((1, e), dtype=dt, device=dev) for _ in range(2)]  # [1, E]
         self.h = torch.zeros((1, e), dtype=dt, device=dev)  # [1, E] FFN input of the current layer
-        self.y_gpu = torch.zeros((1, e), dtype=dt, device=dev)  # [1, E] hits + shared expert
+        # [1, E] hits + shared expert: float32, the kernels' accumulator; readers round it to dt
+        self.y_gpu = torch.zeros((1, e), dtype=torch.float32, device=dev)
         self.y_cpu = torch.zeros((1, e), dtype=torch.float32, device=dev)  # [1, E] misses
         # the token's position and id, written by one copy from pinned memory; the prologue graph
         # turns them into rope tables, the attention mask and the embedding
@@ -131,14 +131,7 @@ class DecodeGraphs(DecodeSegments):
         self._y_cpu_row = self.y_cpu_host.numpy()[0]  # [E]
         # what the last layer's experts left for the next segment to add: y_gpu, y_cpu (in y_cpu_host)
         self._gpu_in = self._cpu_in = False
-        self._graphs: dict[tuple[object, ...], torch.cuda.CUDAGraph] = {}
-        self._pool = torch.cuda.graph_pool_handle() if capture else None
-        # Captures run on a stream of torch's high-priority pool. torch.cuda.graph's default
-        # capture stream comes from the same round-robin pool of 32 streams as the expert
-        # store's fill stream (gpu_slots.SlotStore): after enough streams were handed out the two
-        # were the same CUDA stream, the fill thread's copies and events landed in a capture,
-        # and fills failed with "invalid argument" or hung (H100 box, the GPU test sequence).
-        self._capture_stream = torch.cuda.Stream(dev, priority=-1) if capture else None
+        self._graphs = GraphCache(dev, capture)
 
     @property
     def n_graphs(self) -> int:
@@ -323,18 +316,7 @@ class DecodeGraphs(DecodeSegments):
     # ---- graphs --------------------------------------------------------------------------
 
     def _run(self, key: tuple[object, ...], segment: Callable[[], None]) -> None:
-        if not self.capture:
-            segment()
-            return
-        graph = self._graphs.get(key)
-        if graph is not None:
-            graph.replay()
-            return
-        segment()  # this token's work, eagerly: Triton compiles, cuBLAS chooses its kernels
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool, stream=self._capture_stream, capture_error_mode="thread_local"):
-            segment()  # recorded for the next tokens, not executed
-        self._graphs[key] = graph
+        self._graphs.run(key, segment)  # the first time: this token's work, eagerly, then captured
 
     def _sync(self) -> None:
         if self.m.device.type == "cuda":

@@ -53,13 +53,13 @@ class DecodeSegments:
     def _resident_layers(self, start: int, end: int, length: int, forced: bool, adds: tuple[bool, bool]) -> None:
         for il in range(start, end):
             # the first layer adds what the host layer before it left; the others their predecessor's hits
-            self._front(il, length, forced, adds if il == start else (True, False), resident=True)
-            self._experts(il)
+            cleared = self._front(il, length, forced, adds if il == start else (True, False), resident=True)
+            self._experts(il, cleared=cleared)
 
     def _all_layers(self, length: int, forced: bool) -> None:
         for il in range(self.m.cfg.n_layer):
-            self._front(il, length, forced, (True, False), resident=True)
-            self._experts(il)
+            cleared = self._front(il, length, forced, (True, False), resident=True)
+            self._experts(il, cleared=cleared)
 
     # ---- segments (captured) -------------------------------------------------------------
 
@@ -73,10 +73,11 @@ class DecodeSegments:
         self._masks[length].copy_(m.attention_mask(self.positions, length))
         self.x_in.copy_(m.embed(self.token))
 
-    def _front(self, il: int, length: int, forced: bool, adds: tuple[bool, bool], resident: bool = False) -> None:
+    def _front(self, il: int, length: int, forced: bool, adds: tuple[bool, bool], resident: bool = False) -> bool:
         """adds: (y_gpu, y_cpu) the previous layer left (`_residual`). resident: a layer whose
         experts are all cached, inside a graph of such layers: the routing stays on the device
-        instead of going to the host."""
+        instead of going to the host. Returns whether it zeroed y_gpu for the experts (the fused
+        routing launch does, after this front's own add of y_gpu)."""
         m = self.m
         if self._fused_norm:  # x_mid = x + adds, h_attn = norm(x_mid); x' = x_mid + attention, h = norm(x')
             from edge_moe.norm_kernels import add_rms_norm
@@ -95,17 +96,17 @@ class DecodeSegments:
         if not forced and self._fused_route:  # one launch: routing, weights, and the pair table or the host's row
             from edge_moe.route_kernels import route_pack, route_pairs
 
-            cfg = m.cfg
-            logits = torch.nn.functional.linear(self.h, m.dense.layers[il].router)  # [1, n_expert], as m.route
-            if resident:
+            cfg, router = m.cfg, m.dense.layers[il].router
+            if resident:  # the router's GEMV too, in the same launch
                 bases, parts = m.gpu.resident_bases(il)
-                route_pairs(logits, cfg.n_expert_used, cfg.normalize_topk, cfg.expert_weights_scale, bases,
-                            parts.view(-1), self.weights, self.ids, self.pairs)
-            else:
-                route_pack(logits, self.h, cfg.n_expert_used, cfg.normalize_topk, cfg.expert_weights_scale,
-                           self.weights, self.routed)
-                self.routed_host.copy_(self.routed, non_blocking=True)
-            return
+                route_pairs(self.h, router, cfg.n_expert_used, cfg.normalize_topk, cfg.expert_weights_scale, bases,
+                            parts.view(-1), self.weights, self.ids, self.pairs, clear=self.y_gpu)
+                return True
+            logits = torch.nn.functional.linear(self.h, router)  # [1, n_expert], as m.route
+            route_pack(logits, self.h, cfg.n_expert_used, cfg.normalize_topk, cfg.expert_weights_scale,
+                       self.weights, self.routed)
+            self.routed_host.copy_(self.routed, non_blocking=True)
+            return False
         logits, weights, ids = m.route(il, self.h, self.forced[il] if forced else None)
         self.weights.copy_(weights)
         if not resident:
@@ -114,30 +115,34 @@ class DecodeSegments:
         else:
             self.ids.copy_(ids)
             self.pairs.copy_(m.gpu.resident_pair_table(il, self.ids))  # [5, k]
+        return False
 
-    def _experts(self, il: int, host_pairs: bool = False) -> None:
-        """y_gpu = the hits (+ the shared expert); host_pairs: the host wrote the pair table (pinned)."""
+    def _experts(self, il: int, host_pairs: bool = False, cleared: bool = False) -> None:
+        """y_gpu (float32) = the hits (+ the shared expert); host_pairs: the host wrote the pair
+        table (pinned); cleared: the front's routing launch zeroed y_gpu already. The kernels add
+        into y_gpu itself, and its readers round it to the model dtype (as a cast here did):
+        no temporary, fill and cast kernels a layer."""
         m = self.m
         if host_pairs:
             self.pairs.copy_(self.pairs_host, non_blocking=True)
-        y = torch.zeros((1, m.cfg.n_embd), dtype=torch.float32, device=m.device)  # [1, E]
+        if not cleared:
+            self.y_gpu.zero_()
         if m.gpu.cache is not None:
-            m.gpu.pairs_ffn(il, self.h, self.weights.view(-1), self.pairs, y)
+            m.gpu.pairs_ffn(il, self.h, self.weights.view(-1), self.pairs, self.y_gpu)
         lw = m.dense.layers[il]
         if lw.shexp_gate is not None:
-            self.y_gpu.copy_(y.to(m.dtype) + m.shared_expert(lw, self.h))
-        else:
-            self.y_gpu.copy_(y)  # copy_ casts float32 -> the model dtype (no separate cast kernel)
+            self.y_gpu.copy_(self.y_gpu.to(m.dtype) + m.shared_expert(lw, self.h))
 
     def _head(self, gpu_in: bool, cpu_in: bool) -> None:
         self.logits.copy_(self.m.head(self._residual(self.x[self.m.cfg.n_layer % 2], gpu_in, cpu_in)))
 
     def _residual(self, x: torch.Tensor, gpu_in: bool, cpu_in: bool) -> torch.Tensor:
-        """x [1, E] plus what the previous layer's experts left: y_gpu and / or y_cpu (`_y_cpu_in`)."""
+        """x [1, E] plus what the previous layer's experts left: y_gpu and / or y_cpu (`_y_cpu_in`),
+        each in x's dtype first."""
         if not cpu_in:
-            return x + self.y_gpu if gpu_in else x
+            return x + self.y_gpu.to(x.dtype) if gpu_in else x
         y_cpu = self._y_cpu_in().to(x.dtype)
-        return x + ((self.y_gpu + y_cpu) if gpu_in else y_cpu)
+        return x + ((self.y_gpu.to(x.dtype) + y_cpu) if gpu_in else y_cpu)
 
     def _y_cpu_in(self) -> torch.Tensor:
         """y_cpu [1, E] float32 on the device: the last host layer's CPU share, copied from pinned

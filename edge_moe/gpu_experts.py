@@ -44,7 +44,7 @@ from edge_moe.gguf_file import GGUFFile
 from edge_moe.expert_streaming import ExpertStreaming
 from edge_moe.hit_compute import HitCompute, _use_triton, dequant_min_tokens
 from edge_moe.model_config import MoEConfig
-from edge_moe.stream_rule import stream_slots_for, stream_threshold, stream_vram_bytes
+from edge_moe.stream_rule import stream_slots_for, stream_threshold, stream_vram_bytes, zero_copy_enabled
 
 if TYPE_CHECKING:
     from edge_moe.expert_cache import CacheConfig, ExpertCache
@@ -129,7 +129,7 @@ class GpuExperts(HitCompute, ExpertStreaming):
         self.n_streamed_decode = 0  # of them, in decode steps (`stream_decode`)
         self._next_half = 0  # the ring half the next decode step's streamed experts take
         self._decode_stream_on = os.environ.get("EDGE_MOE_DECODE_STREAM", "1") != "0"  # 0: off (A/B runs)
-        self._zero_copy = os.environ.get("EDGE_MOE_ZERO_COPY", "1") != "0"  # 0: streamed misses copied (A/B)
+        self._zero_copy = zero_copy_enabled()
         # the stream the executor computes on, looked up once: torch.cuda.current_stream costs ~10 us
         # of host time a call, and the decode step asked for it ~3 times a layer (H100 box, session 12)
         self._compute = torch.cuda.current_stream(device) if device.type == "cuda" else None

@@ -1,13 +1,13 @@
 """Residual add + RMSNorm in one Triton launch, for the fronts of the decode graphs.
 
 A decode layer's front adds what the previous layer's experts left to the residual stream
-(y_gpu in the model dtype, y_cpu in float32), norms the sum for attention, adds the attention
+(y_gpu and y_cpu in float32), norms the sum for attention, adds the attention
 output and norms again for the FFN. In torch that is ~8 small kernels (a cast, the adds, two
 norms, the copies into the graphs' static buffers), each ~2.5 us of GPU time at T = 1 whatever
 its size, on the path every host layer waits for. Here it is two launches of:
 
-    s = x (+ a) (+ b)       rounded to x's dtype after each add, as the torch expression
-                            x + (a + b.to(dtype)) does
+    s = x (+ a) (+ b)       a and b rounded to x's dtype first and the sum after each add, as
+                            the torch expression x + (a.to(dtype) + b.to(dtype)) does
     x_out = s;  h_out = s * rsqrt(mean(s^2) + eps) * w     (float32 inside, rounded once on store)
 """
 
@@ -29,10 +29,10 @@ def _add_rms_norm_kernel(x, a, b, w, x_out, h_out, E, eps, HAS_A: tl.constexpr, 
     if HAS_B:  # float32 (y_cpu): in the model dtype first, as .to(dtype) does
         y = tl.load(b + row * E + i, mask=m, other=0.0).to(dt).to(tl.float32)
         if HAS_A:
-            y = (tl.load(a + row * E + i, mask=m, other=0.0).to(tl.float32) + y).to(dt).to(tl.float32)
+            y = (tl.load(a + row * E + i, mask=m, other=0.0).to(dt).to(tl.float32) + y).to(dt).to(tl.float32)
         s = (s + y).to(dt).to(tl.float32)
     elif HAS_A:
-        s = (s + tl.load(a + row * E + i, mask=m, other=0.0).to(tl.float32)).to(dt).to(tl.float32)
+        s = (s + tl.load(a + row * E + i, mask=m, other=0.0).to(dt).to(tl.float32)).to(dt).to(tl.float32)
     tl.store(x_out + row * E + i, s.to(x_out.dtype.element_ty), mask=m)
     scale = tl.rsqrt(tl.sum(s * s, axis=0) / E + eps)
     h = s * scale * tl.load(w + i, mask=m, other=0.0).to(tl.float32)
@@ -41,8 +41,8 @@ def _add_rms_norm_kernel(x, a, b, w, x_out, h_out, E, eps, HAS_A: tl.constexpr, 
 
 def add_rms_norm(x: torch.Tensor, a: torch.Tensor | None, b: torch.Tensor | None, weight: torch.Tensor, eps: float,
                  x_out: torch.Tensor, h_out: torch.Tensor) -> None:
-    """x_out = x (+ a) (+ b), h_out = RMSNorm(x_out) * weight; x, a, x_out, h_out [T, E] of one
-    dtype, b [T, E] float32 or that dtype, weight [E]; all contiguous. x_out must not be x."""
+    """x_out = x (+ a) (+ b), h_out = RMSNorm(x_out) * weight; x, x_out, h_out [T, E] of one
+    dtype, a and b [T, E] float32 or that dtype, weight [E]; all contiguous. x_out must not be x."""
     t, e = x.shape
     for name, v in (("a", a), ("b", b), ("x_out", x_out), ("h_out", h_out)):
         if v is not None and (v.shape != x.shape or not v.is_contiguous()):

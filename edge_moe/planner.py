@@ -284,12 +284,14 @@ def _figures(m: _ModelSizes, dense: int, dram: float, pcie: float, gpu_bw: float
     """cost_model's figures for this model on CUDA. The LM head (n_vocab x n_embd at the dense
     weights' mean bytes per weight) is read outside the layers; the other dense bytes, less the
     embedding, spread over the layers (a lower bound of each layer's front graph)."""
+    from edge_moe.stream_rule import zero_copy_enabled
+
     head = m.n_vocab * m.n_embd * dense / max(m.n_params_dense, 1)
     per_layer = max(dense - 2 * head, 0.0) / m.n_layer
     return decode_figures(n_layer=m.n_layer, k=m.k, slot_bytes=m.slot_bytes, layer_dense_bytes=per_layer,
                           outside_dense_bytes=head, dram_gbps=dram, pcie_gbps=pcie, gpu_gemv_gbps=gpu_bw,
                           cpu_call_seconds=call_s, all_cached=full, decode_stream_max=stream_max,
-                          zero_copy=os.environ.get("EDGE_MOE_ZERO_COPY", "1") != "0")
+                          zero_copy=zero_copy_enabled())
 
 
 def _routing(routing: np.ndarray | None, m: _ModelSizes) -> tuple[np.ndarray, str]:

@@ -19,9 +19,8 @@ A chunk whose rows would not fit the KV cache (n_past + B > n_ctx) runs eagerly.
 
 The first chunk of a shape runs eagerly on the graph's buffers (Triton compiles, cuBLAS and
 cuDNN choose kernels; its results are the chunk's), then the shape is captured; later chunks
-of that shape replay it. So a prompt of a new shape costs about one more host pass (the
-capture) than the eager path; measured figures are in the README's results. All graphs share
-one memory pool: their temporaries die inside the graph, and chunks never run concurrently.
+of that shape replay it (edge_moe/graph_cache.py). So a prompt of a new shape costs about one
+more host pass (the capture) than the eager path; measured figures are in the README's results.
 
 `capture=False` runs the same code eagerly on the same buffers: how the tests exercise the
 padding and bucketing on the CPU against llama.cpp.
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 
 from edge_moe.decode_graphs import kv_bucket
+from edge_moe.graph_cache import GraphCache
 
 if TYPE_CHECKING:
     from edge_moe.executor import HybridModel
@@ -52,9 +52,7 @@ def token_bucket(n: int, chunk: int) -> int:
 
 class PrefillGraphs:
     def __init__(self, model: "HybridModel", capture: bool) -> None:
-        if capture and model.device.type != "cuda":
-            raise ValueError("CUDA graphs need a CUDA device")
-        self.m, self.capture = model, capture
+        self.m = model
         dev, chunk = model.device, model.config.prefill_chunk
         self.chunk = chunk
         # token ids and positions of a chunk, padded: one copy from pinned memory per chunk
@@ -66,13 +64,9 @@ class PrefillGraphs:
         self.forced_host = torch.zeros((cfg.n_layer, chunk, cfg.n_expert_used), dtype=torch.int64, pin_memory=pin)
         self.forced = torch.zeros((cfg.n_layer, chunk, cfg.n_expert_used), dtype=torch.int64, device=dev)
         self.out = torch.zeros((chunk, model.cfg.n_embd), dtype=model.dtype, device=dev)  # [B, E] residual
-        self._graphs: dict[tuple[int, int, bool], torch.cuda.CUDAGraph] = {}
-        self._pool = torch.cuda.graph_pool_handle() if capture else None
-        # a stream of its own, not one of torch's pooled side streams (decode_graphs.py says why)
-        self._capture_stream = torch.cuda.Stream(dev, priority=-1) if capture else None
+        self._graphs = GraphCache(dev, capture)  # by (B, KV length, forced)
         self._copied = torch.cuda.Event() if dev.type == "cuda" else None  # inputs_host read by the device
         self.chunks = 0  # chunks run through this path (replayed, captured or not)
-        self.captures = 0  # graphs captured (CUDA only)
 
     @property
     def n_graphs(self) -> int:
@@ -117,18 +111,7 @@ class PrefillGraphs:
             self._copied.record()
         m.gpu.begin_step()
         key = (b, length, forced is not None)
-        graph = self._graphs.get(key)
-        if graph is not None:
-            graph.replay()
-        else:
-            self._chunk(*key)  # this chunk's work, eagerly: kernels compile and choose
-            if self.capture:
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=self._pool, stream=self._capture_stream,
-                                      capture_error_mode="thread_local"):
-                    self._chunk(*key)  # recorded for the next chunks of this shape, not executed
-                self._graphs[key] = graph
-                self.captures += 1
+        self._graphs.run(key, lambda: self._chunk(*key))
         m.gpu.end_step()
         m.gpu.count_resident_hits(range(m.cfg.n_layer), n * m.cfg.n_expert_used)
         m.timings.attention += time.perf_counter() - t0  # one graph: no phase boundaries left to time

@@ -24,8 +24,16 @@ SUPPORTED_TYPES = frozenset(BLOCKS)
 # Rows per program, warps and blocks per loop step, chosen on the H100 by a sweep of
 # benchmarks/quant_kernels_bench.py (session 5: one row per one-warp program, 32 blocks a step,
 # was the fastest for the int8 kernels on both shapes); EDGE_MOE_QROWS / EDGE_MOE_QWARPS /
-# EDGE_MOE_QBLOCKS override them for tuning runs.
+# EDGE_MOE_QBLOCKS override them for tuning runs. Short rows take several a program (`matvec_rows`).
 MATVEC_ROWS = int(os.environ.get("EDGE_MOE_QROWS", "1"))
+_ROWS_FORCED = "EDGE_MOE_QROWS" in os.environ
+# A program should read at least ~1.5 KB of weights: a one-row program of a short row (Qwen3's down,
+# 768 columns: 432 bytes in Q4_0) spends its time in latency, not bytes. Session 14's sweep
+# (benchmarks/results/2026-11-25_session14, H100, 8 pairs, graph-timed): Qwen3 down Q4_0 13.5 ->
+# 7.5 us at 4 rows, Q8_0 13.9 -> 9.6 at 2, Q4_K 13.8 -> 9.4 at 2, Q6_K 14.2 -> 12.2 at 2; rows of
+# 1 KB or more (Qwen3's gate/up, every Mixtral matrix, the dense qkv / o) stay fastest at 1.
+SHORT_ROW_BYTES = 1024
+ROW_GROUP_BYTES = 2048  # at most this many bytes of rows a program, short rows
 MATVEC_WARPS = int(os.environ.get("EDGE_MOE_QWARPS", "1"))
 MATVEC_BLOCKS = int(os.environ.get("EDGE_MOE_QBLOCKS", "32"))  # int8 kernels: blocks of 32 per row per loop step
 # Q5_K's int8 kernel keeps more live registers a step (the qh words beside the nibbles): 16 blocks a
@@ -81,10 +89,23 @@ class QuantBuffer:
         return self.bytes.device
 
 
-def _grid(n_pairs: int, n_rows: int) -> tuple[int, int]:
+def _grid(n_pairs: int, n_rows: int, rows: int) -> tuple[int, int]:
     if n_pairs > 65535:
         raise ValueError(f"{n_pairs} (token, matrix) pairs in one launch: at most 65535 (CUDA's grid)")
-    return (triton_cdiv(n_rows, MATVEC_ROWS), n_pairs)
+    return (triton_cdiv(n_rows, rows), n_pairs)
+
+
+def matvec_rows(m: QuantMatrix) -> int:
+    """Rows a matvec program takes: MATVEC_ROWS, or for short rows (under SHORT_ROW_BYTES) the
+    most (a power of two, at most 4; 2 for the K-quants, whose dots hold more registers a row)
+    that stay within ROW_GROUP_BYTES. EDGE_MOE_QROWS, when set, applies to every matrix."""
+    if _ROWS_FORCED or m.row_bytes >= SHORT_ROW_BYTES:
+        return MATVEC_ROWS
+    cap = 2 if m.ggml_type in (Q4_K, Q5_K, Q6_K) else 4
+    rows = 1
+    while rows < cap and 2 * rows * m.row_bytes <= ROW_GROUP_BYTES:
+        rows *= 2
+    return rows
 
 
 def matvec_blocks(ggml_type: int) -> int:
@@ -121,10 +142,11 @@ def _launch(buf: QuantBuffer, m: QuantMatrix, mode: int, n_pairs: int, a_off: to
         xw, x_stride = q.view(torch.int32), m.n_cols // 4
     else:
         xw, xd, xs, x_stride = x, x, x, x.stride(0)
-    _matvec_kernel[_grid(n_pairs, m.n_rows)](
+    rows = matvec_rows(m)
+    _matvec_kernel[_grid(n_pairs, m.n_rows, rows)](
         buf.bytes, buf.words, a_off, b_off, xw, xd, xs, x_row, scales, scale_idx, out, out_row,
         m.n_rows, m.n_cols, m.row_bytes, x_stride, out.stride(0),
-        QTYPE=m.ggml_type, MODE=mode, ROWS=MATVEC_ROWS, NBLK=matvec_blocks(m.ggml_type),
+        QTYPE=m.ggml_type, MODE=mode, ROWS=rows, NBLK=matvec_blocks(m.ggml_type),
         INT8_X=int8_x, ASM=buf.device.type == "cuda", num_warps=MATVEC_WARPS)
 
 

@@ -9,6 +9,7 @@ costs in VRAM (the planner reserves it). Used by edge_moe/gpu_experts.py and the
 from __future__ import annotations
 
 import math
+import os
 
 from edge_moe.gpu_slots import CHUNK_BYTES
 
@@ -33,6 +34,13 @@ STREAM_SLOTS = 2  # the smallest ring: one expert computed while the next is cop
 # a 512-token prefill, 2 s of the 2.4 s prefill at 12 GiB (H100 box, 2026-11-24).
 STREAM_RING_BYTES = 256 << 20  # VRAM the ring may take (two groups)
 STREAM_GROUP_MAX = 16
+
+
+def zero_copy_enabled() -> bool:
+    """Whether decode streaming reads streamed experts in place from the page-locked map (the
+    default) or copies them to the ring first (EDGE_MOE_ZERO_COPY=0, A/B runs): the executor
+    and the planner's cost figures both follow it."""
+    return os.environ.get("EDGE_MOE_ZERO_COPY", "1") != "0"
 
 
 def stream_slots_for(slot_bytes: int) -> int:

@@ -279,7 +279,7 @@ def test_prefill_graph_matches_llama_cpp(arch: str, outtype: str, tiny_gguf: Cal
     half = T_PREFILL // 2
     out = [model.forward(tokens[:half]), model.forward(tokens[half:T_PREFILL])]
     out += [model.forward([t]) for t in tokens[T_PREFILL:]]
-    assert graphs.chunks == 2 and graphs.captures == (1 if cuda else 0) and graphs.n_graphs == graphs.captures
+    assert graphs.chunks == 2 and graphs.n_graphs == (1 if cuda else 0)  # one shape: captured once, replayed once
     stats = model.gpu.cache.stats
     assert stats.misses == 0 and stats.lookups == len(tokens) * model.cfg.n_layer * model.cfg.n_expert_used
     model.close()

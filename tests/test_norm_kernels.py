@@ -16,16 +16,19 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 @pytest.mark.parametrize("adds", ["none", "gpu", "cpu", "both"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
-def test_add_rms_norm_matches_torch(adds: str, dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("a_f32", [False, True], ids=["a_dtype", "a_f32"])
+def test_add_rms_norm_matches_torch(adds: str, dtype: torch.dtype, a_f32: bool) -> None:
+    """a_f32: y_gpu as the decode graphs keep it (float32, the expert kernels' accumulator)."""
     g = torch.Generator().manual_seed(3)
     t, e, eps = 2, 1000, 1e-6  # E not a power of two: the masked tail counts in neither the sum nor the stores
     x = torch.randn(t, e, generator=g).to(dtype)
-    a = torch.randn(t, e, generator=g).to(dtype) if adds in ("gpu", "both") else None
+    a = torch.randn(t, e, generator=g).to(torch.float32 if a_f32 else dtype) if adds in ("gpu", "both") else None
     b = torch.randn(t, e, generator=g) if adds in ("cpu", "both") else None  # float32, as y_cpu
     w = (1 + 0.1 * torch.randn(e, generator=g)).to(dtype)
-    # the torch expression decode_graphs used: x + (a + b.to(dtype)), then the arch's norm
+    # the torch expression decode_segments._residual uses: x + (a.to(dtype) + b.to(dtype)), then the arch's norm
     y = None if b is None else b.to(dtype)
-    y = a if y is None else (y if a is None else a + y)
+    a_dt = None if a is None else a.to(dtype)
+    y = a_dt if y is None else (y if a_dt is None else a_dt + y)
     s = x if y is None else x + y
     ref_h = rms_norm(s.float(), w.float(), None, eps)
     dev = [v.to(DEVICE) if v is not None else None for v in (x, a, b, w)]

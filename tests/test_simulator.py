@@ -186,28 +186,30 @@ def test_tokens_with_every_expert_cached_are_one_graph() -> None:
 def test_decode_figures_follow_the_documented_constants() -> None:
     from edge_moe import cost_model as cm
 
-    # the H100 all-GPU Qwen3 token: 48 layers x (20 kernels + 8 Q4_0 experts of 2.65 MB) at a
-    # 2.73 TB/s fp16 GEMV; one layer's experts took 26.0 us in the kernel benchmark, a whole
-    # token 2.87 ms end to end (348 tok/s, session 11 with the decode attention kernel)
+    # the H100 all-GPU Qwen3 token: 48 layers x (18 kernels + 8 Q4_0 experts of 2.65 MB) at a
+    # 2.73 TB/s fp16 GEMV; one layer's experts took 18.5 us in session 14's kernel sweep, a whole
+    # token 2.645 ms end to end (378 tok/s, session 14 call F); Mixtral's 2 experts of 99 MB 80.5 us
     qwen3 = cm.resident_seconds(48, 8, 2_654_208, 2730.0, 0.0)
     experts = 48 * (cm.EXPERT_KERNELS_FIXED_S + 8 * 2_654_208 / (cm.Q4_0_GEMV_FRACTION * 2730e9))
-    assert qwen3 == pytest.approx(48 * 20 * cm.PER_KERNEL_S + experts)
-    assert experts == pytest.approx(48 * 26.0e-6, rel=0.05) and qwen3 == pytest.approx(2.87e-3, rel=0.15)
+    assert qwen3 == pytest.approx(48 * cm.KERNELS_PER_LAYER * cm.PER_KERNEL_S + experts)
+    assert experts == pytest.approx(48 * 18.5e-6, rel=0.05) and qwen3 == pytest.approx(2.645e-3, rel=0.10)
+    mixtral_experts = cm.EXPERT_KERNELS_FIXED_S + 2 * 99_090_432 / (cm.Q4_0_GEMV_FRACTION * 2730e9)
+    assert mixtral_experts == pytest.approx(80.5e-6, rel=0.05)
     f = cm.decode_figures(n_layer=48, k=8, slot_bytes=2_654_208, layer_dense_bytes=1e6, outside_dense_bytes=8.736e7,
                           dram_gbps=47.0, pcie_gbps=55.0, gpu_gemv_gbps=2730.0, all_cached=True)
     assert f.layer_seconds == pytest.approx(cm.LAYER_FRONT_S + cm.HOST_LOOKUP_S + cm.EXPERTS_LAUNCH_S + cm.JOIN_S)
     assert f.layer_seconds == pytest.approx(0.34e-3)
     assert f.cpu_call_seconds == cm.CPU_CALL_FIXED_S and f.fill_issue_seconds == cm.FILL_ISSUE_S
-    assert f.base_token_seconds == pytest.approx(8.736e7 / (1.18 * 2730e9))  # the LM head at the Q4_0 rate
+    assert f.base_token_seconds == pytest.approx(8.736e7 / (cm.Q4_0_GEMV_FRACTION * 2730e9))  # the LM head at the Q4_0 rate
     assert f.resident_token_seconds == pytest.approx(qwen3 + f.base_token_seconds)
     # a front whose dense bytes take longer than its kernels is bound by the bytes
     heavy = cm.decode_figures(n_layer=48, k=8, slot_bytes=2_654_208, layer_dense_bytes=1e9, outside_dense_bytes=0,
                               dram_gbps=47.0, pcie_gbps=55.0, gpu_gemv_gbps=2730.0)
-    assert heavy.layer_seconds == pytest.approx(1e9 / (1.18 * 2730e9) + cm.LAYER_HOST_S)
+    assert heavy.layer_seconds == pytest.approx(1e9 / (cm.Q4_0_GEMV_FRACTION * 2730e9) + cm.LAYER_HOST_S)
     assert heavy.resident_token_seconds is None
     # a layer no slot serves: its measured time beside the ggml call, or its dense bytes if longer
     assert f.uncached_layer_seconds == cm.UNCACHED_LAYER_S
-    assert heavy.uncached_layer_seconds == pytest.approx(1e9 / (1.18 * 2730e9))
+    assert heavy.uncached_layer_seconds == pytest.approx(1e9 / (cm.Q4_0_GEMV_FRACTION * 2730e9))
 
 
 def test_admission_all_quota_reuse_by_hand() -> None:
