@@ -121,7 +121,8 @@ ZERO_COPY_PCIE_FRACTION = 0.87
 # Session 14 folded the router's GEMV into the routing launch, which also zeroes the experts'
 # float32 accumulator (no fill, no cast copy): 14 kernels a Qwen3 layer, 49 us of kernel time
 # (torch.profiler). With the expert figures below, 18 fits its all-GPU rows (Qwen3 2.645 ms a
-# token: 17.7; Mixtral 3.87 ms: 19.8; session 14 calls F / H).
+# token: 17.7; Mixtral 3.87 ms: 19.8; session 14 calls F / H). The norms then quantized h for
+# the matvecs after them: 12 kernels, 47.4 us; Qwen3 2.54 ms a token (call L: pred/meas 0.94).
 PER_KERNEL_S = 2.0e-6
 KERNELS_PER_LAYER = 18
 # Q4_0 expert matvecs (benchmarks/quant_kernels_bench.py, one decode layer, CUDA-graph GPU time,

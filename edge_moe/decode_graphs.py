@@ -112,6 +112,18 @@ class DecodeGraphs(DecodeSegments):
                             and (dev.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
                             and all(lw.attn_norm_b is None and lw.ffn_norm_b is None for lw in model.dense.layers)
                             and os.environ.get("EDGE_MOE_FUSED_NORM", "1") != "0")
+        # h_attn and h quantized by the norm launches that make them (Q8_0 blocks, quant_ops.quantize_x's
+        # values): the int8 matvecs reading them next (qkv, the experts' gate+up) skip their own
+        # quantizing launch (EDGE_MOE_NORM_QUANT=0: they quantize, A/B runs)
+        quant = self._fused_norm and e % 32 == 0 and os.environ.get("EDGE_MOE_NORM_QUANT", "1") != "0"
+
+        def quantized() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+            if not quant:
+                return None
+            return (torch.zeros((1, e), dtype=torch.int8, device=dev), torch.zeros((1, e // 32), device=dev),
+                    torch.zeros((1, e // 32), device=dev))
+
+        self.hq_attn, self.hq = quantized(), quantized()
         self.x_mid = torch.zeros((1, e), dtype=dt, device=dev)  # [1, E] the residual before attention
         self.h_attn = torch.zeros((1, e), dtype=dt, device=dev)  # [1, E] attention's normed input
         self.forced = torch.zeros((cfg.n_layer, 1, k), dtype=torch.int64, device=dev)

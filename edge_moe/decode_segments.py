@@ -48,6 +48,8 @@ class DecodeSegments:
     forced: torch.Tensor
     logits: torch.Tensor
     _fused_norm: bool
+    hq_attn: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
+    hq: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
     _fused_route: bool
 
     def _resident_layers(self, start: int, end: int, length: int, forced: bool, adds: tuple[bool, bool]) -> None:
@@ -85,9 +87,9 @@ class DecodeSegments:
             lw, eps = m.dense.layers[il], m.cfg.norm_eps
             gpu_in, cpu_in = adds if il > 0 else (False, False)
             add_rms_norm(self.x_in if il == 0 else self.x[il % 2], self.y_gpu if gpu_in else None,
-                         self._y_cpu_in() if cpu_in else None, lw.attn_norm, eps, self.x_mid, self.h_attn)
-            out = m.attention(il, self.h_attn, self.rope, self.positions, self._masks[length])  # [1, E]
-            add_rms_norm(self.x_mid, out, None, lw.ffn_norm, eps, self.x[(il + 1) % 2], self.h)
+                         self._y_cpu_in() if cpu_in else None, lw.attn_norm, eps, self.x_mid, self.h_attn, self.hq_attn)
+            out = m.attention(il, self.h_attn, self.rope, self.positions, self._masks[length], self.hq_attn)  # [1, E]
+            add_rms_norm(self.x_mid, out, None, lw.ffn_norm, eps, self.x[(il + 1) % 2], self.h, self.hq)
         else:
             x = self.x_in if il == 0 else self._residual(self.x[il % 2], *adds)
             x, h = m.front(il, x, self.rope, self.positions, self._masks[length])
@@ -128,7 +130,7 @@ class DecodeSegments:
         if not cleared:
             self.y_gpu.zero_()
         if m.gpu.cache is not None:
-            m.gpu.pairs_ffn(il, self.h, self.weights.view(-1), self.pairs, self.y_gpu)
+            m.gpu.pairs_ffn(il, self.h, self.weights.view(-1), self.pairs, self.y_gpu, self.hq)
         lw = m.dense.layers[il]
         if lw.shexp_gate is not None:
             self.y_gpu.copy_(self.y_gpu.to(m.dtype) + m.shared_expert(lw, self.h))

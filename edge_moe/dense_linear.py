@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 if TYPE_CHECKING:
-    from edge_moe.quant_ops import QuantMatrix
+    from edge_moe.quant_ops import QuantizedX, QuantMatrix
 
 # Up to this many tokens, a quantized matrix is read once per token by the matvec kernel;
 # more tokens dequantize it (in chunks) and use torch's matmul.
@@ -85,25 +85,27 @@ class RowStack:
 Weight = torch.Tensor | QuantWeight | RowStack
 
 
-def linear(x: torch.Tensor, w: Weight, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x [T, K] @ w.T (+ bias) -> [T, N] in x's dtype."""
+def linear(x: torch.Tensor, w: Weight, bias: torch.Tensor | None = None, xq: "QuantizedX | None" = None,
+           ) -> torch.Tensor:
+    """x [T, K] @ w.T (+ bias) -> [T, N] in x's dtype. xq: quant_ops.quantize_x(x), made by
+    the caller already (the matvec of an int8 format then skips its quantizing launch)."""
     if isinstance(w, torch.Tensor):
         return F.linear(x, w, bias)
     if isinstance(w, RowStack):
-        y = torch.cat([linear(x, p) for p in w.parts], dim=-1)  # [T, N]
+        y = torch.cat([linear(x, p, xq=xq) for p in w.parts], dim=-1)  # [T, N]
     elif x.shape[0] <= MATVEC_MAX_TOKENS:
-        y = _matvec(x, w)
+        y = _matvec(x, w, xq)
     else:
         y = _dequant_linear(x, w)
     return y if bias is None else y + bias
 
 
-def _matvec(x: torch.Tensor, w: QuantWeight) -> torch.Tensor:
+def _matvec(x: torch.Tensor, w: QuantWeight, xq: "QuantizedX | None" = None) -> torch.Tensor:
     from edge_moe.quant_ops import matvec_pairs
 
     s, t = w.store, x.shape[0]
     # [T, N] in x's dtype, written by the kernel (no cast kernel after it)
-    return matvec_pairs(s.buf, w.m, s.pair_offsets[w.index, :t], x.contiguous(), s.token_rows[:t], x.dtype)
+    return matvec_pairs(s.buf, w.m, s.pair_offsets[w.index, :t], x.contiguous(), s.token_rows[:t], x.dtype, xq)
 
 
 def _dequant_linear(x: torch.Tensor, w: QuantWeight) -> torch.Tensor:

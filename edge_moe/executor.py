@@ -18,6 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import psutil
@@ -38,6 +39,9 @@ from edge_moe.layer_profile import LayerProfiler
 from edge_moe.model_config import MoEConfig, read_config
 from edge_moe.prefill_graphs import PrefillGraphs
 from edge_moe.step_stats import DecodeCpuWork, StepTimings
+
+if TYPE_CHECKING:
+    from edge_moe.quant_ops import QuantizedX
 
 
 # RAM left available beside the repacked copies of the CPU layers' experts (else no repacking)
@@ -247,10 +251,10 @@ class HybridModel:
         return x, ops.norm(x, lw.ffn_norm, lw.ffn_norm_b, cfg.norm_eps)
 
     def attention(self, il: int, h: torch.Tensor, rope: RopeTables, positions: torch.Tensor,
-                  mask: torch.Tensor) -> torch.Tensor:
+                  mask: torch.Tensor, hq: "QuantizedX | None" = None) -> torch.Tensor:
         """Layer il's attention output [T, E] for its normed input h [T, E] (`front` without the
         norms and the residual, for callers that fuse those: decode_graphs)."""
-        return self._attention(il, self.dense.layers[il], h, rope, positions, mask)
+        return self._attention(il, self.dense.layers[il], h, rope, positions, mask, hq)
 
     def embed(self, toks: torch.Tensor | int) -> torch.Tensor:
         """Token embeddings: ids [T] (device) -> [T, E], or one host id -> [1, E]."""
@@ -280,11 +284,11 @@ class HybridModel:
         return linear(x, self.dense.output, self.dense.output_b).float()
 
     def _attention(self, il: int, lw: LayerWeights, h: torch.Tensor, rope: RopeTables, positions: torch.Tensor,
-                   mask: torch.Tensor) -> torch.Tensor:
+                   mask: torch.Tensor, hq: "QuantizedX | None" = None) -> torch.Tensor:
         cfg = self.cfg
         n, d, kv = h.shape[0], cfg.head_dim, cfg.n_head_kv
         group = cfg.n_head // kv  # query head h reads KV head h // group (llama.cpp's broadcast)
-        qkv = linear(h, lw.wqkv, lw.bqkv)  # [T, (H + 2 KV) * D]
+        qkv = linear(h, lw.wqkv, lw.bqkv, xq=hq)  # [T, (H + 2 KV) * D]
         if self._fused_qk:
             from edge_moe.attn_kernels import qk_prepare
 

@@ -31,6 +31,7 @@ from edge_moe.model_config import MoEConfig
 
 if TYPE_CHECKING:
     from edge_moe.gpu_slots import SlotStore
+    from edge_moe.quant_ops import QuantizedX
 
 # A cached expert used by enough tokens of one call is dequantized once and multiplied as a
 # matrix; fewer tokens read its blocks once per token (matvec kernels, all pairs in two
@@ -128,10 +129,11 @@ class HitCompute:
         out[4] = np.arange(flat.size)
 
     def pairs_ffn(self, layer: int, h: torch.Tensor, w_flat: torch.Tensor, pairs: torch.Tensor,
-                  y: torch.Tensor) -> None:
+                  y: torch.Tensor, hq: "QuantizedX | None" = None) -> None:
         """y[row_p] += w_flat[idx_p] * FFN_p(h[row_p]) for the pairs p of the table pairs [5, P]
         (device int64, `pair_table`'s layout); y float32 [T, E]. Two launches for all pairs, or
-        one where the fused kernel is on for the layer (fused_ffn.fused_for)."""
+        one where the fused kernel is on for the layer (fused_ffn.fused_for). hq: h quantized
+        already (quant_ops.quantize_x's values), read by the gate+up launch of the int8 formats."""
         from edge_moe.quant_ops import glu_pairs, matvec_pairs, scatter_pairs
 
         gate, up, down = self._layouts[layer]
@@ -141,7 +143,7 @@ class HitCompute:
             fused_ffn_pairs(self._buf, gate, down, pairs, h, w_flat, y)
             return
         if gate == up:
-            act = glu_pairs(self._buf, gate, up, pairs[0], pairs[1], h, pairs[3])
+            act = glu_pairs(self._buf, gate, up, pairs[0], pairs[1], h, pairs[3], hq)
         else:  # gate and up in different types: two plain launches
             g = matvec_pairs(self._buf, gate, pairs[0], h, pairs[3])
             act = F.silu(g) * matvec_pairs(self._buf, up, pairs[1], h, pairs[3])

@@ -132,13 +132,17 @@ def quantize_x(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     return q, d, s
 
 
+QuantizedX = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # quantize_x's (q, d, s)
+
+
 def _launch(buf: QuantBuffer, m: QuantMatrix, mode: int, n_pairs: int, a_off: torch.Tensor, b_off: torch.Tensor,
             x: torch.Tensor, x_row: torch.Tensor, scales: torch.Tensor, scale_idx: torch.Tensor,
-            out: torch.Tensor, out_row: torch.Tensor) -> None:
-    """One launch of the matvec kernel over n_pairs pairs of `m`-shaped matrices."""
+            out: torch.Tensor, out_row: torch.Tensor, xq: QuantizedX | None = None) -> None:
+    """One launch of the matvec kernel over n_pairs pairs of `m`-shaped matrices. xq: x already
+    quantized (quantize_x(x)'s values, e.g. by the norm that made x), for the int8 formats."""
     int8_x = m.ggml_type in INT8_TYPES
     if int8_x:
-        q, xd, xs = quantize_x(x)
+        q, xd, xs = quantize_x(x) if xq is None else xq
         xw, x_stride = q.view(torch.int32), m.n_cols // 4
     else:
         xw, xd, xs, x_stride = x, x, x, x.stride(0)
@@ -151,7 +155,7 @@ def _launch(buf: QuantBuffer, m: QuantMatrix, mode: int, n_pairs: int, a_off: to
 
 
 def glu_pairs(buf: QuantBuffer, gate: QuantMatrix, up: QuantMatrix, gate_off: torch.Tensor,
-              up_off: torch.Tensor, x: torch.Tensor, x_row: torch.Tensor) -> torch.Tensor:
+              up_off: torch.Tensor, x: torch.Tensor, x_row: torch.Tensor, xq: QuantizedX | None = None) -> torch.Tensor:
     """act[p] = silu(gate_p @ x[x_row[p]]) * (up_p @ x[x_row[p]]) -> float32 [P, n_rows].
 
     gate_off/up_off: int64 [P] byte offsets of each pair's matrices; x [T, n_cols]."""
@@ -159,7 +163,7 @@ def glu_pairs(buf: QuantBuffer, gate: QuantMatrix, up: QuantMatrix, gate_off: to
         raise ValueError("gate and up must share one layout for the fused kernel")
     p = gate_off.shape[0]
     act = torch.empty((p, gate.n_rows), dtype=torch.float32, device=buf.device)
-    _launch(buf, gate, MODE_GLU, p, gate_off, up_off, x, x_row, act, x_row, act, x_row)
+    _launch(buf, gate, MODE_GLU, p, gate_off, up_off, x, x_row, act, x_row, act, x_row, xq)
     return act
 
 
@@ -176,12 +180,13 @@ def scatter_pairs(buf: QuantBuffer, down: QuantMatrix, down_off: torch.Tensor, a
 
 
 def matvec_pairs(buf: QuantBuffer, m: QuantMatrix, off: torch.Tensor, x: torch.Tensor,
-                 x_row: torch.Tensor, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                 x_row: torch.Tensor, out_dtype: torch.dtype = torch.float32, xq: QuantizedX | None = None,
+                 ) -> torch.Tensor:
     """out[p] = M_p @ x[x_row[p]] -> [P, n_rows] in out_dtype (the kernel accumulates in
     float32 and rounds once on store); x [T, n_cols]."""
     p = off.shape[0]
     out = torch.empty((p, m.n_rows), dtype=out_dtype, device=buf.device)
-    _launch(buf, m, MODE_STORE, p, off, off, x, x_row, out, x_row, out, x_row)
+    _launch(buf, m, MODE_STORE, p, off, off, x, x_row, out, x_row, out, x_row, xq)
     return out
 
 

@@ -48,3 +48,28 @@ def test_add_rms_norm_rejects_bad_buffers() -> None:
         add_rms_norm(x, torch.zeros(1, 32, device=DEVICE), None, w, 1e-6, torch.zeros_like(x), torch.zeros_like(x))
     with pytest.raises(ValueError, match="weight \\[E\\]"):
         add_rms_norm(x, None, None, w[:10], 1e-6, torch.zeros_like(x), torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
+@pytest.mark.parametrize("e", [96, 2048])
+def test_add_rms_norm_quantizes_h_as_quantize_x_does(dtype: torch.dtype, e: int) -> None:
+    """h_q: the normed row's Q8_0 blocks, bit for bit quant_ops.quantize_x(h_out) (96: not a power of
+    two, the block padding past E is never stored); x_out and h_out unchanged by asking for it."""
+    from edge_moe.quant_ops import quantize_x
+
+    g = torch.Generator().manual_seed(e)
+    t = 2
+    x, a = (torch.randn(t, e, generator=g).to(dtype).to(DEVICE) for _ in range(2))
+    w = (1 + 0.1 * torch.randn(e, generator=g)).to(dtype).to(DEVICE)
+    outs = [(torch.empty_like(x), torch.empty_like(x)) for _ in range(2)]
+    backing = torch.full((t * e + 8,), 7, dtype=torch.int8, device=DEVICE)
+    h_q = (backing[:t * e].view(t, e), torch.empty((t, e // 32), device=DEVICE), torch.empty((t, e // 32), device=DEVICE))
+    add_rms_norm(x, a, None, w, 1e-6, *outs[0], h_q)
+    add_rms_norm(x, a, None, w, 1e-6, *outs[1])
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+    want = quantize_x(outs[0][1])
+    for got, ref in zip(h_q, want):
+        assert torch.equal(got.cpu(), ref.cpu())
+    assert backing[t * e:].eq(7).all()
+    with pytest.raises(ValueError, match="h_q must be"):
+        add_rms_norm(x, a, None, w, 1e-6, *outs[0], (h_q[0], h_q[1][:, :1], h_q[2]))
