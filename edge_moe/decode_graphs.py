@@ -59,6 +59,7 @@ from edge_moe.graph_cache import GraphCache
 
 if TYPE_CHECKING:
     from edge_moe.executor import HybridModel
+    from edge_moe.quant_ops import QuantizedX
 
 MIN_BUCKET = 256  # smallest attended KV length of a front graph
 
@@ -73,7 +74,7 @@ class DecodeGraphs(DecodeSegments):
         gpu = model.gpu
         if gpu.cache is not None and not gpu.use_triton:
             raise ValueError("decode graphs need the Triton expert kernels (the reference path works on the host)")
-        self.m, self.capture = model, capture
+        self.m = model
         cfg, dev, dt = model.cfg, model.device, model.dtype
         e, k, n_pairs = cfg.n_embd, cfg.n_expert_used, cfg.n_expert_used
 
@@ -117,7 +118,7 @@ class DecodeGraphs(DecodeSegments):
         # quantizing launch (EDGE_MOE_NORM_QUANT=0: they quantize, A/B runs)
         quant = self._fused_norm and e % 32 == 0 and os.environ.get("EDGE_MOE_NORM_QUANT", "1") != "0"
 
-        def quantized() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        def quantized() -> "QuantizedX | None":
             if not quant:
                 return None
             return (torch.zeros((1, e), dtype=torch.int8, device=dev), torch.zeros((1, e // 32), device=dev),
@@ -144,6 +145,10 @@ class DecodeGraphs(DecodeSegments):
         # what the last layer's experts left for the next segment to add: y_gpu, y_cpu (in y_cpu_host)
         self._gpu_in = self._cpu_in = False
         self._graphs = GraphCache(dev, capture)
+
+    @property
+    def capture(self) -> bool:
+        return self._graphs.capture
 
     @property
     def n_graphs(self) -> int:

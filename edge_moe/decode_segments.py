@@ -22,6 +22,7 @@ from edge_moe.archs.common import RopeTables, rope_tables
 
 if TYPE_CHECKING:
     from edge_moe.executor import HybridModel
+    from edge_moe.quant_ops import QuantizedX
 
 
 class DecodeSegments:
@@ -48,8 +49,8 @@ class DecodeSegments:
     forced: torch.Tensor
     logits: torch.Tensor
     _fused_norm: bool
-    hq_attn: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
-    hq: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
+    hq_attn: "QuantizedX | None"
+    hq: "QuantizedX | None"
     _fused_route: bool
 
     def _resident_layers(self, start: int, end: int, length: int, forced: bool, adds: tuple[bool, bool]) -> None:

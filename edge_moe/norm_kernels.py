@@ -16,11 +16,16 @@ its size, on the path every host layer waits for. Here it is two launches of:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import triton
 import triton.language as tl
 
 from edge_moe.quant_kernels import _q8_blocks
+
+if TYPE_CHECKING:
+    from edge_moe.quant_ops import QuantizedX
 
 
 @triton.jit
@@ -55,7 +60,7 @@ def _add_rms_norm_kernel(x, a, b, w, x_out, h_out, q_out, d_out, s_out, E, eps, 
 
 def add_rms_norm(x: torch.Tensor, a: torch.Tensor | None, b: torch.Tensor | None, weight: torch.Tensor, eps: float,
                  x_out: torch.Tensor, h_out: torch.Tensor,
-                 h_q: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> None:
+                 h_q: "QuantizedX | None" = None) -> None:
     """x_out = x (+ a) (+ b), h_out = RMSNorm(x_out) * weight; x, x_out, h_out [T, E] of one
     dtype, a and b [T, E] float32 or that dtype, weight [E]; all contiguous. x_out must not be x.
     h_q: (int8 [T, E], float32 [T, E/32] x 2) written with quant_ops.quantize_x(h_out)'s values
